@@ -1,0 +1,55 @@
+# Face-mask detection: one entry point for set-up, the pipeline, the tests and the tools.
+# `make run` sets up and runs the pipeline on the offline data; `make test` sets up and runs the tests.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
+RUN := $(UV) run --frozen
+# Offline mirror of the datasets and detector weights (see README). Defaults to ../shared when it
+# exists; set FACEMASK_MIRROR= (empty) to download from the public sources instead.
+FACEMASK_MIRROR ?= $(if $(wildcard ../shared/datasets),$(abspath ../shared),)
+export FACEMASK_MIRROR
+OVERRIDES ?=
+
+.PHONY: help setup params check-params pipeline run test test-fast lint format mlflow-ui clean
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+setup: ## install uv if missing, then the locked environment (.venv)
+	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install -q uv
+	$(UV) sync --frozen --python 3.11
+
+params: ## compose conf/ (+ OVERRIDES="key=value ...") into params.yaml
+	$(RUN) python -m facemask.config $(OVERRIDES)
+
+check-params: ## fail if params.yaml is out of date with conf/
+	$(RUN) python -m facemask.config --check
+
+pipeline: ## dvc repro: ingest, crop, augment, train, evaluate
+	@if [ -n "$$FACEMASK_MIRROR" ]; then echo "data and weights from the offline mirror $$FACEMASK_MIRROR"; \
+	 else echo "FACEMASK_MIRROR is empty: downloading the public sources"; fi
+	$(RUN) dvc repro
+	$(RUN) dvc metrics show
+
+run: setup pipeline ## set up and run the whole pipeline on the offline data
+
+test: setup ## set up and run the whole test suite
+	$(RUN) pytest -q
+
+test-fast: ## the tests without the slow end-to-end ones
+	$(RUN) pytest -q -m "not slow"
+
+lint: ## ruff check + format check
+	$(RUN) ruff check src tests service
+	$(RUN) ruff format --check src tests service
+
+format: ## ruff fix + format
+	$(RUN) ruff check --fix src tests service
+	$(RUN) ruff format src tests service
+
+mlflow-ui: ## open the MLflow UI on http://127.0.0.1:5000 (runs, metrics, plots, models)
+	$(RUN) mlflow ui --backend-store-uri $${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db} --host 127.0.0.1 --port 5000
+
+clean: ## remove pipeline outputs (keeps the MLflow store and the DVC cache)
+	rm -rf data/interim data/crops data/raw models reports

@@ -1,0 +1,266 @@
+"""Project configuration: Hydra composition into params.yaml and a validated, typed view of it.
+
+`conf/` holds the Hydra groups; `compose()` turns them (plus overrides) into the plain dictionary
+that is written to `params.yaml`, the single file DVC tracks. Every stage reads params.yaml through
+`load_params()`, which validates it and names the offending key on any bad value.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+CONF_DIR = PROJECT_ROOT / "conf"
+PARAMS_FILE = Path("params.yaml")
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or invalid; the message names the key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Paths(_Strict):
+    raw: Path
+    interim: Path
+    crops: Path
+    models: Path
+    reports: Path
+
+
+class Source(_Strict):
+    url: str | None = None
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    mirror_dir: str
+    label_map: dict[str, str] = Field(min_length=1)
+
+
+class Dedup(_Strict):
+    drop_distance: int = Field(ge=0, le=64)
+    group_distance: int = Field(ge=0, le=64)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Dedup:
+        if self.group_distance < self.drop_distance:
+            raise ValueError("group_distance must be >= drop_distance")
+        return self
+
+
+class Split(_Strict):
+    val: float = Field(gt=0, lt=1)
+    test: float = Field(gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _leaves_train(self) -> Split:
+        if self.val + self.test >= 0.9:
+            raise ValueError("val + test must leave at least 10% for training")
+        return self
+
+
+class Data(_Strict):
+    labels: list[str] = Field(min_length=2)
+    sources: dict[str, Source] = Field(min_length=1)
+    image_extensions: list[str]
+    max_per_class: int | None = Field(default=None, gt=0)
+    max_image_pixels: int = Field(gt=0)
+    dedup: Dedup
+    split: Split
+
+    @model_validator(mode="after")
+    def _labels_known(self) -> Data:
+        for name, source in self.sources.items():
+            unknown = set(source.label_map.values()) - set(self.labels)
+            if unknown:
+                raise ValueError(f"sources.{name}.label_map maps onto unknown labels {sorted(unknown)}")
+        return self
+
+
+class Weights(_Strict):
+    file: str
+    mirror_path: str | None = None
+    url: str | None = None
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+
+
+class Detector(_Strict):
+    name: Literal["yunet", "retinaface"]
+    weights: Weights
+    score_threshold: float = Field(gt=0, lt=1)
+    nms_threshold: float = Field(gt=0, lt=1)
+    top_k: int = Field(gt=0)
+    min_face: int = Field(ge=1)
+
+
+class Crop(_Strict):
+    size: int = Field(ge=16, le=1024)
+    margin: float = Field(ge=0, le=2)
+    align: bool
+    pad: float = Field(ge=0, le=2)
+    min_side: int = Field(ge=16)
+    multi_face: Literal["largest", "drop"]
+    workers: int = Field(ge=1)
+    jpeg_quality: int = Field(ge=10, le=100)
+
+
+class Augment(_Strict):
+    preview_count: int = Field(ge=1, le=256)
+    transforms: list[dict[str, Any]]
+
+    @field_validator("transforms")
+    @classmethod
+    def _known_transforms(cls, transforms: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        import albumentations as A
+
+        for i, spec in enumerate(transforms):
+            name = spec.get("name")
+            if not isinstance(name, str) or not isinstance(getattr(A, name, None), type):
+                raise ValueError(f"[{i}].name: {name!r} is not an albumentations transform")
+        return transforms
+
+
+class Model(_Strict):
+    backbone: str
+    pretrained: bool
+    drop_rate: float = Field(ge=0, lt=1)
+    input_size: int = Field(ge=16, le=1024)
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    @field_validator("backbone")
+    @classmethod
+    def _known_backbone(cls, name: str) -> str:
+        import timm
+
+        if not timm.is_model(name):
+            close = timm.list_models(f"*{name.split('_')[0]}*")[:8]
+            hint = f"; similar: {', '.join(close)}" if close else ""
+            raise ValueError(f"{name!r} is not a timm model{hint}")
+        return name
+
+
+class Trainer(_Strict):
+    max_epochs: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    lr: float = Field(gt=0)
+    weight_decay: float = Field(ge=0)
+    label_smoothing: float = Field(ge=0, lt=1)
+    balance: Literal["class_weights", "sampler", "none"]
+    early_stopping_patience: int = Field(ge=1)
+    num_workers: int = Field(ge=0)
+    accelerator: str
+    deterministic: bool
+    limit_train_batches: float = Field(gt=0)
+    limit_val_batches: float = Field(gt=0)
+
+
+class Mlflow(_Strict):
+    tracking_uri: str
+    artifact_location: str
+    experiment: str = Field(min_length=1)
+    registered_model: str = Field(min_length=1)
+
+
+class Params(_Strict):
+    seed: int
+    paths: Paths
+    data: Data
+    detector: Detector
+    crop: Crop
+    augment: Augment
+    model: Model
+    trainer: Trainer
+    mlflow: Mlflow
+
+
+def _format_errors(err: ValidationError, origin: str) -> str:
+    lines = [f"invalid configuration in {origin}:"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"])
+        msg = e["msg"].removeprefix("Value error, ")
+        value = e.get("input")
+        shown = "" if isinstance(value, dict | list) else f" (got {value!r})"
+        lines.append(f"  {key}: {msg}{shown}")
+    return "\n".join(lines)
+
+
+def validate(raw: dict[str, Any], origin: str = "params") -> Params:
+    """Validate a composed configuration; raise ConfigError naming each bad key."""
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, origin)) from None
+
+
+def load_params(path: Path | str = PARAMS_FILE) -> Params:
+    """Read and validate params.yaml (the file DVC tracks)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path} not found: run `make params` to compose it from conf/")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must hold a mapping, got {type(raw).__name__}")
+    return validate(raw, str(path))
+
+
+def compose(overrides: list[str] | None = None, config_dir: Path = CONF_DIR) -> dict[str, Any]:
+    """Compose conf/config.yaml with Hydra overrides into a plain, validated dictionary."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        with initialize_config_dir(config_dir=str(config_dir.resolve()), version_base="1.3"):
+            cfg = hydra_compose(config_name="config", overrides=overrides or [])
+        raw = OmegaConf.to_container(cfg, resolve=True)
+    except (HydraException, OmegaConfBaseException) as err:
+        raise ConfigError(f"cannot compose {config_dir}: {err}") from None
+    validate(raw, f"{config_dir} with overrides {overrides or []}")
+    return raw
+
+
+def write_params(raw: dict[str, Any], path: Path | str = PARAMS_FILE) -> None:
+    header = "# Composed from conf/ by `make params` (facemask.config). Do not edit by hand.\n"
+    text = header + yaml.safe_dump(raw, sort_keys=False, default_flow_style=False, width=100)
+    tmp = Path(f"{path}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Compose conf/ into params.yaml (Hydra overrides allowed).")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model=mobilenetv3 trainer.lr=0.01")
+    parser.add_argument("--out", default=str(PARAMS_FILE), help="where to write (default params.yaml)")
+    parser.add_argument("--check", action="store_true", help="only verify that --out is up to date")
+    args = parser.parse_args(argv)
+    try:
+        raw = compose(args.overrides)
+    except ConfigError as err:
+        print(err, file=sys.stderr)
+        return 2
+    if args.check:
+        current = yaml.safe_load(Path(args.out).read_text()) if Path(args.out).is_file() else None
+        if current != raw:
+            print(f"{args.out} is out of date with conf/: run `make params`", file=sys.stderr)
+            return 1
+        print(f"{args.out} is up to date")
+        return 0
+    write_params(raw, args.out)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

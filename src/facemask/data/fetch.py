@@ -1,0 +1,135 @@
+"""Fetching datasets and weights: an offline mirror when configured, else a verified, cached download.
+
+One setting decides: the environment variable ``FACEMASK_MIRROR`` names a folder laid out as
+``datasets/<mirror_dir>`` and ``models/<mirror_path>`` (``../shared`` on CI). Without it, files are
+downloaded over HTTPS with a progress bar into ``~/.cache/facemask`` (or ``$FACEMASK_CACHE``) and
+checked against their configured SHA-256. Nothing falls back silently: a missing mirror is an error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path
+
+import requests
+from tqdm import tqdm
+
+from facemask.config import ConfigError, Source, Weights
+
+log = logging.getLogger(__name__)
+
+MIRROR_ENV = "FACEMASK_MIRROR"
+CACHE_ENV = "FACEMASK_CACHE"
+
+
+class FetchError(RuntimeError):
+    """A download failed or its checksum did not match."""
+
+
+def mirror_root() -> Path | None:
+    value = os.environ.get(MIRROR_ENV)
+    if not value:
+        return None
+    root = Path(value).expanduser()
+    if not root.is_dir():
+        raise ConfigError(f"{MIRROR_ENV}={value} is not a folder")
+    return root
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "facemask")).expanduser()
+
+
+def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def download(url: str, dest: Path, sha256: str | None, timeout: float = 60.0) -> Path:
+    """Download `url` to `dest` (atomically, with progress), verify `sha256`; reuse a verified cache."""
+    if dest.is_file():
+        if sha256 is None or sha256_of(dest) == sha256:
+            return dest
+        log.warning("cached %s does not match its checksum; downloading again", dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with requests.get(url, stream=True, timeout=timeout) as resp:
+            resp.raise_for_status()
+            total = int(resp.headers.get("content-length", 0)) or None
+            with (
+                tempfile.NamedTemporaryFile(dir=dest.parent, delete=False, suffix=".part") as tmp,
+                tqdm(total=total, unit="B", unit_scale=True, desc=f"download {dest.name}") as bar,
+            ):
+                for block in resp.iter_content(1 << 16):
+                    tmp.write(block)
+                    bar.update(len(block))
+    except requests.RequestException as err:
+        raise FetchError(
+            f"cannot download {url}: {err}. Without internet, set {MIRROR_ENV} to an offline mirror."
+        ) from err
+    part = Path(tmp.name)
+    digest = sha256_of(part)
+    if sha256 is not None and digest != sha256:
+        part.unlink(missing_ok=True)
+        raise FetchError(f"checksum mismatch for {url}: expected {sha256}, got {digest}")
+    if sha256 is None:
+        log.warning("no sha256 configured for %s; downloaded file has sha256 %s (pin it)", url, digest)
+    part.replace(dest)
+    return dest
+
+
+def _label_root(tree: Path, labels: set[str]) -> Path:
+    """The folder inside an extracted archive that holds one subfolder per source label."""
+    for folder in sorted([tree, *(p for p in tree.rglob("*") if p.is_dir())], key=lambda p: len(p.parts)):
+        if labels <= {p.name for p in folder.iterdir() if p.is_dir()}:
+            return folder
+    raise FetchError(f"no folder under {tree} holds the label folders {sorted(labels)}")
+
+
+def resolve_source(name: str, source: Source) -> Path:
+    """Local folder holding `source`'s label subfolders: the mirror copy, or the extracted download."""
+    mirror = mirror_root()
+    if mirror is not None:
+        folder = mirror / "datasets" / source.mirror_dir
+        if not folder.is_dir():
+            raise ConfigError(f"data.sources.{name}.mirror_dir: {folder} does not exist in {MIRROR_ENV}={mirror}")
+        log.info("source %s: offline mirror %s", name, folder)
+        return folder
+    if not source.url:
+        raise ConfigError(f"data.sources.{name}.url is empty and {MIRROR_ENV} is not set")
+    archive = download(source.url, cache_root() / "downloads" / f"{name}.zip", source.sha256)
+    extracted = cache_root() / "extracted" / name
+    if not extracted.is_dir():
+        extracted.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=extracted.parent, prefix=f".{name}-"))
+        try:
+            with zipfile.ZipFile(archive) as zf:
+                zf.extractall(tmp)
+        except zipfile.BadZipFile as err:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise FetchError(f"{archive} is not a zip archive: {err}") from err
+        tmp.replace(extracted)
+    return _label_root(extracted, set(source.label_map))
+
+
+def resolve_weights(weights: Weights, key: str = "detector.weights") -> Path:
+    """Local path of a weights file: mirror copy, else a verified cached download."""
+    mirror = mirror_root()
+    if mirror is not None and weights.mirror_path:
+        path = mirror / "models" / weights.mirror_path
+        if not path.is_file():
+            raise ConfigError(f"{key}.mirror_path: {path} does not exist in {MIRROR_ENV}={mirror}")
+        if weights.sha256 and sha256_of(path) != weights.sha256:
+            raise FetchError(f"{path} does not match {key}.sha256")
+        return path
+    if not weights.url:
+        raise ConfigError(f"{key}.url is empty and no mirror copy is configured")
+    return download(weights.url, cache_root() / "weights" / weights.file, weights.sha256)

@@ -1,0 +1,59 @@
+"""Classification metrics of the evaluate stage (scikit-learn underneath)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import (
+    accuracy_score,
+    average_precision_score,
+    confusion_matrix,
+    precision_recall_curve,
+    precision_recall_fscore_support,
+)
+
+
+def classification_metrics(y_true: np.ndarray, proba: np.ndarray, labels: list[str]) -> dict:
+    """Accuracy, macro-F1, per-class precision/recall/F1/support/AP and the confusion matrix."""
+    y_pred = proba.argmax(axis=1)
+    idx = list(range(len(labels)))
+    precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=idx, zero_division=0)
+    per_class = {}
+    for i, label in enumerate(labels):
+        positives = y_true == i
+        ap = float(average_precision_score(positives, proba[:, i])) if positives.any() else 0.0
+        per_class[label] = {
+            "precision": round(float(precision[i]), 4),
+            "recall": round(float(recall[i]), 4),
+            "f1": round(float(f1[i]), 4),
+            "support": int(support[i]),
+            "average_precision": round(ap, 4),
+        }
+    return {
+        "accuracy": round(float(accuracy_score(y_true, y_pred)), 4),
+        "macro_f1": round(float(np.mean(f1)), 4),
+        "n": len(y_true),
+        "per_class": per_class,
+        "confusion_matrix": confusion_matrix(y_true, y_pred, labels=idx).tolist(),
+    }
+
+
+def pr_curve_frames(y_true: np.ndarray, proba: np.ndarray, labels: list[str], points: int = 101) -> dict:
+    """One-vs-rest precision-recall curve per class, resampled on a fixed recall grid for plotting."""
+    grid = np.linspace(0, 1, points)
+    frames = {}
+    for i, label in enumerate(labels):
+        positives = y_true == i
+        if not positives.any():
+            continue
+        precision, recall, _ = precision_recall_curve(positives, proba[:, i])
+        # interpolated precision: best precision at recall >= r
+        best = np.maximum.accumulate(precision[::-1])[::-1]
+        interp = np.interp(grid, recall[::-1], best[::-1])
+        frames[label] = pd.DataFrame({"recall": grid.round(3), "precision": interp.round(4)})
+    return frames
+
+
+def confusion_rows(y_true: np.ndarray, y_pred: np.ndarray, labels: list[str]) -> pd.DataFrame:
+    """actual/predicted pairs for DVC's confusion-matrix template."""
+    return pd.DataFrame({"actual": [labels[i] for i in y_true], "predicted": [labels[i] for i in y_pred]})

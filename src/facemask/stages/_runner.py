@@ -1,0 +1,36 @@
+"""Shared entry-point plumbing for the DVC stage scripts."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from facemask.config import ConfigError, Params, load_params
+from facemask.data.fetch import FetchError
+
+
+def write_json(path: Path, payload: Any) -> None:
+    """Write JSON atomically (a stage killed mid-way leaves the previous file intact)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n")
+    tmp.replace(path)
+
+
+def run_stage(name: str, body: Callable[[Params], None], argv: list[str] | None = None) -> int:
+    """Parse `--params`, load and validate them, run the stage; clear message and exit 2 on bad input."""
+    parser = argparse.ArgumentParser(prog=f"facemask.stages.{name}", description=f"DVC stage: {name}")
+    parser.add_argument("--params", default="params.yaml", help="composed parameters (default params.yaml)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        body(load_params(args.params))
+    except (ConfigError, FetchError, FileNotFoundError) as err:
+        print(f"{name}: {err}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,42 @@
+"""Stage 3, augment: serialise the configured albumentations pipeline and draw a preview grid."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import cv2
+import pandas as pd
+
+from facemask.augment import build_augmentation, preview_grid, save_augmentation
+from facemask.config import Params
+from facemask.stages._runner import run_stage
+
+log = logging.getLogger("facemask.augment")
+
+
+def augment(params: Params) -> None:
+    pipeline = build_augmentation(params.augment.transforms, seed=params.seed)
+    out = params.paths.models / "augment.json"
+    save_augmentation(pipeline, out)
+    crops = pd.read_csv(params.paths.interim / "crops.csv").dropna(subset=["crop"])
+    train = crops[crops["split"] == "train"]
+    per_label = max(1, params.augment.preview_count // (2 * train["label"].nunique()))
+    sample = train.sample(frac=1.0, random_state=params.seed).groupby("label").head(per_label)
+    images = []
+    for name in sample["crop"]:
+        rgb = cv2.cvtColor(cv2.imread(str(params.paths.crops / name)), cv2.COLOR_BGR2RGB)
+        images += [rgb, rgb]  # each crop twice: two draws of the pipeline side by side
+    grid = preview_grid(pipeline, images, columns=8)
+    preview = params.paths.reports / "augment_preview.png"
+    preview.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(preview), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
+    log.info("augmentation pipeline (%d transforms) -> %s; preview -> %s", len(pipeline.transforms), out, preview)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_stage("augment", augment, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""LightningDataModule over the face crops written by the crop stage."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import albumentations as A
+import cv2
+import numpy as np
+import pandas as pd
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+
+from facemask.preprocess import Preprocessor
+
+
+class CropDataset(Dataset):
+    """Face crops with integer labels; `augment` (albumentations, RGB) applies before preprocessing."""
+
+    def __init__(self, files: list[Path], targets: list[int], preprocessor: Preprocessor, augment: A.Compose | None):
+        self.files, self.targets = files, targets
+        self.preprocessor, self.augment = preprocessor, augment
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        bgr = cv2.imread(str(self.files[i]))
+        if bgr is None:
+            raise OSError(f"cannot read crop {self.files[i]}")
+        rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        if self.augment is not None:
+            rgb = self.augment(image=rgb)["image"]
+        return self.preprocessor(rgb), self.targets[i]
+
+
+class CropDataModule(pl.LightningDataModule):
+    def __init__(
+        self,
+        crops_csv: Path,
+        crops_dir: Path,
+        labels: list[str],
+        preprocessor: Preprocessor,
+        augment: A.Compose | None,
+        batch_size: int,
+        num_workers: int,
+        balance: str = "class_weights",
+        seed: int = 0,
+    ):
+        super().__init__()
+        self.crops_csv, self.crops_dir, self.labels = Path(crops_csv), Path(crops_dir), list(labels)
+        self.preprocessor, self.augment = preprocessor, augment
+        self.batch_size, self.num_workers, self.balance, self.seed = batch_size, num_workers, balance, seed
+        self.frames: dict[str, pd.DataFrame] = {}
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.frames:
+            return
+        table = pd.read_csv(self.crops_csv, keep_default_na=False)
+        table = table[table["crop"] != ""]
+        for split in ("train", "val", "test"):
+            self.frames[split] = table[table["split"] == split].reset_index(drop=True)
+        if self.frames["train"].empty or self.frames["val"].empty:
+            raise ValueError(f"{self.crops_csv} has no train or no val crops; check the crop stage report")
+
+    def class_counts(self) -> np.ndarray:
+        self.setup()
+        idx = self.frames["train"]["label"].map(self.labels.index)
+        return np.bincount(idx, minlength=len(self.labels))
+
+    def class_weights(self) -> torch.Tensor:
+        """Inverse-frequency weights, normalised so a balanced set gets all ones."""
+        counts = np.maximum(self.class_counts(), 1)
+        return torch.tensor(counts.sum() / (len(counts) * counts), dtype=torch.float32)
+
+    def dataset(self, split: str, augment: bool = False) -> CropDataset:
+        self.setup()
+        frame = self.frames[split]
+        files = [self.crops_dir / name for name in frame["crop"]]
+        targets = [self.labels.index(lb) for lb in frame["label"]]
+        return CropDataset(files, targets, self.preprocessor, self.augment if augment else None)
+
+    def _loader(self, split: str, train: bool) -> DataLoader:
+        ds = self.dataset(split, augment=train)
+        sampler, shuffle = None, train
+        if train and self.balance == "sampler":
+            weights = self.class_weights().numpy()[ds.targets]
+            gen = torch.Generator().manual_seed(self.seed)
+            sampler, shuffle = WeightedRandomSampler(weights, len(ds), replacement=True, generator=gen), False
+        return DataLoader(
+            ds,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            drop_last=train and len(ds) > self.batch_size,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", train=False)

@@ -1,0 +1,100 @@
+"""Shared fixtures: the offline mirror (../shared or FACEMASK_MIRROR), small real slices of it,
+and a real MLflow tracking server on a free loopback port."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def _shared_root() -> Path:
+    root = Path(os.environ.get("FACEMASK_MIRROR") or REPO.parent / "shared")
+    assert (root / "datasets").is_dir(), (
+        f"the offline mirror {root} is missing: set FACEMASK_MIRROR to a folder with datasets/ and models/"
+    )
+    return root
+
+
+@pytest.fixture(scope="session")
+def shared() -> Path:
+    return _shared_root()
+
+
+@pytest.fixture(scope="session")
+def yunet_weights(shared: Path) -> Path:
+    return shared / "models" / "yunet" / "face_detection_yunet.onnx"
+
+
+def real_images(shared: Path, folder: str, n: int) -> list[Path]:
+    """The first `n` images (sorted) of a dataset folder of the mirror."""
+    files = sorted((shared / "datasets" / folder).glob("*.jpg"))[:n]
+    assert len(files) == n, f"expected {n} images in {folder}"
+    return files
+
+
+def make_mirror(shared: Path, dest: Path, per_folder: int) -> Path:
+    """A slice of the offline mirror: `per_folder` real images per label folder, same layout."""
+    for source, folders in {
+        "face-mask-2class": ["with_mask", "without_mask"],
+        "maskedface-net-sample": ["correct", "incorrect"],
+    }.items():
+        for folder in folders:
+            out = dest / "datasets" / source / folder
+            out.mkdir(parents=True)
+            for f in real_images(shared, f"{source}/{folder}", per_folder):
+                shutil.copy(f, out / f.name)
+    (dest / "models" / "yunet").mkdir(parents=True)
+    shutil.copy(shared / "models/yunet/face_detection_yunet.onnx", dest / "models/yunet")
+    return dest
+
+
+@pytest.fixture(scope="session")
+def mini_mirror(shared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_mirror(shared, tmp_path_factory.mktemp("mirror"), per_folder=24)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory):
+    """A real `mlflow server` (sqlite backend, local artifacts) on a free loopback port."""
+    root = tmp_path_factory.mktemp("mlflow")
+    port = free_port()
+    cmd = [
+        str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+        "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+        "--artifacts-destination", str(root / "artifacts"), "--workers", "1",
+    ]  # fmt: skip
+    log = (root / "server.log").open("w")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=root)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        try:
+            if requests.get(f"{url}/health", timeout=1).ok:
+                break
+        except requests.ConnectionError:
+            pass
+        assert proc.poll() is None, (root / "server.log").read_text()
+        time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail(f"mlflow server did not start: {(root / 'server.log').read_text()[-2000:]}")
+    yield url
+    proc.terminate()
+    proc.wait(timeout=30)

@@ -1,0 +1,103 @@
+"""Face detection backends and alignment on real images."""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+import pytest
+
+from facemask.config import compose, validate
+from facemask.detection import Face, build_detector
+from facemask.detection.align import crop_face, roll_angle
+from facemask.detection.yunet import YuNetDetector
+from facemask.imageio import read_image
+from facemask.stages.crop import choose_face, prepare
+
+from .conftest import real_images
+
+
+@pytest.fixture(scope="module")
+def yunet(yunet_weights):
+    return YuNetDetector(yunet_weights, 0.5, 0.3, 5000, 12)
+
+
+def test_yunet_finds_the_face_in_real_photos(yunet, shared):
+    cfg = validate(compose()).crop
+    found = 0
+    files = real_images(shared, "maskedface-net-sample/incorrect", 10)
+    for path in files:
+        image, _, _ = prepare(read_image(path), cfg)
+        faces = yunet.detect(image)
+        found += bool(faces)
+        for f in faces:
+            assert f.landmarks.shape == (5, 2)
+            assert 0 < f.score <= 1
+            assert f.box[2] > f.box[0] and f.box[3] > f.box[1]
+    assert found >= 9
+
+
+def test_yunet_on_empty_and_faceless_images(yunet):
+    assert yunet.detect(np.zeros((0, 0, 3), np.uint8)) == []
+    assert yunet.detect(np.full((240, 320, 3), 128, np.uint8)) == []
+
+
+def test_build_detector_from_config_uses_mirror(monkeypatch, shared):
+    monkeypatch.setenv("FACEMASK_MIRROR", str(shared))
+    det = build_detector(validate(compose()).detector)
+    assert det.name == "yunet"
+
+
+def test_alignment_levels_the_eyes():
+    # a face whose eyes slope 20 degrees: after alignment they must be level
+    angle = math.radians(20)
+    centre = np.array([100.0, 100.0])
+    eye_offset = 20 * np.array([math.cos(angle), math.sin(angle)])
+    lms = np.array([centre - eye_offset, centre + eye_offset, centre, centre + [-10, 30], centre + [10, 30]])
+    face = Face(np.array([60, 60, 140, 140], np.float32), 0.9, lms.astype(np.float32))
+    assert roll_angle(face) == pytest.approx(20, abs=1e-4)
+    image = np.zeros((200, 200, 3), np.uint8)
+    for x, y in lms[:2]:
+        cv2.circle(image, (round(x), round(y)), 3, (255, 255, 255), -1)
+    crop = crop_face(image, face, size=64, margin=0.2, align=True)
+    ys, xs = np.nonzero(crop[..., 0] > 128)
+    left, right = ys[xs < 32].mean(), ys[xs >= 32].mean()
+    assert abs(left - right) < 1.5
+    unaligned = crop_face(image, face, size=64, margin=0.2, align=False)
+    ys, xs = np.nonzero(unaligned[..., 0] > 128)
+    assert abs(ys[xs < 32].mean() - ys[xs >= 32].mean()) > 5
+
+
+def test_choose_face_policies():
+    small = Face(np.array([0, 0, 10, 10], np.float32), 0.99)
+    large = Face(np.array([0, 0, 50, 50], np.float32), 0.6)
+    assert choose_face([], "largest") == (None, "no_face")
+    assert choose_face([small, large], "largest") == (large, "multi_face_largest")
+    assert choose_face([small, large], "drop") == (None, "multi_face")
+
+
+def test_retinaface_package_loads_weights_from_deepface_home(tmp_path, monkeypatch, shared):
+    """The retina-face package's own loader, fed a same-architecture network saved where it looks."""
+    import torch
+
+    monkeypatch.setenv("DEEPFACE_HOME", str(tmp_path))
+    monkeypatch.setenv("DEEPFACE_BACKEND_ENGINE", "pytorch")
+    from retinaface.model import retinaface_pth_model
+
+    torch.manual_seed(0)
+    net = retinaface_pth_model.RetinaFace()
+    weights = tmp_path / ".deepface" / "weights" / "retinaface.pth"
+    weights.parent.mkdir(parents=True)
+    torch.save(net.state_dict(), weights)
+
+    from facemask.detection.retinaface import RetinaFaceDetector
+
+    det = build_detector(validate(compose(["detector=retinaface"])).detector)
+    assert isinstance(det, RetinaFaceDetector)
+    loaded = det._model.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in net.state_dict().items())
+    image = read_image(real_images(shared, "face-mask-2class/without_mask", 1)[0])
+    faces = det.detect(image)  # random weights: any number of faces, but well-formed
+    assert isinstance(faces, list)
+    assert all(isinstance(f, Face) and f.landmarks.shape == (5, 2) for f in faces)

@@ -1,0 +1,147 @@
+"""The real DVC pipeline on a small slice of the real data, logging to a real MLflow server.
+
+One module-scoped project: `dvc repro` from nothing, a no-op second repro, then a changed
+augmentation parameter that must re-run exactly augment, train and evaluate.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from facemask.config import compose, write_params
+
+from .conftest import BIN, REPO
+
+pytestmark = pytest.mark.slow
+STAGES = ["ingest", "crop", "augment", "train", "evaluate"]
+OVERRIDES = ["model=lcnet", "model.input_size=64", "crop.size=64", "trainer=fast", "augment.preview_count=8"]
+
+
+def dvc(project, *args, env):
+    proc = subprocess.run([str(BIN / "dvc"), *args], cwd=project, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"dvc {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    return proc.stdout + proc.stderr
+
+
+def ran(output: str) -> list[str]:
+    return re.findall(r"Running stage '(\w+)'", output)
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, mini_mirror, mlflow_server):
+    root = tmp_path_factory.mktemp("project")
+    for item in ("src", "conf"):
+        shutil.copytree(REPO / item, root / item, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
+    write_params(compose(OVERRIDES), root / "params.yaml")
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+        "FACEMASK_MIRROR": str(mini_mirror),
+        "MLFLOW_TRACKING_URI": mlflow_server,
+    }
+    dvc(root, "init", "--no-scm", "-q", env=env)
+    first = dvc(root, "repro", env=env)
+    return root, env, first
+
+
+def test_first_repro_runs_every_stage(project):
+    _, _, output = project
+    assert ran(output) == STAGES
+
+
+def test_manifest_and_crops(project):
+    root, _, _ = project
+    manifest = pd.read_csv(root / "data/interim/manifest.csv")
+    assert set(manifest["label"]) == {"mask", "no_mask", "incorrect"}
+    assert set(manifest["split"]) == {"train", "val", "test"}
+    assert manifest["sha256"].is_unique
+    assert set(manifest.columns) >= {"id", "source", "relpath", "label", "width", "height", "bytes", "phash", "group"}
+    report = json.loads((root / "reports/ingest.json").read_text())
+    assert report["scanned"] == 96
+    assert report["kept"] == len(manifest)
+    crop = json.loads((root / "reports/crop.json").read_text())
+    assert crop["images"] == len(manifest)
+    assert crop["detection_rate"] >= 0.85
+    assert set(crop["detection_rate_per_label"]) == {"mask", "no_mask", "incorrect"}
+    crops = pd.read_csv(root / "data/interim/crops.csv", keep_default_na=False)
+    written = crops[crops["crop"] != ""]
+    assert len(written) == crop["crops"]
+    assert all((root / "data/crops" / name).is_file() for name in written["crop"])
+
+
+def test_augment_artefact_round_trips(project):
+    import albumentations as A
+
+    root, _, _ = project
+    pipeline = A.load(str(root / "models/augment.json"), data_format="json")
+    names = [type(t).__name__ for t in pipeline.transforms]
+    assert names == [t["name"] for t in yaml.safe_load((root / "params.yaml").read_text())["augment"]["transforms"]]
+    assert (root / "reports/augment_preview.png").stat().st_size > 1000
+
+
+def test_evaluation_metrics_and_mlflow_run(project):
+    root, env, _ = project
+    metrics = json.loads((root / "reports/metrics.json").read_text())
+    assert 0.0 <= metrics["macro_f1"] <= 1.0
+    assert set(metrics["per_class"]) == {"mask", "no_mask", "incorrect"}
+    confusion = pd.read_csv(root / "reports/confusion.csv")
+    assert len(confusion) == metrics["n"] == sum(map(sum, metrics["confusion_matrix"]))
+    for label in ("mask", "no_mask", "incorrect"):
+        assert len(pd.read_csv(root / f"reports/pr/{label}.csv")) == 101
+
+    ref = json.loads((root / "models/mlflow_run.json").read_text())
+    assert ref["tracking_uri"] == env["MLFLOW_TRACKING_URI"]
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    run = client.get_run(ref["run_id"])
+    assert run.data.metrics["test.macro_f1"] == pytest.approx(metrics["macro_f1"])
+    assert run.data.params["model.backbone"] == "lcnet_050"
+    assert len(client.get_metric_history(run.info.run_id, "val/macro_f1")) >= 1
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+    assert {"plots/training_curves.png", "plots/confusion_matrix.png", "plots/pr_curves.png"} <= artifacts
+    models = client.search_logged_models(experiment_ids=[run.info.experiment_id])
+    assert any(m.source_run_id == run.info.run_id for m in models)
+
+
+def test_second_repro_does_nothing(project):
+    root, env, _ = project
+    output = dvc(root, "repro", env=env)
+    assert ran(output) == []
+    for stage in STAGES:
+        assert f"Stage '{stage}' didn't change" in output
+
+
+def test_augment_change_reruns_only_downstream(project):
+    root, env, _ = project
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["augment"]["transforms"][0]["p"] = 0.4
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    output = dvc(root, "repro", env=env)
+    assert ran(output) == ["augment", "train", "evaluate"]
+
+
+def test_bad_params_stop_a_stage_and_keep_outputs(project):
+    root, env, _ = project
+    model = root / "models/classifier.pt"
+    before = model.stat().st_mtime_ns
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["trainer"]["lr"] = -1
+    bad = root / "bad_params.yaml"
+    bad.write_text(yaml.safe_dump(params))
+    proc = subprocess.run(
+        [sys.executable, "-m", "facemask.stages.train", "--params", str(bad)],
+        cwd=root, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert "trainer.lr: Input should be greater than 0" in proc.stderr
+    assert model.stat().st_mtime_ns == before
