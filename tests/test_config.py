@@ -24,8 +24,8 @@ def test_groups_mirror_the_code():
 
 
 def test_override_selects_group_option():
-    raw = compose(["model=lcnet", "detector=retinaface", "trainer.lr=0.01"])
-    assert raw["model"]["backbone"] == "lcnet_050"
+    raw = compose(["model=resnet10t", "detector=retinaface", "trainer.lr=0.01"])
+    assert raw["model"]["backbone"] == "resnet10t"
     assert raw["detector"]["name"] == "retinaface"
     assert raw["trainer"]["lr"] == 0.01
 

@@ -105,7 +105,7 @@ def test_evaluation_metrics_and_mlflow_run(project):
     client = MlflowClient(env["MLFLOW_TRACKING_URI"])
     run = client.get_run(ref["run_id"])
     assert run.data.metrics["test.macro_f1"] == pytest.approx(metrics["macro_f1"])
-    assert run.data.params["model.backbone"] == "lcnet_050"
+    assert run.data.params["model.backbone"] == "lcnet_075"
     assert len(client.get_metric_history(run.info.run_id, "val/macro_f1")) >= 1
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
     assert {"plots/training_curves.png", "plots/confusion_matrix.png", "plots/pr_curves.png"} <= artifacts

@@ -53,7 +53,6 @@ class History(Callback):
 
 def train(params: Params) -> None:
     pl.seed_everything(params.seed, workers=True)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     tp, paths, labels = params.trainer, params.paths, params.data.labels
     dm = CropDataModule(
         paths.interim / "crops.csv",
