@@ -1,5 +1,6 @@
 # Face-mask detection: one entry point for set-up, the pipeline, the tests and the tools.
-# `make run` sets up and runs the pipeline on the offline data; `make test` sets up and runs the tests.
+# `make run`: set up, run the pipeline on the offline data, then serve the champion model.
+# `make test`: set up, bring the pipeline up to date, run the tests (CI runs this).
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
@@ -11,7 +12,7 @@ FACEMASK_MIRROR ?= $(if $(wildcard ../shared/datasets),$(abspath ../shared),)
 export FACEMASK_MIRROR
 OVERRIDES ?=
 
-.PHONY: help setup params check-params pipeline run test test-fast lint format mlflow-ui clean
+.PHONY: help setup params check-params pipeline run test test-fast lint format mlflow-ui clean bento-models serve bento bench-latency
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -26,18 +27,18 @@ params: ## compose conf/ (+ OVERRIDES="key=value ...") into params.yaml
 check-params: ## fail if params.yaml is out of date with conf/
 	$(RUN) python -m facemask.config --check
 
-pipeline: ## dvc repro: ingest, crop, augment, train, evaluate
+pipeline: ## dvc repro: ingest, crop, augment, train, evaluate, promote
 	@if [ -n "$$FACEMASK_MIRROR" ]; then echo "data and weights from the offline mirror $$FACEMASK_MIRROR"; \
 	 else echo "FACEMASK_MIRROR is empty: downloading the public sources"; fi
 	$(RUN) dvc repro
 	$(RUN) dvc metrics show
 
-run: setup pipeline ## set up and run the whole pipeline on the offline data
+run: setup pipeline serve ## set up, run the pipeline on the offline data, then serve the champion
 
-test: setup ## set up and run the whole test suite
+test: setup pipeline ## set up, bring the pipeline up to date (the service tests serve its champion), run all tests
 	$(RUN) pytest -q
 
-test-fast: ## the tests without the slow end-to-end ones
+test-fast: ## the tests without the slow end-to-end ones (no pipeline run needed)
 	$(RUN) pytest -q -m "not slow"
 
 lint: ## ruff check + format check
@@ -47,6 +48,20 @@ lint: ## ruff check + format check
 format: ## ruff fix + format
 	$(RUN) ruff check --fix src tests service
 	$(RUN) ruff format src tests service
+
+bento-models: ## import the MLflow champion and the face detector into the BentoML model store
+	$(RUN) python -m facemask.serving.packaging
+
+serve: bento-models ## serve the champion locally on http://127.0.0.1:3000 (detect, annotate, gate)
+	$(RUN) bentoml serve service.service:FaceMask --host 127.0.0.1 --port $${PORT:-3000}
+
+bento: bento-models ## build a Bento (pinned requirements, classifier and detector included)
+	$(UV) export --frozen --no-dev --no-hashes --no-emit-project -o service/requirements.txt -q
+	$(UV) build --wheel -o dist -q
+	$(RUN) bentoml build -f service/bentofile.yaml .
+
+bench-latency: ## detect latency table (1/3/8 faces, 640x480), in-process; URL=http://... adds HTTP
+	$(RUN) python -m facemask.bench.latency $(if $(URL),--url $(URL),)
 
 mlflow-ui: ## open the MLflow UI on http://127.0.0.1:5000 (runs, metrics, plots, models)
 	$(RUN) mlflow ui --backend-store-uri $${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db} --host 127.0.0.1 --port 5000

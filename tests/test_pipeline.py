@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -23,7 +24,7 @@ from facemask.config import compose, write_params
 from .conftest import BIN, REPO
 
 pytestmark = pytest.mark.slow
-STAGES = ["ingest", "crop", "augment", "train", "evaluate"]
+STAGES = ["ingest", "crop", "augment", "train", "evaluate", "promote"]
 OVERRIDES = ["model=lcnet", "model.input_size=64", "crop.size=64", "trainer=fast", "augment.preview_count=8"]
 
 
@@ -113,6 +114,16 @@ def test_evaluation_metrics_and_mlflow_run(project):
     assert any(m.source_run_id == run.info.run_id for m in models)
 
 
+def test_first_model_becomes_champion(project):
+    root, env, _ = project
+    decision = json.loads((root / "reports/promotion.json").read_text())
+    assert decision["promoted"] and decision["reason"] == "no champion yet"
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    champion = client.get_model_version_by_alias(decision["model"], "champion")
+    assert champion.version == decision["candidate_version"]
+    assert champion.run_id == json.loads((root / "models/mlflow_run.json").read_text())["run_id"]
+
+
 def test_second_repro_does_nothing(project):
     root, env, _ = project
     output = dvc(root, "repro", env=env)
@@ -127,7 +138,7 @@ def test_augment_change_reruns_only_downstream(project):
     params["augment"]["transforms"][0]["p"] = 0.4
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     output = dvc(root, "repro", env=env)
-    assert ran(output) == ["augment", "train", "evaluate"]
+    assert ran(output) == ["augment", "train", "evaluate", "promote"]
 
 
 def test_bad_params_stop_a_stage_and_keep_outputs(project):
@@ -145,3 +156,34 @@ def test_bad_params_stop_a_stage_and_keep_outputs(project):
     assert proc.returncode == 2
     assert "trainer.lr: Input should be greater than 0" in proc.stderr
     assert model.stat().st_mtime_ns == before
+
+
+def test_detection_pipeline_object_on_real_frames(project):
+    """The pipeline object (detector -> aligned crops -> one classifier batch) on real photos."""
+    import cv2
+    import numpy as np
+
+    from facemask.config import load_params
+    from facemask.pipeline import MaskPipeline
+
+    root, env, _ = project
+    os.environ["FACEMASK_MIRROR"] = env["FACEMASK_MIRROR"]
+    params = load_params(root / "params.yaml")
+    pipe = MaskPipeline.from_params(params, root / "models/classifier.pt")
+    assert pipe.crop_size == params.crop.size  # recorded in the artefact at training time
+    photos = sorted((Path(env["FACEMASK_MIRROR"]) / "datasets/maskedface-net-sample/correct").glob("*.jpg"))[:3]
+    frames = [cv2.imread(str(p)) for p in photos]
+    # three real faces side by side in one 640x480 frame
+    canvas = np.zeros((480, 640, 3), np.uint8)
+    for i, f in enumerate(frames):
+        canvas[112:368, 10 + i * 210 : 10 + i * 210 + 200] = cv2.resize(f, (200, 256))
+    results = pipe(canvas)
+    assert len(results) == 3
+    assert sorted(r.box[0] for r in results) == sorted(r.box[0] for r in results)
+    for r in results:
+        assert r.label in pipe.labels
+        assert sum(r.probabilities.values()) == pytest.approx(1.0, abs=1e-3)
+        assert r.confidence == max(r.probabilities.values())
+    assert pipe(np.zeros((480, 640, 3), np.uint8)) == []
+    with pytest.raises(ValueError, match="non-empty"):
+        pipe(np.zeros((0, 0, 3), np.uint8))

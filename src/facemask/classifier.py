@@ -55,7 +55,8 @@ class MaskClassifier:
         cfg = ModelConfig.model_validate({**blob["model"], "pretrained": False})
         network = create_network(cfg, len(blob["labels"]))
         network.load_state_dict(blob["state_dict"])
-        return cls(network, blob["labels"], Preprocessor.from_config(cfg), blob.get("meta", {}))
+        meta = {**blob.get("meta", {}), "backbone": cfg.backbone, "input_size": cfg.input_size}
+        return cls(network, blob["labels"], Preprocessor.from_config(cfg), meta)
 
 
 def save_classifier(

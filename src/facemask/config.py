@@ -166,6 +166,8 @@ class Mlflow(_Strict):
     artifact_location: str
     experiment: str = Field(min_length=1)
     registered_model: str = Field(min_length=1)
+    champion_alias: str = Field(min_length=1, pattern=r"^[A-Za-z][\w-]*$")
+    promotion_margin: float = Field(ge=0, le=1)
 
 
 class Params(_Strict):

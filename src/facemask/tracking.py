@@ -42,9 +42,11 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def write_run_ref(path: Path, run_id: str, experiment_id: str, uri: str) -> None:
+def write_run_ref(path: Path, run_id: str, experiment_id: str, uri: str, model_uri: str) -> None:
+    """Record which MLflow run (and logged model) the later stages attach to."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"run_id": run_id, "experiment_id": experiment_id, "tracking_uri": uri}, indent=2))
+    ref = {"run_id": run_id, "experiment_id": experiment_id, "tracking_uri": uri, "model_uri": model_uri}
+    path.write_text(json.dumps(ref, indent=2))
 
 
 def read_run_ref(path: Path) -> dict[str, str]:

@@ -102,6 +102,7 @@ def train(params: Params) -> None:
             "run_id": run.info.run_id,
             "best_val_macro_f1": best_f1,
             "timm": timm.__version__,
+            "crop": params.crop.model_dump(mode="json"),  # serving crops faces exactly as training did
         }
         save_classifier(network, params.model, labels, paths.models / "classifier.pt", meta)
 
@@ -112,12 +113,13 @@ def train(params: Params) -> None:
         mlflow.log_artifact(str(paths.models / "augment.json"), "augment")
         mlflow.log_artifact(str(paths.reports / "augment_preview.png"), "augment")
         example = np.zeros((1, 3, params.model.input_size, params.model.input_size), dtype=np.float32)
-        mlflow.pytorch.log_model(
+        model_info = mlflow.pytorch.log_model(
             network,
             name="model",
             input_example=example,
             serialization_format="pickle",
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"timm=={timm.__version__}"],
+            extra_files=[str(paths.models / "classifier.pt")],  # the artefact the service loads
         )
         summary = {
             "best_val_macro_f1": round(best_f1, 4),
@@ -126,7 +128,9 @@ def train(params: Params) -> None:
             "seconds_per_epoch": round(float(frame["seconds"].median()), 2) if len(frame) else None,
         }
         mlflow.log_metrics({f"train_summary.{k}": v for k, v in summary.items() if v is not None})
-        tracking.write_run_ref(paths.models / "mlflow_run.json", run.info.run_id, experiment_id, uri)
+        tracking.write_run_ref(
+            paths.models / "mlflow_run.json", run.info.run_id, experiment_id, uri, model_info.model_uri
+        )
     write_json(paths.reports / "train.json", summary)
     log.info(
         "best val macro-F1 %.4f after %d epochs (%.0f s)", summary["best_val_macro_f1"], summary["epochs"], seconds

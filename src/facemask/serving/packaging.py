@@ -1,0 +1,95 @@
+"""Moving models into BentoML's model store and loading them back into a `MaskPipeline`.
+
+`import_champion` copies the MLflow registry's champion (its `classifier.pt`) and the configured face
+detector's weights into the BentoML model store, so that a built Bento carries both and downloads
+nothing at start.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import bentoml
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from facemask import tracking
+from facemask.classifier import MaskClassifier
+from facemask.config import Detector, Params
+from facemask.data.fetch import resolve_weights
+from facemask.detection import build_detector
+from facemask.pipeline import MaskPipeline
+
+log = logging.getLogger(__name__)
+CLASSIFIER_MODEL = "facemask-classifier"
+DETECTOR_MODEL = "facemask-detector"
+
+
+def import_champion(params: Params) -> tuple[str, str]:
+    """Champion classifier + detector into the BentoML store; returns their tags."""
+    tracking.setup(params.mlflow)
+    name, alias = params.mlflow.registered_model, params.mlflow.champion_alias
+    client = MlflowClient()
+    version = client.get_model_version_by_alias(name, alias)
+    local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}@{alias}"))
+    found = sorted(local.rglob("classifier.pt"))
+    if not found:
+        raise FileNotFoundError(f"models:/{name}@{alias} carries no classifier.pt (logged before extra_files?)")
+    meta = {
+        "mlflow_model": name,
+        "mlflow_version": version.version,
+        "mlflow_run_id": version.run_id,
+        "test_macro_f1": version.tags.get("test_macro_f1"),
+    }
+    with bentoml.models.create(CLASSIFIER_MODEL, labels={"alias": alias}, metadata=meta) as model:
+        shutil.copy(found[0], Path(model.path) / "classifier.pt")
+    clf_tag = str(model.tag)
+
+    detector = params.detector
+    with bentoml.models.create(DETECTOR_MODEL, metadata={"backend": detector.name}) as det_model:
+        Path(det_model.path, "detector.json").write_text(json.dumps(detector.model_dump(mode="json"), indent=2))
+        if detector.name == "yunet":
+            shutil.copy(resolve_weights(detector.weights), Path(det_model.path) / detector.weights.file)
+    log.info(
+        "imported %s v%s as %s and detector %s as %s", name, version.version, clf_tag, detector.name, det_model.tag
+    )
+    return clf_tag, str(det_model.tag)
+
+
+def load_pipeline(classifier_dir: Path | str, detector_dir: Path | str) -> tuple[MaskPipeline, dict]:
+    """A ready pipeline from the two model-store folders, plus what the responses report as version."""
+    classifier = MaskClassifier.load(Path(classifier_dir) / "classifier.pt")
+    cfg = Detector.model_validate_json(Path(detector_dir, "detector.json").read_text())
+    weights = Path(detector_dir) / cfg.weights.file if cfg.name == "yunet" else None
+    detector = build_detector(cfg, weights)
+    crop = classifier.meta.get("crop")
+    if crop is None:
+        raise ValueError(f"{classifier_dir}/classifier.pt records no crop settings: retrain with this version")
+    return MaskPipeline(detector, classifier, crop["size"], crop["margin"], crop["align"]), classifier.meta
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m facemask.serving.packaging`: import the champion + detector into the BentoML store."""
+    import argparse
+    import sys
+
+    from facemask.config import ConfigError, load_params
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--params", default="params.yaml")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        clf, det = import_champion(load_params(args.params))
+    except (ConfigError, FileNotFoundError, mlflow.exceptions.MlflowException) as err:
+        print(f"cannot import the champion: {err}", file=sys.stderr)
+        return 2
+    print(f"{clf}\n{det}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,42 @@
+"""Stage 6, promote: register the evaluated model; move the champion alias only if it wins."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from facemask import tracking
+from facemask.config import Params
+from facemask.registry import promote
+from facemask.stages._runner import run_stage, write_json
+
+
+def promote_stage(params: Params) -> None:
+    paths, cfg = params.paths, params.mlflow
+    ref = tracking.read_run_ref(paths.models / "mlflow_run.json")
+    metrics = json.loads((paths.reports / "metrics.json").read_text())
+    tracking.setup(cfg)
+    client = MlflowClient()
+    decision = promote(
+        client, cfg.registered_model, ref["model_uri"], ref["run_id"], metrics["macro_f1"],
+        cfg.champion_alias, cfg.promotion_margin,
+    )  # fmt: skip
+    with mlflow.start_run(run_id=ref["run_id"]):
+        mlflow.set_tags(
+            {
+                "promotion": "promoted" if decision.promoted else "rejected",
+                "registered_version": decision.candidate_version,
+            }
+        )
+    write_json(paths.reports / "promotion.json", decision.to_dict())
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_stage("promote", promote_stage, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
