@@ -55,7 +55,12 @@ def promote(
         client.get_registered_model(name)
     except MlflowException:
         client.create_registered_model(name, description="Face-mask classifier (mask / no_mask / incorrect)")
-    version = client.create_model_version(name, model_uri, run_id=run_id, tags={METRIC_TAG: str(macro_f1)})
+    # an MLflow 3 logged model ("models:/m-<id>") registers by its artifact location and id
+    model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
+    source = client.get_logged_model(model_id).artifact_location if model_id else model_uri
+    version = client.create_model_version(
+        name, source, run_id=run_id, tags={METRIC_TAG: str(macro_f1)}, model_id=model_id
+    )
     if champion is None:
         promoted, reason = True, "no champion yet"
     elif macro_f1 > champion[1] + margin:
