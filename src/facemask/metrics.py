@@ -57,3 +57,23 @@ def pr_curve_frames(y_true: np.ndarray, proba: np.ndarray, labels: list[str], po
 def confusion_rows(y_true: np.ndarray, y_pred: np.ndarray, labels: list[str]) -> pd.DataFrame:
     """actual/predicted pairs for DVC's confusion-matrix template."""
     return pd.DataFrame({"actual": [labels[i] for i in y_true], "predicted": [labels[i] for i in y_pred]})
+
+
+def format_table(result: dict) -> str:
+    """A small text table of a metrics.json: per-class precision/recall/F1/AP and the totals."""
+    lines = [f"{'class':<10} {'precision':>9} {'recall':>7} {'F1':>6} {'AP':>6} {'n':>5}"]
+    for label, s in result["per_class"].items():
+        lines.append(
+            f"{label:<10} {s['precision']:>9.3f} {s['recall']:>7.3f} {s['f1']:>6.3f} "
+            f"{s['average_precision']:>6.3f} {s['support']:>5}"
+        )
+    lines.append(f"accuracy {result['accuracy']:.4f}   macro-F1 {result['macro_f1']:.4f}   n={result['n']}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+    from pathlib import Path
+
+    print(format_table(json.loads(Path(sys.argv[1] if len(sys.argv) > 1 else "reports/metrics.json").read_text())))

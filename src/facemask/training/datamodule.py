@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import albumentations as A
@@ -13,6 +14,14 @@ import torch
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
 from facemask.preprocess import Preprocessor
+
+
+def seed_augmentation(worker_id: int, base_seed: int) -> None:
+    """DataLoader worker_init_fn: albumentations keeps its own RNG, so seed it per worker (reproducible
+    runs, and different augmentations in each worker)."""
+    info = torch.utils.data.get_worker_info()
+    if info is not None and info.dataset.augment is not None:
+        info.dataset.augment.set_random_seed(base_seed + worker_id)
 
 
 class CropDataset(Dataset):
@@ -57,6 +66,8 @@ class CropDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.frames:
             return
+        if self.augment is not None:
+            self.augment.set_random_seed(self.seed)  # in-process loading (num_workers=0)
         table = pd.read_csv(self.crops_csv, keep_default_na=False)
         table = table[table["crop"] != ""]
         for split in ("train", "val", "test"):
@@ -95,6 +106,7 @@ class CropDataModule(pl.LightningDataModule):
             sampler=sampler,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+            worker_init_fn=functools.partial(seed_augmentation, base_seed=self.seed) if train else None,
             drop_last=train and len(ds) > self.batch_size,
         )
 
