@@ -20,7 +20,7 @@ def draw_faces(frame: np.ndarray, faces: list[FaceResult], labels: dict[int, str
         cv2.rectangle(out, (x1, y1), (x2, y2), colour, thickness)
         text = f"{labels[i]} " if labels and i in labels else ""
         text += f"{face.label} {face.confidence:.2f}"
-        scale = 0.4 + 0.2 * thickness
+        scale = 0.35 + 0.1 * thickness
         (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
         top = max(0, y1 - th - base - 2)
         cv2.rectangle(out, (x1, top), (x1 + tw + 4, top + th + base + 2), colour, -1)
