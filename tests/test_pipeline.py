@@ -158,7 +158,7 @@ def test_bad_params_stop_a_stage_and_keep_outputs(project):
     assert model.stat().st_mtime_ns == before
 
 
-def test_detection_pipeline_object_on_real_frames(project):
+def test_detection_pipeline_object_on_real_frames(project, monkeypatch):
     """The pipeline object (detector -> aligned crops -> one classifier batch) on real photos."""
     import cv2
     import numpy as np
@@ -167,7 +167,7 @@ def test_detection_pipeline_object_on_real_frames(project):
     from facemask.pipeline import MaskPipeline
 
     root, env, _ = project
-    os.environ["FACEMASK_MIRROR"] = env["FACEMASK_MIRROR"]
+    monkeypatch.setenv("FACEMASK_MIRROR", env["FACEMASK_MIRROR"])
     params = load_params(root / "params.yaml")
     pipe = MaskPipeline.from_params(params, root / "models/classifier.pt")
     assert pipe.crop_size == params.crop.size  # recorded in the artefact at training time

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import mlflow
 import pytest
 import torch
@@ -21,8 +23,17 @@ def log_candidate(uri: str, f1: float) -> tuple[str, str]:
     return run.info.run_id, info.model_uri
 
 
+@pytest.fixture
+def restore_tracking_uri(monkeypatch):
+    """mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI: undo both after the test."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", os.environ.get("MLFLOW_TRACKING_URI", ""))
+    previous = mlflow.get_tracking_uri()
+    yield
+    mlflow.set_tracking_uri(previous)
+
+
 @pytest.mark.slow
-def test_promotion_gate_both_outcomes(mlflow_server):
+def test_promotion_gate_both_outcomes(mlflow_server, restore_tracking_uri):
     client = MlflowClient(mlflow_server)
     name = "gate-test"
     run1, uri1 = log_candidate(mlflow_server, 0.90)

@@ -8,6 +8,7 @@ the project's MLflow registry is imported into a temporary BentoML store, built 
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import subprocess
@@ -40,6 +41,8 @@ def bento_env(tmp_path_factory, shared):
     )
     home = tmp_path_factory.mktemp("bentoml")
     env = {**os.environ, "BENTOML_HOME": str(home), "FACEMASK_MIRROR": str(shared), "BENTOML_DO_NOT_TRACK": "True"}
+    # the champion lives where the pipeline logged it, whatever other tests pointed MLflow at
+    env["MLFLOW_TRACKING_URI"] = json.loads((REPO / "models/mlflow_run.json").read_text())["tracking_uri"]
     env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
     run([str(BIN / "python"), "-m", "facemask.serving.packaging"], env)
     return env
