@@ -48,7 +48,7 @@ def bento_env(tmp_path_factory, shared):
     return env
 
 
-UV = ["uv"] if shutil.which("uv") else [str(BIN / "python"), "-m", "uv"]
+UV = [shutil.which("uv") or str(BIN / "uv")]  # uv is also a dev dependency, so it is in the venv
 
 
 @pytest.fixture(scope="session")
