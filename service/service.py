@@ -58,7 +58,7 @@ class FaceMask:
 
     def __init__(self) -> None:
         clf, det = self.classifier_model, self.detector_model  # resolved to stored models when served
-        self.pipeline, _ = load_pipeline(clf.path, det.path)
+        self.pipeline = load_pipeline(clf.path, det.path)
         meta = clf.info.metadata
         self.model_version = f"{meta.get('mlflow_model', clf.tag.name)}/v{meta.get('mlflow_version', clf.tag.version)}"
         self._lock = threading.Lock()  # the detector keeps per-input-size state: one frame at a time

@@ -42,10 +42,6 @@ class MaskClassifier:
             out.append(torch.softmax(self.network(x), dim=1).numpy())
         return np.concatenate(out)
 
-    def predict_tensor(self, x: torch.Tensor) -> np.ndarray:
-        with torch.inference_mode():
-            return torch.softmax(self.network(x), dim=1).numpy()
-
     @classmethod
     def load(cls, path: Path | str) -> MaskClassifier:
         path = Path(path)

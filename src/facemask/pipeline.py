@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from facemask.classifier import MaskClassifier
@@ -43,11 +42,20 @@ class MaskPipeline:
         crop_size: int,
         margin: float,
         align: bool = True,
-        detect_max_side: int | None = None,
     ):
         self.detector, self.classifier = detector, classifier
         self.crop_size, self.margin, self.align = crop_size, margin, align
-        self.detect_max_side = detect_max_side
+
+    @classmethod
+    def from_classifier(
+        cls, detector: FaceDetector, classifier: MaskClassifier, fallback_crop: dict | None = None
+    ) -> MaskPipeline:
+        """Crop faces as the classifier's training did: the settings its artefact records, else
+        `fallback_crop`; an artefact without them and no fallback is refused."""
+        crop = {**(fallback_crop or {}), **classifier.meta.get("crop", {})}
+        if not crop:
+            raise ValueError("the classifier artefact records no crop settings: retrain it with this version")
+        return cls(detector, classifier, crop["size"], crop["margin"], crop["align"])
 
     @classmethod
     def from_params(
@@ -57,22 +65,15 @@ class MaskPipeline:
         records them (they must match training), else from `params.crop`."""
         if not isinstance(classifier, MaskClassifier):
             classifier = MaskClassifier.load(classifier)
-        crop = {**params.crop.model_dump(), **classifier.meta.get("crop", {})}
-        return cls(detector or build_detector(params.detector), classifier, crop["size"], crop["margin"], crop["align"])
+        return cls.from_classifier(detector or build_detector(params.detector), classifier, params.crop.model_dump())
 
     @property
     def labels(self) -> list[str]:
         return self.classifier.labels
 
     def detect_faces(self, frame: np.ndarray) -> list[Face]:
-        """Faces in frame coordinates; large frames are detected on a downscaled copy."""
-        scale = 1.0
-        image = frame
-        if self.detect_max_side and max(frame.shape[:2]) > self.detect_max_side:
-            scale = self.detect_max_side / max(frame.shape[:2])
-            image = cv2.resize(frame, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
-        faces = self.detector.detect(image)
-        return faces if scale == 1.0 else [f.transformed(scale) for f in faces]
+        """Faces in frame coordinates (kept apart from `classify` so callers can reuse detections)."""
+        return self.detector.detect(frame)
 
     def classify(self, frame: np.ndarray, faces: list[Face]) -> list[FaceResult]:
         """Classify given faces of a frame (one batch through the network)."""

@@ -59,16 +59,13 @@ def import_champion(params: Params) -> tuple[str, str]:
     return clf_tag, str(det_model.tag)
 
 
-def load_pipeline(classifier_dir: Path | str, detector_dir: Path | str) -> tuple[MaskPipeline, dict]:
-    """A ready pipeline from the two model-store folders, plus what the responses report as version."""
+def load_pipeline(classifier_dir: Path | str, detector_dir: Path | str) -> MaskPipeline:
+    """A ready pipeline from the two model-store folders."""
     classifier = MaskClassifier.load(Path(classifier_dir) / "classifier.pt")
     cfg = Detector.model_validate_json(Path(detector_dir, "detector.json").read_text())
     weights = Path(detector_dir) / cfg.weights.file if cfg.name == "yunet" else None
     detector = build_detector(cfg, weights)
-    crop = classifier.meta.get("crop")
-    if crop is None:
-        raise ValueError(f"{classifier_dir}/classifier.pt records no crop settings: retrain with this version")
-    return MaskPipeline(detector, classifier, crop["size"], crop["margin"], crop["align"]), classifier.meta
+    return MaskPipeline.from_classifier(detector, classifier)
 
 
 def main(argv: list[str] | None = None) -> int:
