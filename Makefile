@@ -12,7 +12,7 @@ FACEMASK_MIRROR ?= $(if $(wildcard ../shared/datasets),$(abspath ../shared),)
 export FACEMASK_MIRROR
 OVERRIDES ?=
 
-.PHONY: help setup params check-params pipeline run test test-fast lint format mlflow-ui clean bento-models serve bento bench-latency
+.PHONY: help setup params check-params pipeline run test test-fast lint format mlflow-ui clean bento-models serve bento bench-latency scenes bench
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -27,7 +27,7 @@ params: ## compose conf/ (+ OVERRIDES="key=value ...") into params.yaml
 check-params: ## fail if params.yaml is out of date with conf/
 	$(RUN) python -m facemask.config --check
 
-pipeline: ## dvc repro: ingest, crop, augment, train, evaluate, promote
+pipeline: ## dvc repro: ingest, crop, augment, train, evaluate, promote, scenes, detectors
 	@if [ -n "$$FACEMASK_MIRROR" ]; then echo "data and weights from the offline mirror $$FACEMASK_MIRROR"; \
 	 else echo "FACEMASK_MIRROR is empty: downloading the public sources"; fi
 	$(RUN) dvc repro
@@ -59,6 +59,12 @@ bento: bento-models ## build a Bento (pinned requirements, classifier and detect
 	$(UV) export --frozen --no-dev --no-hashes --no-emit-project -o service/requirements.txt -q
 	$(UV) build --wheel -o dist -q
 	$(RUN) bentoml build -f service/bentofile.yaml .
+
+scenes: ## evaluate a model on annotated scenes: OVERRIDES="scenes.dir=/path detector=..." CLASSIFIER=path|models:/...
+	$(RUN) python -m facemask.scenes $(OVERRIDES) $(if $(CLASSIFIER),--classifier $(CLASSIFIER),)
+
+bench: ## benchmark table (crop, classifier by batch, pipeline 640x480/1280x720, training, peak memory) -> reports/bench
+	$(RUN) python -m facemask.bench.suite
 
 bench-latency: ## detect latency table (1/3/8 faces, 640x480), in-process; URL=http://... adds HTTP
 	$(RUN) python -m facemask.bench.latency $(if $(URL),--url $(URL),)

@@ -43,8 +43,9 @@ def real_images(shared: Path, folder: str, n: int) -> list[Path]:
     return files
 
 
-def make_mirror(shared: Path, dest: Path, per_folder: int) -> Path:
-    """A slice of the offline mirror: `per_folder` real images per label folder, same layout."""
+def make_mirror(shared: Path, dest: Path, per_folder: int, scene_count: int = 12) -> Path:
+    """A slice of the offline mirror: `per_folder` real images per label folder, the first
+    `scene_count` annotated scenes and both detectors' weights, same layout."""
     for source, folders in {
         "face-mask-2class": ["with_mask", "without_mask"],
         "maskedface-net-sample": ["correct", "incorrect"],
@@ -56,6 +57,14 @@ def make_mirror(shared: Path, dest: Path, per_folder: int) -> Path:
                 shutil.copy(f, out / f.name)
     (dest / "models" / "yunet").mkdir(parents=True)
     shutil.copy(shared / "models/yunet/face_detection_yunet.onnx", dest / "models/yunet")
+    shutil.copytree(shared / "models/retinaface-mobilenet0.25", dest / "models/retinaface-mobilenet0.25")
+    scenes = shared / "datasets" / "face-mask-scenes-dev"
+    for xml in sorted((scenes / "annotations").glob("*.xml"), key=lambda p: int(p.stem.removeprefix("maksssksksss")))[
+        :scene_count
+    ]:
+        for sub, name in (("annotations", xml.name), ("images", f"{xml.stem}.jpg")):
+            (dest / "datasets/face-mask-scenes-dev" / sub).mkdir(parents=True, exist_ok=True)
+            shutil.copy(scenes / sub / name, dest / "datasets/face-mask-scenes-dev" / sub / name)
     return dest
 
 

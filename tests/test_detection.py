@@ -101,3 +101,53 @@ def test_retinaface_package_loads_weights_from_deepface_home(tmp_path, monkeypat
     faces = det.detect(image)  # random weights: any number of faces, but well-formed
     assert isinstance(faces, list)
     assert all(isinstance(f, Face) and f.landmarks.shape == (5, 2) for f in faces)
+
+
+@pytest.fixture(scope="module")
+def retinaface_mnet(shared):
+    from facemask.detection.retinaface_mnet import RetinaFaceMobileNetDetector
+
+    weights = shared / "models" / "retinaface-mobilenet0.25" / "mobilenet0.25_Final.pth"
+    return RetinaFaceMobileNetDetector(weights, 0.5, 0.4, 750, 8)
+
+
+def test_retinaface_mobilenet_agrees_with_yunet_on_real_photos(retinaface_mnet, yunet, shared):
+    """The published checkpoint loads key for key, and its boxes and landmarks land on the faces
+    YuNet finds (IoU >= 0.5, landmarks inside the box) on real unmasked photos."""
+    import torch
+    from torchvision.ops import box_iou
+
+    agree = checked = 0
+    for path in real_images(shared, "face-mask-2class/without_mask", 12):
+        image = read_image(path)
+        ref, got = yunet.detect(image), retinaface_mnet.detect(image)
+        if len(ref) != 1:
+            continue
+        checked += 1
+        if not got:
+            continue
+        iou = box_iou(torch.tensor(np.stack([f.box for f in got])), torch.tensor(ref[0].box[None]))
+        best = got[int(iou.argmax())]
+        (x1, y1, x2, y2), lms = best.box, best.landmarks
+        inside = bool(((lms[:, 0] >= x1) & (lms[:, 0] <= x2) & (lms[:, 1] >= y1) & (lms[:, 1] <= y2)).all())
+        agree += float(iou.max()) >= 0.5 and inside and lms[0, 0] < lms[1, 0]  # subject's right eye on the left
+    assert checked >= 8
+    assert agree >= checked - 1
+
+
+def test_retinaface_mobilenet_on_empty_and_faceless_images(retinaface_mnet):
+    assert retinaface_mnet.detect(np.zeros((0, 0, 3), np.uint8)) == []
+    assert retinaface_mnet.detect(np.full((240, 320, 3), 127, np.uint8)) == []
+
+
+def test_retinaface_mobilenet_refuses_a_foreign_checkpoint(tmp_path):
+    import torch
+
+    from facemask.detection.retinaface_mnet import RetinaFaceMobileNetDetector
+
+    bad = tmp_path / "other.pth"
+    torch.save({"conv.weight": torch.zeros(1)}, bad)
+    with pytest.raises(RuntimeError, match="Missing key"):
+        RetinaFaceMobileNetDetector(bad, 0.5, 0.4, 750, 8)
+    with pytest.raises(FileNotFoundError):
+        RetinaFaceMobileNetDetector(tmp_path / "absent.pth", 0.5, 0.4, 750, 8)

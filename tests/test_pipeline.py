@@ -1,7 +1,7 @@
 """The real DVC pipeline on a small slice of the real data, logging to a real MLflow server.
 
 One module-scoped project: `dvc repro` from nothing, a no-op second repro, then a changed
-augmentation parameter that must re-run exactly augment, train and evaluate.
+augmentation parameter that must re-run exactly what depends on it.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from facemask.config import compose, write_params
 from .conftest import BIN, REPO
 
 pytestmark = pytest.mark.slow
-STAGES = ["ingest", "crop", "augment", "train", "evaluate", "promote"]
+STAGES = ["ingest", "crop", "augment", "train", "evaluate", "promote", "scenes", "detectors"]
 OVERRIDES = ["model=lcnet", "model.input_size=64", "crop.size=64", "trainer=fast", "augment.preview_count=8"]
 
 
@@ -50,6 +50,7 @@ def project(tmp_path_factory, mini_mirror, mlflow_server):
         "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
         "FACEMASK_MIRROR": str(mini_mirror),
         "MLFLOW_TRACKING_URI": mlflow_server,
+        "DEEPFACE_HOME": str(root / "deepface"),  # no retina-face package weights: that variant is skipped
     }
     dvc(root, "init", "--no-scm", "-q", env=env)
     first = dvc(root, "repro", env=env)
@@ -114,6 +115,34 @@ def test_evaluation_metrics_and_mlflow_run(project):
     assert any(m.source_run_id == run.info.run_id for m in models)
 
 
+def test_scene_evaluation_and_detector_comparison(project):
+    """The scenes stage runs the whole pipeline over the 12 annotated scenes of the slice and logs
+    to the training run; the detectors stage logs one child run per variant, skipping the one
+    whose weights are not here."""
+    root, env, _ = project
+    metrics = json.loads((root / "reports/scenes/metrics.json").read_text())
+    assert metrics["scenes"] == 12 and metrics["faces"] == 55  # the annotated faces of the first 12 dev scenes
+    assert 0.0 <= metrics["map"] <= 1.0 and metrics["fps"] > 0
+    assert set(metrics["recall"]["mask"]) == {"small", "medium", "large", "all"}
+    assert (root / "reports/scenes/worst_errors.png").stat().st_size > 1000
+    assert len(pd.read_csv(root / "reports/scenes/pr/mask.csv")) == 101
+    confusion = pd.read_csv(root / "reports/scenes/confusion.csv")
+    assert len(confusion) == metrics["faces"]  # every annotated face is a row: matched or missed
+
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    ref = json.loads((root / "models/mlflow_run.json").read_text())
+    run = client.get_run(ref["run_id"])
+    assert run.data.metrics["scenes.map"] == pytest.approx(metrics["map"])
+    children = client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{run.info.run_id}'")
+    table = pd.read_csv(root / "reports/scenes/detectors.csv")
+    ok = table[table["status"] == "ok"]
+    assert set(ok["variant"]) == {r.data.tags["mlflow.runName"].removeprefix("scenes ") for r in children}
+    assert {"yunet@native", "retinaface_mnet@native"} <= set(ok["variant"])
+    skipped = table[table["variant"] == "retinaface@640"]["status"].item()
+    assert skipped.startswith("skipped: weights not found")
+    assert all("map" in r.data.metrics and "fps" in r.data.metrics for r in children)
+
+
 def test_first_model_becomes_champion(project):
     root, env, _ = project
     decision = json.loads((root / "reports/promotion.json").read_text())
@@ -138,7 +167,7 @@ def test_augment_change_reruns_only_downstream(project):
     params["augment"]["transforms"][0]["p"] = 0.4
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     output = dvc(root, "repro", env=env)
-    assert ran(output) == ["augment", "train", "evaluate", "promote"]
+    assert ran(output) == ["augment", "train", "evaluate", "promote", "scenes", "detectors"]
 
 
 def test_bad_params_stop_a_stage_and_keep_outputs(project):

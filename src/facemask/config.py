@@ -90,8 +90,11 @@ class Weights(_Strict):
     sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
 
 
+DetectorName = Literal["yunet", "retinaface", "retinaface_mnet"]
+
+
 class Detector(_Strict):
-    name: Literal["yunet", "retinaface"]
+    name: DetectorName
     weights: Weights
     score_threshold: float = Field(gt=0, lt=1)
     nms_threshold: float = Field(gt=0, lt=1)
@@ -170,6 +173,83 @@ class Mlflow(_Strict):
     promotion_margin: float = Field(ge=0, le=1)
 
 
+class Pipeline(_Strict):
+    detect_long_side: int = Field(ge=0, le=8192)
+
+
+class Variant(_Strict):
+    detector: DetectorName
+    detect_long_side: int = Field(ge=0, le=8192)
+
+    @property
+    def name(self) -> str:
+        return f"{self.detector}@{self.detect_long_side or 'native'}"
+
+
+class Scenes(_Strict):
+    source: Source
+    dir: Path | None = None
+    iou_threshold: float = Field(gt=0, lt=1)
+    size_bins: tuple[int, int]
+    gallery_size: int = Field(ge=0, le=400)
+    compare: list[Variant] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _bins_ordered(self) -> Scenes:
+        if not 0 < self.size_bins[0] < self.size_bins[1]:
+            raise ValueError("size_bins must be two increasing positive sizes, e.g. [32, 96]")
+        return self
+
+
+class Smoothing(_Strict):
+    method: Literal["k_of_n", "ema"]
+    window: int = Field(ge=1, le=100)
+    k: int = Field(ge=1)
+    ema_alpha: float = Field(gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _k_in_window(self) -> Smoothing:
+        if self.k > self.window:
+            raise ValueError("k must not exceed window")
+        return self
+
+
+class Alerts(_Strict):
+    classes: list[str] = Field(min_length=1)
+    after_s: float = Field(ge=0)
+    track_cooldown_s: float = Field(ge=0)
+    camera_cooldown_s: float = Field(ge=0)
+
+
+class FrameDiff(_Strict):
+    enabled: bool
+    threshold: float = Field(ge=0, le=255)
+    max_reuse: int = Field(ge=0)
+
+
+class Webhook(_Strict):
+    url: str | None = Field(default=None, pattern=r"^https?://")
+    timeout_s: float = Field(gt=0)
+    retries: int = Field(ge=0, le=20)
+    backoff_s: float = Field(ge=0)
+
+
+class Sinks(_Strict):
+    log: bool
+    jsonl: Path
+    webhook: Webhook
+
+
+class Stream(_Strict):
+    iou_match: float = Field(gt=0, lt=1)
+    max_missed_s: float = Field(gt=0)
+    smoothing: Smoothing
+    alerts: Alerts
+    frame_diff: FrameDiff
+    stats_interval_s: float = Field(gt=0)
+    sinks: Sinks
+
+
 class Params(_Strict):
     seed: int
     paths: Paths
@@ -180,6 +260,23 @@ class Params(_Strict):
     model: Model
     trainer: Trainer
     mlflow: Mlflow
+    pipeline: Pipeline
+    scenes: Scenes
+    stream: Stream
+    detectors: dict[str, Detector] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Params:
+        unknown = set(self.scenes.source.label_map.values()) - set(self.data.labels)
+        if unknown:
+            raise ValueError(f"scenes.source.label_map maps onto unknown labels {sorted(unknown)}")
+        unknown = set(self.stream.alerts.classes) - set(self.data.labels)
+        if unknown:
+            raise ValueError(f"stream.alerts.classes names unknown labels {sorted(unknown)}")
+        missing = {v.detector for v in self.scenes.compare} - set(self.detectors)
+        if missing:
+            raise ValueError(f"scenes.compare names detectors with no config under `detectors`: {sorted(missing)}")
+        return self
 
 
 def _format_errors(err: ValidationError, origin: str) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from facemask.classifier import MaskClassifier
@@ -42,20 +43,26 @@ class MaskPipeline:
         crop_size: int,
         margin: float,
         align: bool = True,
+        detect_long_side: int = 0,
     ):
         self.detector, self.classifier = detector, classifier
         self.crop_size, self.margin, self.align = crop_size, margin, align
+        self.detect_long_side = detect_long_side
 
     @classmethod
     def from_classifier(
-        cls, detector: FaceDetector, classifier: MaskClassifier, fallback_crop: dict | None = None
+        cls,
+        detector: FaceDetector,
+        classifier: MaskClassifier,
+        fallback_crop: dict | None = None,
+        detect_long_side: int = 0,
     ) -> MaskPipeline:
         """Crop faces as the classifier's training did: the settings its artefact records, else
         `fallback_crop`; an artefact without them and no fallback is refused."""
         crop = {**(fallback_crop or {}), **classifier.meta.get("crop", {})}
         if not crop:
             raise ValueError("the classifier artefact records no crop settings: retrain it with this version")
-        return cls(detector, classifier, crop["size"], crop["margin"], crop["align"])
+        return cls(detector, classifier, crop["size"], crop["margin"], crop["align"], detect_long_side)
 
     @classmethod
     def from_params(
@@ -65,15 +72,24 @@ class MaskPipeline:
         records them (they must match training), else from `params.crop`."""
         if not isinstance(classifier, MaskClassifier):
             classifier = MaskClassifier.load(classifier)
-        return cls.from_classifier(detector or build_detector(params.detector), classifier, params.crop.model_dump())
+        detector = detector or build_detector(params.detector)
+        return cls.from_classifier(detector, classifier, params.crop.model_dump(), params.pipeline.detect_long_side)
 
     @property
     def labels(self) -> list[str]:
         return self.classifier.labels
 
     def detect_faces(self, frame: np.ndarray) -> list[Face]:
-        """Faces in frame coordinates (kept apart from `classify` so callers can reuse detections)."""
-        return self.detector.detect(frame)
+        """Faces in frame coordinates (kept apart from `classify` so callers can reuse detections).
+
+        With `detect_long_side` set, the detector sees the frame resized to that longer side."""
+        h, w = frame.shape[:2]
+        scale = self.detect_long_side / max(h, w) if self.detect_long_side else 1.0
+        if abs(scale - 1.0) < 1e-3:
+            return self.detector.detect(frame)
+        interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+        resized = cv2.resize(frame, (round(w * scale), round(h * scale)), interpolation=interpolation)
+        return [face.transformed(scale) for face in self.detector.detect(resized)]
 
     def classify(self, frame: np.ndarray, faces: list[Face]) -> list[FaceResult]:
         """Classify given faces of a frame (one batch through the network)."""

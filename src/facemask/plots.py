@@ -25,12 +25,16 @@ def training_curves(history: pd.DataFrame) -> Figure:
     return fig
 
 
-def confusion_matrix(matrix: np.ndarray, labels: list[str], title: str = "Confusion matrix") -> Figure:
-    fig, ax = plt.subplots(figsize=(4.8, 4.2))
+def confusion_matrix(
+    matrix: np.ndarray, labels: list[str], title: str = "Confusion matrix", columns: list[str] | None = None
+) -> Figure:
+    """Rows are actual `labels`; `columns` (default the same labels) are what was predicted."""
+    columns = columns or labels
+    fig, ax = plt.subplots(figsize=(1.2 * len(columns) + 1.2, 4.2))
     norm = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
     ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
     for i in range(len(labels)):
-        for j in range(len(labels)):
+        for j in range(len(columns)):
             ax.text(
                 j,
                 i,
@@ -41,9 +45,9 @@ def confusion_matrix(matrix: np.ndarray, labels: list[str], title: str = "Confus
                 fontsize=9,
             )
     ax.set(
-        xticks=range(len(labels)),
+        xticks=range(len(columns)),
         yticks=range(len(labels)),
-        xticklabels=labels,
+        xticklabels=columns,
         yticklabels=labels,
         xlabel="predicted",
         ylabel="actual",
@@ -53,11 +57,56 @@ def confusion_matrix(matrix: np.ndarray, labels: list[str], title: str = "Confus
     return fig
 
 
-def pr_curves(curves: dict[str, pd.DataFrame], ap: dict[str, float]) -> Figure:
+def pr_curves(curves: dict[str, pd.DataFrame], ap: dict[str, float], title: str = "Precision-recall (test)") -> Figure:
     fig, ax = plt.subplots(figsize=(5, 4.2))
     for label, frame in curves.items():
         ax.plot(frame["recall"], frame["precision"], label=f"{label} (AP {ap[label]:.3f})")
-    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1.01), ylim=(0, 1.01), title="Precision-recall (test)")
+    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1.01), ylim=(0, 1.01), title=title)
     ax.legend(loc="lower left")
+    fig.tight_layout()
+    return fig
+
+
+def recall_by_size(recall: dict, labels: list[str], sizes: tuple[str, ...]) -> Figure:
+    """Detector recall per class and face size, with the face count on each bar."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    width = 0.8 / len(labels)
+    for k, label in enumerate(labels):
+        xs = np.arange(len(sizes)) + (k - (len(labels) - 1) / 2) * width
+        cells = [recall[label][s] for s in sizes]
+        heights = [c["recall"] or 0.0 for c in cells]
+        bars = ax.bar(xs, heights, width, label=label)
+        for bar, cell in zip(bars, cells, strict=True):
+            ax.annotate(
+                f"{cell['found']}/{cell['total']}",
+                (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                ha="center",
+                va="bottom",
+                fontsize=7,
+            )
+    ax.set(
+        xticks=range(len(sizes)),
+        xticklabels=sizes,
+        ylim=(0, 1.1),
+        ylabel="recall",
+        title="Faces found by the detector, by size",
+    )
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def accuracy_vs_speed(table: pd.DataFrame) -> Figure:
+    """mAP against frames per second, one point per detector variant."""
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    for row in table.itertuples():
+        ax.scatter(row.fps, row.map, s=40)
+        ax.annotate(row.variant, (row.fps, row.map), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    ax.set(
+        xlabel="frames per second (median, this machine)",
+        ylabel="mAP@0.5 on scenes",
+        title="Detector variants: accuracy against speed",
+    )
+    ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig

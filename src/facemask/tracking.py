@@ -53,3 +53,19 @@ def read_run_ref(path: Path) -> dict[str, str]:
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: the train stage writes it (dvc repro train)")
     return json.loads(path.read_text())
+
+
+def classifier_file(model: str | Path) -> Path:
+    """`classifier.pt` from a local path (file or folder) or an MLflow model URI (`models:/name@alias`,
+    `runs:/...`), downloaded through the current tracking server."""
+    if "://" not in str(model) and not str(model).startswith("models:/"):
+        path = Path(model)
+        path = path / "classifier.pt" if path.is_dir() else path
+        if not path.is_file():
+            raise FileNotFoundError(f"classifier not found: {path}")
+        return path
+    local = Path(mlflow.artifacts.download_artifacts(str(model)))
+    found = sorted(local.rglob("classifier.pt"))
+    if not found:
+        raise FileNotFoundError(f"{model} carries no classifier.pt (logged before extra_files?)")
+    return found[0]

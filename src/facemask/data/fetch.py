@@ -87,24 +87,26 @@ def download(url: str, dest: Path, sha256: str | None, timeout: float = 60.0) ->
 
 
 def _label_root(tree: Path, labels: set[str]) -> Path:
-    """The folder inside an extracted archive that holds one subfolder per source label."""
+    """The folder inside an extracted archive that holds all the `labels` subfolders."""
     for folder in sorted([tree, *(p for p in tree.rglob("*") if p.is_dir())], key=lambda p: len(p.parts)):
         if labels <= {p.name for p in folder.iterdir() if p.is_dir()}:
             return folder
     raise FetchError(f"no folder under {tree} holds the label folders {sorted(labels)}")
 
 
-def resolve_source(name: str, source: Source) -> Path:
-    """Local folder holding `source`'s label subfolders: the mirror copy, or the extracted download."""
+def resolve_source(name: str, source: Source, key: str | None = None, markers: set[str] | None = None) -> Path:
+    """Local folder of a source: the mirror copy, or the folder of the extracted download that holds
+    the `markers` subfolders (default: one per `label_map` key). `key` names the config entry in errors."""
+    key = key or f"data.sources.{name}"
     mirror = mirror_root()
     if mirror is not None:
         folder = mirror / "datasets" / source.mirror_dir
         if not folder.is_dir():
-            raise ConfigError(f"data.sources.{name}.mirror_dir: {folder} does not exist in {MIRROR_ENV}={mirror}")
+            raise ConfigError(f"{key}.mirror_dir: {folder} does not exist in {MIRROR_ENV}={mirror}")
         log.info("source %s: offline mirror %s", name, folder)
         return folder
     if not source.url:
-        raise ConfigError(f"data.sources.{name}.url is empty and {MIRROR_ENV} is not set")
+        raise ConfigError(f"{key}.url is empty and {MIRROR_ENV} is not set")
     archive = download(source.url, cache_root() / "downloads" / f"{name}.zip", source.sha256)
     extracted = cache_root() / "extracted" / name
     if not extracted.is_dir():
@@ -117,7 +119,7 @@ def resolve_source(name: str, source: Source) -> Path:
             shutil.rmtree(tmp, ignore_errors=True)
             raise FetchError(f"{archive} is not a zip archive: {err}") from err
         tmp.replace(extracted)
-    return _label_root(extracted, set(source.label_map))
+    return _label_root(extracted, markers or set(source.label_map))
 
 
 def resolve_weights(weights: Weights, key: str = "detector.weights") -> Path:

@@ -61,4 +61,8 @@ def build_detector(cfg: DetectorConfig, weights: Path | None = None) -> FaceDete
         from facemask.detection.retinaface import RetinaFaceDetector
 
         return RetinaFaceDetector.from_config(cfg)
+    if cfg.name == "retinaface_mnet":
+        from facemask.detection.retinaface_mnet import RetinaFaceMobileNetDetector
+
+        return RetinaFaceMobileNetDetector.from_config(cfg, weights)
     raise ValueError(f"detector.name: unknown backend {cfg.name!r}")

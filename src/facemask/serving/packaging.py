@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from facemask import tracking
 from facemask.classifier import MaskClassifier
-from facemask.config import Detector, Params
+from facemask.config import Detector, Params, Pipeline
 from facemask.data.fetch import resolve_weights
 from facemask.detection import build_detector
 from facemask.pipeline import MaskPipeline
@@ -34,10 +34,7 @@ def import_champion(params: Params) -> tuple[str, str]:
     name, alias = params.mlflow.registered_model, params.mlflow.champion_alias
     client = MlflowClient()
     version = client.get_model_version_by_alias(name, alias)
-    local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}@{alias}"))
-    found = sorted(local.rglob("classifier.pt"))
-    if not found:
-        raise FileNotFoundError(f"models:/{name}@{alias} carries no classifier.pt (logged before extra_files?)")
+    classifier = tracking.classifier_file(f"models:/{name}@{alias}")
     meta = {
         "mlflow_model": name,
         "mlflow_version": version.version,
@@ -45,13 +42,14 @@ def import_champion(params: Params) -> tuple[str, str]:
         "test_macro_f1": version.tags.get("test_macro_f1"),
     }
     with bentoml.models.create(CLASSIFIER_MODEL, labels={"alias": alias}, metadata=meta) as model:
-        shutil.copy(found[0], Path(model.path) / "classifier.pt")
+        shutil.copy(classifier, Path(model.path) / "classifier.pt")
     clf_tag = str(model.tag)
 
     detector = params.detector
     with bentoml.models.create(DETECTOR_MODEL, metadata={"backend": detector.name}) as det_model:
         Path(det_model.path, "detector.json").write_text(json.dumps(detector.model_dump(mode="json"), indent=2))
-        if detector.name == "yunet":
+        Path(det_model.path, "pipeline.json").write_text(params.pipeline.model_dump_json(indent=2))
+        if detector.name != "retinaface":  # the retina-face package keeps its own weights cache
             shutil.copy(resolve_weights(detector.weights), Path(det_model.path) / detector.weights.file)
     log.info(
         "imported %s v%s as %s and detector %s as %s", name, version.version, clf_tag, detector.name, det_model.tag
@@ -63,9 +61,13 @@ def load_pipeline(classifier_dir: Path | str, detector_dir: Path | str) -> MaskP
     """A ready pipeline from the two model-store folders."""
     classifier = MaskClassifier.load(Path(classifier_dir) / "classifier.pt")
     cfg = Detector.model_validate_json(Path(detector_dir, "detector.json").read_text())
-    weights = Path(detector_dir) / cfg.weights.file if cfg.name == "yunet" else None
+    weights = Path(detector_dir) / cfg.weights.file if cfg.name != "retinaface" else None
+    settings = Path(detector_dir, "pipeline.json")
+    pipeline = Pipeline.model_validate_json(settings.read_text()) if settings.is_file() else None
     detector = build_detector(cfg, weights)
-    return MaskPipeline.from_classifier(detector, classifier)
+    return MaskPipeline.from_classifier(
+        detector, classifier, detect_long_side=pipeline.detect_long_side if pipeline else 0
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

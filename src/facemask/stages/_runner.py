@@ -12,6 +12,7 @@ from typing import Any
 
 from facemask.config import ConfigError, Params, load_params
 from facemask.data.fetch import FetchError
+from facemask.scenes.voc import SceneError
 
 
 def write_json(path: Path, payload: Any) -> None:
@@ -30,7 +31,7 @@ def run_stage(name: str, body: Callable[[Params], None], argv: list[str] | None 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         body(load_params(args.params))
-    except (ConfigError, FetchError, FileNotFoundError) as err:
+    except (ConfigError, FetchError, SceneError, FileNotFoundError) as err:
         print(f"{name}: {err}", file=sys.stderr)
         return 2
     return 0

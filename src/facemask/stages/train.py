@@ -51,8 +51,8 @@ class History(Callback):
         self.rows.append(row)
 
 
-def train(params: Params) -> None:
-    pl.seed_everything(params.seed, workers=True)
+def build(params: Params) -> tuple[CropDataModule, MaskClassifierModule]:
+    """The data module and the Lightning module of a training run (also used by `make bench`)."""
     tp, paths, labels = params.trainer, params.paths, params.data.labels
     dm = CropDataModule(
         paths.interim / "crops.csv",
@@ -66,7 +66,13 @@ def train(params: Params) -> None:
         seed=params.seed,
     )
     weights = dm.class_weights() if tp.balance == "class_weights" else None
-    module = MaskClassifierModule(params.model, len(labels), tp.lr, tp.weight_decay, tp.label_smoothing, weights)
+    return dm, MaskClassifierModule(params.model, len(labels), tp.lr, tp.weight_decay, tp.label_smoothing, weights)
+
+
+def train(params: Params) -> None:
+    pl.seed_everything(params.seed, workers=True)
+    tp, paths, labels = params.trainer, params.paths, params.data.labels
+    dm, module = build(params)
 
     experiment_id = tracking.setup(params.mlflow)
     ckpt_dir = paths.models / "checkpoints"

@@ -1,0 +1,266 @@
+"""`make bench`: one table of the figures that decide cost and frame rate, plus a JSON record.
+
+    python -m facemask.bench.suite [--quick] [--out reports/bench]
+
+Each benchmark runs in a fresh spawned process, so its peak memory (max RSS) is its own. Timings
+are medians. Needs the pipeline outputs (`dvc repro`: crops, classifier, augmentation) and the
+offline mirror or downloads for the photos and the detector weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from facemask.config import Params, load_params
+
+
+def _median_ms(fn: Callable[[], object], repeats: int, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
+def _test_images(params: Params, n: int) -> list[Path]:
+    rows = pd.read_csv(params.paths.interim / "manifest.csv", keep_default_na=False)
+    rows = rows[rows["split"] == "test"].head(n)
+    return [params.paths.raw / r.source / r.relpath for r in rows.itertuples()]
+
+
+def bench_crop(params: Params, quick: bool) -> list[dict]:
+    """The crop stage's per-image work (read, detect, align, write) on real test images, one process."""
+    import tempfile
+
+    from facemask.detection import build_detector
+    from facemask.stages.crop import process
+
+    images = _test_images(params, 30 if quick else 120)
+    detector = build_detector(params.detector)
+    with tempfile.TemporaryDirectory() as tmp:
+        process(detector, images[0], Path(tmp) / "warm.jpg", params.crop, params.data.max_image_pixels)
+        start = time.perf_counter()
+        for i, path in enumerate(images):
+            process(detector, path, Path(tmp) / f"{i}.jpg", params.crop, params.data.max_image_pixels)
+        seconds = time.perf_counter() - start
+    per_worker = len(images) / seconds
+    return [
+        {
+            "benchmark": "crop stage",
+            "case": f"{params.detector.name}, 1 worker",
+            "value": per_worker,
+            "unit": "images/s",
+            "note": f"x{params.crop.workers} workers in the stage",
+        }
+    ]
+
+
+def bench_classifier(params: Params, quick: bool) -> list[dict]:
+    """Faces per second through the classifier (preprocess + network) by batch size, real crops."""
+    import cv2
+
+    from facemask.classifier import MaskClassifier
+
+    clf = MaskClassifier.load(params.paths.models / "classifier.pt")
+    table = pd.read_csv(params.paths.interim / "crops.csv", keep_default_na=False)
+    names = table[table["crop"] != ""]["crop"].head(64)
+    crops = [cv2.imread(str(params.paths.crops / n)) for n in names]
+    out = []
+    for batch in (1, 8, 32, 64):
+        faces = crops[:batch]
+        ms = _median_ms(lambda f=faces: clf.predict_proba(f, bgr=True, batch_size=64), 10 if quick else 30)
+        out.append(
+            {
+                "benchmark": "classifier",
+                "case": f"{clf.meta['backbone']}, batch {batch}",
+                "value": batch * 1000 / ms,
+                "unit": "faces/s",
+                "note": f"{ms:.1f} ms per batch",
+            }
+        )
+    return out
+
+
+def bench_pipeline(params: Params, quick: bool) -> list[dict]:
+    """Per-frame latency of the full pipeline on frames with 3 real faces, split by stage."""
+    import os
+
+    import cv2
+
+    from facemask.bench.latency import make_frame
+    from facemask.pipeline import MaskPipeline
+
+    folder = Path(os.environ.get("FACEMASK_MIRROR", "")) / "datasets/face-mask-2class/with_mask"
+    photos = sorted(p for p in folder.glob("*.jpg") if min(cv2.imread(str(p)).shape[:2]) >= 200)[:3]
+    if len(photos) < 3:
+        raise FileNotFoundError(f"need 3 face photos of at least 200 px in {folder} (set FACEMASK_MIRROR)")
+    pipe = MaskPipeline.from_params(params, params.paths.models / "classifier.pt")
+    out = []
+    for size in ((640, 480), (1280, 720)):
+        frame = make_frame(photos, 3, size)
+        faces = pipe.detect_faces(frame)
+        repeats = 15 if quick else 50
+        det = _median_ms(lambda f=frame: pipe.detect_faces(f), repeats)
+        cls = _median_ms(lambda f=frame, d=faces: pipe.classify(f, d), repeats)
+        total = _median_ms(lambda f=frame: pipe(f), repeats)
+        out.append(
+            {
+                "benchmark": "pipeline frame",
+                "case": f"{size[0]}x{size[1]}, {len(faces)} faces",
+                "value": total,
+                "unit": "ms",
+                "note": f"detect {det:.1f} + classify {cls:.1f} ms; "
+                f"{1000 / total:.1f} fps; detector at long side {pipe.detect_long_side or 'native'}",
+            }
+        )
+    return out
+
+
+def bench_training(params: Params, quick: bool) -> list[dict]:
+    """Seconds per training epoch: a timed run of some batches, scaled to the full train split."""
+    import pytorch_lightning as pl
+
+    from facemask.stages.train import build
+
+    pl.seed_everything(params.seed)
+    dm, module = build(params)
+    dm.setup("fit")
+    total_batches = len(dm.train_dataloader())
+    batches = min(total_batches, 6 if quick else 20)
+    trainer = pl.Trainer(
+        max_epochs=1,
+        limit_train_batches=batches,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator=params.trainer.accelerator,
+    )
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=dm)
+    per_batch = (time.perf_counter() - start) / batches
+    return [
+        {
+            "benchmark": "training",
+            "case": f"{params.model.backbone} {params.model.input_size}px, batch {params.trainer.batch_size}",
+            "value": per_batch * total_batches,
+            "unit": "s/epoch",
+            "note": f"{per_batch:.2f} s/batch x {total_batches} batches (timed {batches})",
+        }
+    ]
+
+
+BENCHMARKS: dict[str, Callable[[Params, bool], list[dict]]] = {
+    "crop": bench_crop,
+    "classifier": bench_classifier,
+    "pipeline": bench_pipeline,
+    "training": bench_training,
+}
+
+
+def _child(name: str, params_path: str, quick: bool, queue: mp.Queue) -> None:
+    try:
+        rows = BENCHMARKS[name](load_params(params_path), quick)
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB on Linux
+        queue.put([{**r, "peak_rss_mib": round(peak)} for r in rows])
+    except Exception as err:  # reported in the table, the other benchmarks still run
+        queue.put(err)
+
+
+def run(names: list[str], params_path: str, quick: bool) -> list[dict]:
+    ctx = mp.get_context("spawn")
+    rows: list[dict] = []
+    for name in names:
+        queue = ctx.Queue()
+        proc = ctx.Process(target=_child, args=(name, params_path, quick, queue))
+        proc.start()
+        result = queue.get()
+        proc.join()
+        if isinstance(result, Exception):
+            rows.append(
+                {
+                    "benchmark": name,
+                    "case": "failed",
+                    "value": float("nan"),
+                    "unit": "",
+                    "note": f"{type(result).__name__}: {result}",
+                    "peak_rss_mib": None,
+                }
+            )
+        else:
+            rows.extend(result)
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    lines = ["| benchmark | case | value | unit | peak RSS MiB | note |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(
+            f"| {r['benchmark']} | {r['case']} | {r['value']:.1f} | {r['unit']} | "
+            f"{r['peak_rss_mib'] if r['peak_rss_mib'] is not None else '-'} | {r['note']} |"
+        )
+    return "\n".join(lines)
+
+
+def machine() -> dict:
+    import torch
+
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpus": mp.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "machine": platform.machine(),
+        "commit": commit or None,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--only", nargs="+", choices=list(BENCHMARKS), default=list(BENCHMARKS))
+    parser.add_argument("--quick", action="store_true", help="fewer repeats (for tests)")
+    parser.add_argument("--out", type=Path, default=Path("reports/bench"))
+    args = parser.parse_args(argv)
+    params = load_params(args.params)
+    missing = [p for p in (params.paths.models / "classifier.pt", params.paths.interim / "crops.csv") if not p.exists()]
+    if missing:
+        print(f"bench: {', '.join(map(str, missing))} missing: run the pipeline first (dvc repro)", file=sys.stderr)
+        return 2
+    rows = run(args.only, args.params, args.quick)
+    record = {
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "quick": args.quick,
+        "results": rows,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    stamp = record["when"].replace(":", "").replace("-", "")[:15]
+    for path in (args.out / f"bench-{stamp}.json", args.out / "latest.json"):
+        path.write_text(json.dumps(record, indent=2, default=float) + "\n")
+    print(format_table(rows))
+    print(f"\nwritten to {args.out / 'latest.json'} (and a timestamped copy for comparison over time)")
+    return 1 if any(np.isnan(r["value"]) for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

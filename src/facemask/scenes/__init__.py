@@ -1,0 +1,1 @@
+"""End-to-end evaluation of the detection pipeline on annotated scenes (PASCAL VOC)."""

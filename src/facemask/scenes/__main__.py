@@ -1,0 +1,56 @@
+"""`python -m facemask.scenes [hydra overrides] [--classifier PATH|URI] [--out DIR]`
+
+Evaluate a model on any folder of annotated scenes and print the table, e.g.
+``python -m facemask.scenes scenes.dir=/data/my-scenes detector=retinaface_mnet``
+``python -m facemask.scenes --classifier models:/facemask-classifier@champion``
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from facemask import tracking
+from facemask.config import ConfigError, compose, validate
+from facemask.data.fetch import FetchError
+from facemask.pipeline import MaskPipeline
+from facemask.scenes.evaluate import evaluate_scenes, summary, write_reports
+from facemask.scenes.metrics import format_scene_table
+from facemask.scenes.voc import SceneError
+from facemask.stages._runner import write_json
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m facemask.scenes", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. scenes.dir=/path detector=yunet")
+    parser.add_argument(
+        "--classifier",
+        default="models/classifier.pt",
+        help="classifier.pt, or an MLflow URI such as models:/facemask-classifier@champion",
+    )
+    parser.add_argument("--out", type=Path, default=Path("reports/scenes-adhoc"), help="report folder")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        params = validate(compose(args.overrides), "conf/ + overrides")
+        if "://" in args.classifier or args.classifier.startswith("models:/"):
+            tracking.setup(params.mlflow)
+        pipeline = MaskPipeline.from_params(params, tracking.classifier_file(args.classifier))
+        run, result = evaluate_scenes(pipeline, params)
+    except (ConfigError, FetchError, SceneError, FileNotFoundError) as err:
+        print(f"scenes: {err}", file=sys.stderr)
+        return 2
+    write_reports(run, result, pipeline.labels, args.out, params.scenes.gallery_size, params.scenes.iou_threshold)
+    write_json(args.out / "metrics.json", summary(result))
+    print(f"{result['scenes']} scenes, {result['faces']} faces; reports in {args.out}")
+    print(format_scene_table(result, pipeline.labels))
+    print(f"median {result['frame_ms_median']:.1f} ms/frame ({result['fps']:.1f} fps)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

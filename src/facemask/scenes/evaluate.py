@@ -1,0 +1,206 @@
+"""Running the detection pipeline over annotated scenes and writing what a person looks at.
+
+`evaluate_scenes` is shared by the DVC stages (`scenes`, `detectors`) and the ad-hoc command
+`python -m facemask.scenes` (any VOC folder, any model), so all three report the same figures.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from facemask import plots
+from facemask.config import Params
+from facemask.data.fetch import resolve_source
+from facemask.imageio import read_image
+from facemask.pipeline import MaskPipeline
+from facemask.scenes.metrics import MISSED, SIZES, Prediction, match, scene_metrics
+from facemask.scenes.voc import Scene, load_scenes
+from facemask.serving.draw import COLOURS
+
+
+@dataclass
+class SceneRun:
+    scenes: list[Scene]
+    predictions: list[Prediction]
+    detect_ms: np.ndarray
+    classify_ms: np.ndarray
+
+    @property
+    def timing(self) -> dict[str, float]:
+        total = self.detect_ms + self.classify_ms
+        return {
+            "detect_ms_median": float(np.median(self.detect_ms)),
+            "classify_ms_median": float(np.median(self.classify_ms)),
+            "frame_ms_median": float(np.median(total)),
+            "fps": float(1000.0 / np.median(total)),
+        }
+
+
+def scene_folder(params: Params) -> Path:
+    """`scenes.dir` when set, else the mirror copy or the verified download of `scenes.source`."""
+    cfg = params.scenes
+    if cfg.dir is not None:
+        if not Path(cfg.dir).is_dir():
+            raise FileNotFoundError(f"scenes.dir: {cfg.dir} is not a folder")
+        return Path(cfg.dir)
+    return resolve_source("scenes", cfg.source, key="scenes.source", markers={"images", "annotations"})
+
+
+def run_pipeline(pipeline: MaskPipeline, scenes: list[Scene], desc: str = "scenes") -> SceneRun:
+    """The pipeline over every scene (one warm-up frame first), timed per stage."""
+    preds, det_ms, cls_ms = [], [], []
+    if scenes:
+        pipeline(read_image(scenes[0].image))
+    for scene in tqdm(scenes, desc=desc, unit="scene"):
+        frame = read_image(scene.image)
+        t0 = time.perf_counter()
+        faces = pipeline.detect_faces(frame)
+        t1 = time.perf_counter()
+        results = pipeline.classify(frame, faces)
+        t2 = time.perf_counter()
+        det_ms.append((t1 - t0) * 1000)
+        cls_ms.append((t2 - t1) * 1000)
+        preds.append(
+            Prediction(
+                boxes=np.array([r.box for r in results], dtype=np.float32).reshape(-1, 4),
+                labels=[r.label for r in results],
+                scores=np.array([r.score for r in results], dtype=np.float32),
+                confidences=np.array([r.confidence for r in results], dtype=np.float32),
+            )
+        )
+    return SceneRun(scenes, preds, np.array(det_ms), np.array(cls_ms))
+
+
+def evaluate_scenes(pipeline: MaskPipeline, params: Params, desc: str = "scenes") -> tuple[SceneRun, dict]:
+    cfg = params.scenes
+    scenes = load_scenes(scene_folder(params), cfg.source.label_map)
+    run = run_pipeline(pipeline, scenes, desc)
+    gts = [(s.boxes, s.labels) for s in scenes]
+    result = scene_metrics(gts, run.predictions, pipeline.labels, cfg.iou_threshold, cfg.size_bins)
+    result.update(run.timing, scenes=len(scenes), ignored_objects=sum(len(s.ignored) for s in scenes))
+    return run, result
+
+
+def errors(run: SceneRun, iou_threshold: float) -> pd.DataFrame:
+    """Every error, worst first: wrong class on a found face (by confidence), a false detection (by
+    score), a missed face (largest first: the easier it looked, the worse the miss)."""
+    rows = []
+    for i, (scene, pred) in enumerate(zip(run.scenes, run.predictions, strict=True)):
+        pairs = match(scene.boxes, pred.boxes, pred.scores, iou_threshold)
+        for g, (box, label) in enumerate(zip(scene.boxes, scene.labels, strict=True)):
+            if g not in pairs:
+                side = float(np.sqrt((box[2] - box[0]) * (box[3] - box[1])))
+                rows.append((i, "missed", label, MISSED, 0.5 + min(side / 200, 0.5), box))
+            elif pred.labels[pairs[g]] != label:
+                p = pairs[g]
+                rows.append((i, "wrong class", label, pred.labels[p], 1.0 + float(pred.confidences[p]), pred.boxes[p]))
+        for p in set(range(len(pred.labels))) - set(pairs.values()):
+            rows.append((i, "false face", "-", pred.labels[p], float(pred.scores[p]), pred.boxes[p]))
+    frame = pd.DataFrame(rows, columns=["scene", "kind", "actual", "predicted", "severity", "box"])
+    return frame.sort_values("severity", ascending=False, kind="stable").reset_index(drop=True)
+
+
+def gallery(run: SceneRun, table: pd.DataFrame, count: int, tile: int = 160) -> np.ndarray:
+    """A grid of the `count` worst errors: the face with some context, and what went wrong."""
+    tiles = []
+    for row in table.head(count).itertuples():
+        image = read_image(run.scenes[row.scene].image)
+        x1, y1, x2, y2 = row.box
+        pad = 0.6 * max(x2 - x1, y2 - y1)
+        h, w = image.shape[:2]
+        cx1, cy1 = int(max(0, x1 - pad)), int(max(0, y1 - pad))
+        cx2, cy2 = int(min(w, x2 + pad)), int(min(h, y2 + pad))
+        crop = image[cy1:cy2, cx1:cx2].copy()
+        colour = COLOURS.get(row.predicted, (200, 200, 200)) if row.kind != "missed" else (255, 255, 255)
+        cv2.rectangle(crop, (int(x1 - cx1), int(y1 - cy1)), (int(x2 - cx1), int(y2 - cy1)), colour, 1)
+        scale = (tile - 28) / max(crop.shape[:2])
+        crop = cv2.resize(crop, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR)
+        canvas = np.full((tile, tile, 3), 32, np.uint8)
+        canvas[: crop.shape[0], : crop.shape[1]] = crop
+        text = {"missed": f"missed {row.actual}", "false face": f"no face -> {row.predicted}"}.get(
+            row.kind, f"{row.actual} -> {row.predicted}"
+        )
+        cv2.putText(canvas, text, (3, tile - 16), cv2.FONT_HERSHEY_SIMPLEX, 0.38, (255, 255, 255), 1, cv2.LINE_AA)
+        cv2.putText(
+            canvas,
+            run.scenes[row.scene].name[-12:],
+            (3, tile - 4),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            0.33,
+            (170, 170, 170),
+            1,
+            cv2.LINE_AA,
+        )
+        tiles.append(canvas)
+    if not tiles:
+        return np.full((tile, tile, 3), 32, np.uint8)
+    cols = min(6, len(tiles))
+    tiles += [np.full((tile, tile, 3), 32, np.uint8)] * (-len(tiles) % cols)
+    return np.vstack([np.hstack(tiles[r : r + cols]) for r in range(0, len(tiles), cols)])
+
+
+def write_reports(
+    run: SceneRun, result: dict, labels: list[str], out: Path, gallery_size: int, iou_threshold: float
+) -> dict[str, object]:
+    """metrics.json-ready summary, PR curves (CSV per class), confusion CSV and figures under `out`;
+    returns the figures by file name (for MLflow)."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "pr").mkdir(exist_ok=True)
+    for label, precision in result["pr"].items():
+        pd.DataFrame({"recall": result["recall_points"], "precision": precision}).to_csv(
+            out / "pr" / f"{label}.csv", index=False
+        )
+    rows = [
+        {"actual": a, "predicted": p}
+        for a, row in result["confusion"].items()
+        for p, n in row.items()
+        for _ in range(n)
+    ]
+    pd.DataFrame(rows, columns=["actual", "predicted"]).to_csv(out / "confusion.csv", index=False)
+    table = errors(run, iou_threshold)
+    table.drop(columns="box").to_csv(out / "errors.csv", index=False)
+    cv2.imwrite(str(out / "worst_errors.png"), gallery(run, table, gallery_size))
+    cols = [*labels, MISSED]
+    matrix = np.array([[result["confusion"][a][p] for p in cols] for a in labels])
+    figures = {
+        "recall_by_size.png": plots.recall_by_size(result["recall_by_size"], labels, SIZES),
+        "confusion.png": plots.confusion_matrix(matrix, labels, "Matched faces (scenes)", columns=cols),
+        "pr_curves.png": plots.pr_curves(
+            {lb: pd.DataFrame({"recall": result["recall_points"], "precision": pr}) for lb, pr in result["pr"].items()},
+            result["ap"],
+            title=f"Precision-recall on scenes (IoU {iou_threshold})",
+        ),
+    }
+    for name, fig in figures.items():
+        fig.savefig(out / name, dpi=110)
+    return figures
+
+
+def summary(result: dict) -> dict:
+    """The scalar figures (DVC metrics, MLflow metrics)."""
+    keep = (
+        "map",
+        "detector_recall",
+        "detector_precision",
+        "matched_accuracy",
+        "faces",
+        "detections",
+        "scenes",
+        "detect_ms_median",
+        "classify_ms_median",
+        "frame_ms_median",
+        "fps",
+        "iou_threshold",
+    )
+    out = {k: result[k] for k in keep}
+    out["ap"] = result["ap"]
+    out["recall"] = {lb: {s: v["recall"] for s, v in sizes.items()} for lb, sizes in result["recall_by_size"].items()}
+    out["false_positives"] = result["false_positives"]
+    return out

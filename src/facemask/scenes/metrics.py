@@ -1,0 +1,167 @@
+"""Scene-level metrics: COCO-style AP per class (torchmetrics on pycocotools), detector recall by
+face size, and the confusion of matched faces.
+
+Two views of the same predictions:
+- AP is class-aware: a face given the wrong class is a miss of its true class *and* a false
+  positive of the predicted one (COCO/VOC convention).
+- Recall by size and the confusion are class-agnostic matches (what the detector found, then what
+  the classifier said about it), so a detector miss and a classifier error are told apart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torchmetrics.detection import MeanAveragePrecision
+from torchvision.ops import box_iou
+
+SIZES = ("small", "medium", "large")
+MISSED = "missed"
+
+
+@dataclass
+class Prediction:
+    """The pipeline's output for one scene: boxes (N, 4), labels, detector scores and class confidences."""
+
+    boxes: np.ndarray
+    labels: list[str]
+    scores: np.ndarray
+    confidences: np.ndarray
+
+    @property
+    def ranking(self) -> np.ndarray:
+        """Score a detection is ranked by for AP: detector score x class confidence."""
+        return self.scores * self.confidences
+
+
+def match(gt: np.ndarray, pred: np.ndarray, order: np.ndarray, iou_threshold: float) -> dict[int, int]:
+    """Greedy one-to-one matching, best-ranked prediction first: {gt index: prediction index}."""
+    if len(gt) == 0 or len(pred) == 0:
+        return {}
+    iou = box_iou(torch.as_tensor(pred, dtype=torch.float32), torch.as_tensor(gt, dtype=torch.float32)).numpy()
+    pairs: dict[int, int] = {}
+    for p in np.argsort(-order, kind="stable"):
+        candidates = np.where((iou[p] >= iou_threshold) & ~np.isin(np.arange(len(gt)), list(pairs)))[0]
+        if len(candidates):
+            pairs[int(candidates[iou[p, candidates].argmax()])] = int(p)
+    return pairs
+
+
+def size_bin(box: np.ndarray, bins: tuple[int, int]) -> str:
+    side = float(np.sqrt(max(box[2] - box[0], 0) * max(box[3] - box[1], 0)))
+    return SIZES[0] if side < bins[0] else SIZES[1] if side < bins[1] else SIZES[2]
+
+
+def average_precision(
+    gts: list[tuple[np.ndarray, list[str]]], preds: list[Prediction], labels: list[str], iou_threshold: float
+) -> dict:
+    """Per-class AP and mAP at one IoU threshold (101-point interpolation) plus PR curves."""
+    index = {lb: i for i, lb in enumerate(labels)}
+    metric = MeanAveragePrecision(
+        box_format="xyxy",
+        iou_type="bbox",
+        iou_thresholds=[iou_threshold],
+        class_metrics=True,
+        extended_summary=True,
+        backend="pycocotools",
+    )
+    targets = [
+        {
+            "boxes": torch.as_tensor(b, dtype=torch.float32).reshape(-1, 4),
+            "labels": torch.tensor([index[x] for x in lb], dtype=torch.long),
+        }
+        for b, lb in gts
+    ]
+    outputs = [
+        {
+            "boxes": torch.as_tensor(p.boxes, dtype=torch.float32).reshape(-1, 4),
+            "scores": torch.as_tensor(p.ranking, dtype=torch.float32),
+            "labels": torch.tensor([index[x] for x in p.labels], dtype=torch.long),
+        }
+        for p in preds
+    ]
+    metric.update(outputs, targets)
+    result = metric.compute()
+    classes = [int(c) for c in torch.atleast_1d(result["classes"])]
+    per_class = torch.atleast_1d(result["map_per_class"]).tolist()
+    ap = {labels[c]: float(v) for c, v in zip(classes, per_class, strict=True) if v >= 0}
+    precision = result["precision"][0, :, :, 0, -1]  # (recall points, classes) for all areas, max dets
+    curves = {labels[c]: precision[:, k].clamp(min=0).tolist() for k, c in enumerate(classes) if labels[c] in ap}
+    return {"map": float(result["map"]), "ap": ap, "pr": curves, "recall_points": np.linspace(0, 1, 101).tolist()}
+
+
+def scene_metrics(
+    gts: list[tuple[np.ndarray, list[str]]],
+    preds: list[Prediction],
+    labels: list[str],
+    iou_threshold: float = 0.5,
+    size_bins: tuple[int, int] = (32, 96),
+) -> dict:
+    """Everything the scenes report shows, from annotated boxes and the pipeline's predictions."""
+    if len(gts) != len(preds):
+        raise ValueError(f"{len(gts)} annotated scenes but {len(preds)} predictions")
+    found = {lb: {s: [0, 0] for s in SIZES} for lb in labels}  # label -> size -> [found, total]
+    confusion = {lb: dict.fromkeys([*labels, MISSED], 0) for lb in labels}
+    false_positives = dict.fromkeys(labels, 0)
+    for (boxes, truth), pred in zip(gts, preds, strict=True):
+        pairs = match(boxes, pred.boxes, pred.scores, iou_threshold)
+        for g, (box, label) in enumerate(zip(boxes, truth, strict=True)):
+            cell = found[label][size_bin(box, size_bins)]
+            cell[1] += 1
+            if g in pairs:
+                cell[0] += 1
+                confusion[label][pred.labels[pairs[g]]] += 1
+            else:
+                confusion[label][MISSED] += 1
+        for p in set(range(len(pred.labels))) - set(pairs.values()):
+            false_positives[pred.labels[p]] += 1
+    recall = {
+        lb: {s: {"found": f, "total": t, "recall": f / t if t else None} for s, (f, t) in sizes.items()}
+        for lb, sizes in found.items()
+    }
+    for lb in labels:
+        f, t = (sum(found[lb][s][i] for s in SIZES) for i in (0, 1))
+        recall[lb]["all"] = {"found": f, "total": t, "recall": f / t if t else None}
+    n_gt = sum(len(b) for b, _ in gts)
+    n_pred = sum(len(p.labels) for p in preds)
+    n_matched = sum(sum(row[lb] for lb in labels) for row in confusion.values())
+    correct = sum(confusion[lb][lb] for lb in labels)
+    return {
+        **average_precision(gts, preds, labels, iou_threshold),
+        "iou_threshold": iou_threshold,
+        "faces": n_gt,
+        "detections": n_pred,
+        "detector_recall": n_matched / n_gt if n_gt else None,
+        "detector_precision": n_matched / n_pred if n_pred else None,
+        "matched_accuracy": correct / n_matched if n_matched else None,
+        "recall_by_size": recall,
+        "confusion": confusion,
+        "false_positives": false_positives,
+    }
+
+
+def format_scene_table(result: dict, labels: list[str]) -> str:
+    """The per-class table printed at the end of an evaluation."""
+    rows = [
+        f"{'class':<11}{'AP@' + str(result['iou_threshold']):>8}{'faces':>7}{'found':>7}"
+        f"{'small':>8}{'medium':>8}{'large':>8}{'FP':>5}"
+    ]
+    for lb in labels:
+        rec = result["recall_by_size"][lb]
+        ap = result["ap"].get(lb)
+        cells = [f"{rec[s]['recall']:.2f}" if rec[s]["recall"] is not None else "-" for s in SIZES]
+        rows.append(
+            f"{lb:<11}{(f'{ap:.3f}' if ap is not None else '-'):>8}{rec['all']['total']:>7}"
+            f"{rec['all']['found']:>7}{cells[0]:>8}{cells[1]:>8}{cells[2]:>8}{result['false_positives'][lb]:>5}"
+        )
+    rows.append(
+        f"mAP {result['map']:.3f} | detector recall {_fmt(result['detector_recall'])}, precision "
+        f"{_fmt(result['detector_precision'])} | class accuracy on found faces {_fmt(result['matched_accuracy'])}"
+    )
+    return "\n".join(rows)
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"

@@ -1,0 +1,105 @@
+"""Stage 8, detectors: the scene evaluation once per detector variant (backend x input size).
+
+Each variant is a child run of the training run in MLflow (params `detector`, `detect_long_side`;
+metrics `map`, `ap.<class>`, `fps`), so the MLflow UI charts accuracy against frames per second.
+``reports/scenes/detectors.csv`` holds the same table and ``detectors.png`` the scatter plot.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+
+from facemask import plots, tracking
+from facemask.classifier import MaskClassifier
+from facemask.config import ConfigError, Detector, Params
+from facemask.data.fetch import FetchError, resolve_weights
+from facemask.detection import build_detector
+from facemask.pipeline import MaskPipeline
+from facemask.scenes.evaluate import evaluate_scenes
+from facemask.stages._runner import run_stage
+from facemask.stages.scenes import flat_metrics
+
+log = logging.getLogger("facemask.detectors")
+
+
+def missing_weights(cfg: Detector) -> str | None:
+    """Why this detector cannot run here, or None when its weights are on this machine."""
+    if cfg.name == "retinaface":
+        home = Path(os.environ.get("DEEPFACE_HOME", Path.home()))
+        path = home / ".deepface" / "weights" / cfg.weights.file
+        return None if path.is_file() else f"weights not found at {path}"
+    try:
+        resolve_weights(cfg.weights, key=f"detectors.{cfg.name}.weights")
+    except (ConfigError, FetchError) as err:
+        return str(err)
+    return None
+
+
+def compare(params: Params) -> None:
+    paths = params.paths
+    classifier = MaskClassifier.load(paths.models / "classifier.pt")
+    ref = tracking.read_run_ref(paths.models / "mlflow_run.json")
+    tracking.setup(params.mlflow)
+    rows = []
+    for variant in params.scenes.compare:
+        cfg = params.detectors[variant.detector]
+        reason = missing_weights(cfg)
+        if reason:
+            log.warning("skipping %s: %s", variant.name, reason)
+            rows.append({"variant": variant.name, "status": f"skipped: {reason}"})
+            continue
+        pipeline = MaskPipeline.from_classifier(
+            build_detector(cfg), classifier, params.crop.model_dump(), variant.detect_long_side
+        )
+        _, result = evaluate_scenes(pipeline, params, desc=variant.name)
+        metrics = flat_metrics(result, prefix="")
+        with mlflow.start_run(run_id=ref["run_id"]), mlflow.start_run(run_name=f"scenes {variant.name}", nested=True):
+            mlflow.log_params(
+                {
+                    "detector": variant.detector,
+                    "detect_long_side": variant.detect_long_side,
+                    "scenes": result["scenes"],
+                    "iou_threshold": result["iou_threshold"],
+                }
+            )
+            mlflow.log_metrics(metrics)
+            mlflow.set_tag("facemask.kind", "detector-comparison")
+        rows.append(
+            {
+                "variant": variant.name,
+                "status": "ok",
+                "map": result["map"],
+                **{f"ap_{lb}": v for lb, v in result["ap"].items()},
+                "detector_recall": result["detector_recall"],
+                "fps": result["fps"],
+                "detect_ms": result["detect_ms_median"],
+                "classify_ms": result["classify_ms_median"],
+            }
+        )
+        log.info("%s: mAP %.3f, %.1f fps", variant.name, result["map"], result["fps"])
+    table = pd.DataFrame(rows)
+    out = paths.reports / "scenes"
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / "detectors.csv", index=False)
+    done = table[table["status"] == "ok"]
+    fig = plots.accuracy_vs_speed(done)
+    fig.savefig(out / "detectors.png", dpi=110)
+    with mlflow.start_run(run_id=ref["run_id"]):
+        mlflow.log_figure(fig, "plots/scenes/detectors.png")
+        mlflow.log_table(table, "evaluation/scenes/detectors.json")
+    with pd.option_context("display.width", 160, "display.max_columns", 20):
+        print(table.round(3).to_string(index=False))
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_stage("detectors", compare, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""Scene metrics against hand-worked boxes, and reading real and malformed VOC annotations."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+from facemask.scenes.metrics import Prediction, match, scene_metrics, size_bin
+from facemask.scenes.voc import SceneError, load_scenes
+
+LABELS = ["mask", "no_mask", "incorrect"]
+A = [10, 10, 50, 50]  # 40 px: medium
+B = [100, 10, 120, 30]  # 20 px: small
+C = [200, 100, 330, 230]  # 130 px: large
+
+
+def pred(boxes, labels, scores=None, conf=None) -> Prediction:
+    n = len(labels)
+    return Prediction(
+        np.array(boxes, dtype=np.float32).reshape(-1, 4),
+        labels,
+        np.array(scores or [0.9] * n, dtype=np.float32),
+        np.array(conf or [0.9] * n, dtype=np.float32),
+    )
+
+
+def gt(boxes, labels):
+    return np.array(boxes, dtype=np.float32).reshape(-1, 4), labels
+
+
+def test_perfect_prediction_gives_ap_one():
+    gts = [gt([A, B], ["mask", "no_mask"]), gt([C], ["incorrect"])]
+    preds = [pred([A, B], ["mask", "no_mask"]), pred([C], ["incorrect"])]
+    r = scene_metrics(gts, preds, LABELS)
+    assert r["ap"] == {"mask": pytest.approx(1.0), "no_mask": pytest.approx(1.0), "incorrect": pytest.approx(1.0)}
+    assert r["map"] == pytest.approx(1.0)
+    assert r["detector_recall"] == 1.0 and r["detector_precision"] == 1.0 and r["matched_accuracy"] == 1.0
+    assert r["false_positives"] == dict.fromkeys(LABELS, 0)
+
+
+def test_a_missed_face_lowers_recall_exactly():
+    # two no_mask faces, one found: recall 1/2, precision stays 1, so AP is exactly 0.5 (101-point)
+    gts = [gt([A, C], ["no_mask", "no_mask"])]
+    r = scene_metrics(gts, [pred([A], ["no_mask"])], LABELS)
+    assert r["recall_by_size"]["no_mask"]["all"] == {"found": 1, "total": 2, "recall": 0.5}
+    assert r["recall_by_size"]["no_mask"]["medium"]["recall"] == 1.0
+    assert r["recall_by_size"]["no_mask"]["large"]["recall"] == 0.0
+    assert r["confusion"]["no_mask"]["missed"] == 1
+    assert r["ap"]["no_mask"] == pytest.approx(51 / 101)  # precision 1 at recall 0..0.5: 51 of 101 points
+    assert r["detector_recall"] == 0.5
+
+
+def test_wrong_class_is_both_a_miss_and_a_false_positive():
+    gts = [gt([A], ["mask"]), gt([C], ["no_mask"])]
+    preds = [pred([A], ["no_mask"]), pred([C], ["no_mask"])]
+    r = scene_metrics(gts, preds, LABELS)
+    assert r["ap"]["mask"] == pytest.approx(0.0)  # its only face was called no_mask: a miss
+    # no_mask: one true positive (C) and one false positive (A), both at the same rank
+    assert 0.0 < r["ap"]["no_mask"] < 1.0
+    assert r["detector_recall"] == 1.0  # the detector itself found both faces
+    assert r["confusion"]["mask"]["no_mask"] == 1 and r["matched_accuracy"] == 0.5
+    assert r["false_positives"]["no_mask"] == 0  # class-agnostic: A is matched, just wrongly labelled
+
+
+def test_detection_on_nothing_is_a_false_positive():
+    r = scene_metrics([gt([A], ["mask"])], [pred([A, C], ["mask", "mask"], scores=[0.9, 0.8])], LABELS)
+    assert r["false_positives"]["mask"] == 1
+    assert r["detector_precision"] == 0.5
+    assert r["ap"]["mask"] == pytest.approx(1.0)  # the false one ranks below the true one
+
+
+def test_matching_is_one_to_one_and_respects_iou():
+    boxes = np.array([A], dtype=np.float32)
+    twice = np.array([A, [12, 12, 52, 52]], dtype=np.float32)
+    assert match(boxes, twice, np.array([0.5, 0.9]), 0.5) == {0: 1}  # the higher-ranked duplicate wins
+    shifted = np.array([[40, 40, 80, 80]], dtype=np.float32)
+    assert match(boxes, shifted, np.array([0.9]), 0.5) == {}
+
+
+def test_size_bins():
+    assert [size_bin(np.array(b), (32, 96)) for b in (B, A, C)] == ["small", "medium", "large"]
+
+
+def test_real_voc_scenes_load(shared):
+    label_map = {"with_mask": "mask", "without_mask": "no_mask", "mask_weared_incorrect": "incorrect"}
+    scenes = load_scenes(shared / "datasets" / "face-mask-scenes-dev", label_map)
+    assert len(scenes) == 200
+    assert sum(len(s.labels) for s in scenes) == 867
+    first = scenes[0]
+    assert first.name == "maksssksksss0" and first.labels == ["no_mask", "mask", "no_mask"]
+    assert first.boxes[0].tolist() == [79, 105, 109, 142]
+
+
+def test_malformed_annotation_is_named(shared, tmp_path):
+    src = shared / "datasets" / "face-mask-scenes-dev"
+    (tmp_path / "images").mkdir()
+    (tmp_path / "annotations").mkdir()
+    shutil.copy(src / "images" / "maksssksksss0.jpg", tmp_path / "images")
+    bad = tmp_path / "annotations" / "maksssksksss0.xml"
+    bad.write_text(
+        (src / "annotations" / "maksssksksss0.xml").read_text().replace("<xmax>109</xmax>", "<xmax>x</xmax>")
+    )
+    with pytest.raises(SceneError, match=r"maksssksksss0\.xml.*bndbox/xmax"):
+        load_scenes(tmp_path, {"without_mask": "no_mask", "with_mask": "mask"})
+    bad.write_text("<annotation><object>")
+    with pytest.raises(SceneError, match="not valid XML"):
+        load_scenes(tmp_path, {"without_mask": "no_mask"})
+    with pytest.raises(SceneError, match="needs images/ and annotations/"):
+        load_scenes(tmp_path / "images", {"without_mask": "no_mask"})
