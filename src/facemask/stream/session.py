@@ -1,0 +1,152 @@
+"""One camera's live state: detection (with frame differencing), tracks, alerts and counters.
+
+A `CameraSession` lives in the worker that holds the camera's connection; `process()` takes one
+BGR frame and its timestamp and returns what a client draws: tracks with their smoothed class,
+the alerts raised by this frame and the camera's compliance so far.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from facemask.config import Stream
+from facemask.detection import Face
+from facemask.detection.align import crop_face
+from facemask.imageio import encode_jpeg
+from facemask.pipeline import MaskPipeline
+from facemask.stream.sinks import EventSinks
+from facemask.stream.tracker import Track, Tracker
+
+
+@dataclass
+class Counters:
+    frames: int = 0
+    detector_runs: int = 0
+    faces: Counter = field(default_factory=Counter)  # smoothed class per track and frame
+    alerts: int = 0
+
+    @property
+    def masked_share(self) -> float | None:
+        total = sum(self.faces.values())
+        return self.faces["mask"] / total if total else None
+
+
+class CameraSession:
+    def __init__(self, camera: str, pipeline: MaskPipeline, cfg: Stream, sinks: EventSinks | None = None):
+        self.camera, self.pipeline, self.cfg, self.sinks = camera, pipeline, cfg, sinks
+        self.tracker = Tracker(cfg, pipeline.labels)
+        self.total, self.window = Counters(), Counters()
+        self._faces: list[Face] = []
+        self._thumb: np.ndarray | None = None
+        self._reused = 0
+        self._last_alert = -np.inf
+        self._window_start: float | None = None
+
+    def _detect(self, frame: np.ndarray) -> tuple[list[Face], bool]:
+        """The detector's faces, or the previous ones when the frame barely changed."""
+        diff = self.cfg.frame_diff
+        h, w = frame.shape[:2]
+        thumb = cv2.cvtColor(
+            cv2.resize(frame, (64, max(1, round(64 * h / w))), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2GRAY
+        ).astype(np.int16)
+        if (
+            diff.enabled
+            and self._thumb is not None
+            and self._thumb.shape == thumb.shape
+            and self._reused < diff.max_reuse
+            and float(np.abs(thumb - self._thumb).mean()) < diff.threshold
+        ):
+            self._reused += 1
+            return self._faces, True
+        self._faces, self._thumb, self._reused = self.pipeline.detect_faces(frame), thumb, 0
+        return self._faces, False
+
+    def process(self, frame: np.ndarray, now: float | None = None) -> dict:
+        if frame is None or frame.ndim != 3 or frame.shape[2] != 3 or frame.size == 0:
+            raise ValueError("expected a non-empty HxWx3 BGR frame")
+        now = time.time() if now is None else now
+        faces, reused = self._detect(frame)
+        results = self.pipeline.classify(frame, faces)
+        tracks = self.tracker.update(results, now)
+        alerts = [self._alert(frame, t, faces[i], now) for i, t in enumerate(tracks) if self._should_alert(t, now)]
+        for counters in (self.total, self.window):
+            counters.frames += 1
+            counters.detector_runs += not reused
+            counters.faces.update(t.label for t in tracks)
+            counters.alerts += len(alerts)
+        stats = self._maybe_stats(now)
+        return {
+            "camera": self.camera,
+            "time": now,
+            "detector_ran": not reused,
+            "tracks": [
+                {**t.to_dict(), "alerting": t.alerted_at is not None and t.label in self.cfg.alerts.classes}
+                for t in tracks
+            ],
+            "alerts": alerts,
+            "compliance": self.total.masked_share,
+            "stats": stats,
+        }
+
+    def _should_alert(self, track: Track, now: float) -> bool:
+        a = self.cfg.alerts
+        return (
+            track.label in a.classes
+            and now - track.since >= a.after_s
+            and (track.alerted_at is None or now - track.alerted_at >= a.track_cooldown_s)
+            and now - self._last_alert >= a.camera_cooldown_s
+        )
+
+    def _alert(self, frame: np.ndarray, track: Track, face: Face, now: float) -> dict:
+        track.alerted_at = self._last_alert = now
+        snapshot = crop_face(frame, face, 128, 0.3, align=False)
+        event = {
+            "type": "alert",
+            "camera": self.camera,
+            "track": track.id,
+            "class": track.label,
+            "start": track.since,
+            "time": now,
+            "duration_s": round(now - track.since, 2),
+            "box": [round(v, 1) for v in track.box],
+            "snapshot_jpeg_b64": base64.b64encode(encode_jpeg(snapshot, 85)).decode("ascii"),
+        }
+        if self.sinks is not None:
+            self.sinks.emit(event)
+        return {k: v for k, v in event.items() if k != "snapshot_jpeg_b64"}
+
+    def _maybe_stats(self, now: float) -> dict | None:
+        """Every `stats_interval_s`: the window's counts as a `stats` event (for compliance figures)."""
+        if self._window_start is None:
+            self._window_start = now
+        if now - self._window_start < self.cfg.stats_interval_s:
+            return None
+        return self._flush_window(now)
+
+    def _flush_window(self, now: float) -> dict:
+        w = self.window
+        event = {
+            "type": "stats",
+            "camera": self.camera,
+            "start": self._window_start,
+            "time": now,
+            "frames": w.frames,
+            "detector_runs": w.detector_runs,
+            "alerts": w.alerts,
+            **{f"faces_{lb}": w.faces[lb] for lb in self.pipeline.labels},
+        }
+        if self.sinks is not None:
+            self.sinks.emit(event)
+        self.window, self._window_start = Counters(), now
+        return event
+
+    def close(self, now: float | None = None) -> None:
+        """Flush the last (partial) stats window."""
+        if self.window.frames:
+            self._flush_window(time.time() if now is None else now)

@@ -1,0 +1,95 @@
+"""Associating faces across frames: greedy IoU matching into tracks with a smoothed class.
+
+Smoothing is per track, over its last `window` decisions: `k_of_n` takes the class that holds at
+least `k` of them (else keeps the previous one), `ema` averages the class probabilities.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torchvision.ops import box_iou
+
+from facemask.config import Stream
+from facemask.pipeline import FaceResult
+
+
+@dataclass
+class Track:
+    id: int
+    box: tuple[float, float, float, float]
+    first_seen: float
+    last_seen: float
+    labels: deque = field(default_factory=deque)
+    ema: np.ndarray | None = None
+    label: str | None = None  # the smoothed class
+    confidence: float = 0.0
+    since: float = 0.0  # when the smoothed class last changed
+    alerted_at: float | None = None
+    hits: int = 0
+
+    def to_dict(self) -> dict:
+        return {
+            "id": self.id,
+            "box": [round(v, 1) for v in self.box],
+            "label": self.label,
+            "confidence": round(self.confidence, 3),
+            "since": self.since,
+            "age_s": round(self.last_seen - self.first_seen, 2),
+        }
+
+
+class Tracker:
+    """IoU tracker: each face joins the overlapping live track with the highest IoU, or starts one."""
+
+    def __init__(self, cfg: Stream, labels: list[str]):
+        self.cfg, self.labels = cfg, labels
+        self.tracks: dict[int, Track] = {}
+        self._next = 1
+
+    def update(self, faces: list[FaceResult], now: float) -> list[Track]:
+        """Tracks seen in this frame (in the order of `faces`); tracks unseen for too long end."""
+        live = list(self.tracks.values())
+        assigned: dict[int, Track] = {}
+        if live and faces:
+            iou = box_iou(torch.tensor([f.box for f in faces]), torch.tensor([t.box for t in live])).numpy()
+            for flat in np.argsort(-iou, axis=None):
+                i, j = np.unravel_index(flat, iou.shape)
+                if iou[i, j] < self.cfg.iou_match:
+                    break
+                if i in assigned or any(t is live[j] for t in assigned.values()):
+                    continue
+                assigned[int(i)] = live[j]
+        seen = []
+        for i, face in enumerate(faces):
+            track = assigned.get(i)
+            if track is None:
+                track = Track(self._next, face.box, now, now, deque(maxlen=self.cfg.smoothing.window), since=now)
+                self.tracks[track.id] = track
+                self._next += 1
+            track.box, track.last_seen, track.hits = face.box, now, track.hits + 1
+            self._smooth(track, face, now)
+            seen.append(track)
+        for tid in [t.id for t in self.tracks.values() if now - t.last_seen > self.cfg.max_missed_s]:
+            del self.tracks[tid]
+        return seen
+
+    def _smooth(self, track: Track, face: FaceResult, now: float) -> None:
+        s = self.cfg.smoothing
+        track.labels.append(face.label)
+        if s.method == "ema":
+            p = np.array([face.probabilities[lb] for lb in self.labels])
+            track.ema = p if track.ema is None else s.ema_alpha * p + (1 - s.ema_alpha) * track.ema
+            k = int(track.ema.argmax())
+            label, confidence = self.labels[k], float(track.ema[k])
+        else:
+            label, count = Counter(track.labels).most_common(1)[0]
+            confidence = count / len(track.labels)
+            if count < min(s.k, len(track.labels)) and track.label is not None:
+                label = track.label  # no class holds k of the last n: keep the previous decision
+        if label != track.label:
+            track.label, track.since = label, now
+        track.confidence = confidence
