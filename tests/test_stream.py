@@ -190,3 +190,61 @@ def test_the_stream_survives_a_bad_frame(pipeline, video, tmp_path):
             session.process(bad, now=1000.1)
     out = session.process(clips[1][1], now=1000.2)
     assert len(out["tracks"]) == 1 and out["tracks"][0]["id"] == 1
+
+
+def test_compliance_per_camera_and_hour(tmp_path):
+    """Hand-made events across two hours and two cameras give the expected hourly table."""
+    from facemask.stream.compliance import main
+
+    events = tmp_path / "events.jsonl"
+    rows = [
+        {
+            "type": "stats",
+            "camera": "door",
+            "time": 3600 * 10 + 60,
+            "frames": 10,
+            "faces_mask": 8,
+            "faces_no_mask": 2,
+            "faces_incorrect": 0,
+        },
+        {
+            "type": "stats",
+            "camera": "door",
+            "time": 3600 * 10 + 120,
+            "frames": 10,
+            "faces_mask": 2,
+            "faces_no_mask": 8,
+            "faces_incorrect": 0,
+        },
+        {
+            "type": "stats",
+            "camera": "door",
+            "time": 3600 * 11 + 5,
+            "frames": 10,
+            "faces_mask": 4,
+            "faces_no_mask": 0,
+            "faces_incorrect": 0,
+        },
+        {
+            "type": "stats",
+            "camera": "ward",
+            "time": 3600 * 10 + 30,
+            "frames": 5,
+            "faces_mask": 0,
+            "faces_no_mask": 0,
+            "faces_incorrect": 0,
+        },
+        {"type": "alert", "camera": "door", "time": 3600 * 10 + 90, "track": 3, "class": "no_mask"},
+    ]
+    events.write_text("\n".join(json.dumps(r) for r in rows) + "\nnot json\n")
+    assert main([str(events), "--out", str(tmp_path / "out")]) == 0
+    import pandas as pd
+
+    table = pd.read_csv(tmp_path / "out/compliance.csv")
+    door = table[table["camera"] == "door"].reset_index(drop=True)
+    assert door["faces"].tolist() == [20, 4]
+    assert door["masked_share"].tolist() == [0.5, 1.0]
+    assert door["alerts"].tolist() == [1, 0]
+    assert table[table["camera"] == "ward"]["masked_share"].isna().all()  # no faces: no figure, not 0
+    assert (tmp_path / "out/compliance.png").stat().st_size > 1000
+    assert main([str(tmp_path / "absent.jsonl")]) == 2
