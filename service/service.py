@@ -1,17 +1,23 @@
-"""BentoML service: every face in an image found and its mask classified (detect, annotate, gate).
+"""BentoML service: every face in an image found and its mask classified (detect, annotate, gate),
+and live cameras streamed over a WebSocket (`/live/ws/<camera>`, a page at `/live/`).
 
-Thin by design: decoding, the detection pipeline, the gate rule and the drawing live in `facemask`.
-Models come from BentoML's store (`make bento-models` imports the MLflow champion and the detector).
+Thin by design: decoding, the detection pipeline, tracking, alerts, the gate rule and the drawing
+live in `facemask`. Models come from BentoML's store (`make bento-models` imports the MLflow
+champion and the detector with its packaged post-processing settings).
 """
 
+import asyncio
 import os
 import threading
+from importlib.resources import files
 from pathlib import Path
 from typing import Annotated
 
 import bentoml
 from bentoml.exceptions import BadInput
 from bentoml.validators import ContentType
+from fastapi import FastAPI, WebSocket, WebSocketDisconnect
+from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, Field
 
 with bentoml.importing():
@@ -21,11 +27,15 @@ with bentoml.importing():
     from facemask.imageio import ImageError, decode_image, encode_jpeg
     from facemask.serving.decisions import gate_decision
     from facemask.serving.draw import draw_faces
-    from facemask.serving.packaging import CLASSIFIER_MODEL, DETECTOR_MODEL, load_pipeline
+    from facemask.serving.live import LiveStreams
+    from facemask.serving.metrics import LiveMetrics
+    from facemask.serving.packaging import CLASSIFIER_MODEL, DETECTOR_MODEL, load_pipeline, load_stream_config
 
 MAX_PIXELS = int(os.environ.get("FACEMASK_MAX_PIXELS", "40000000"))
 GATE_MIN_CONFIDENCE = float(os.environ.get("FACEMASK_GATE_MIN_CONFIDENCE", "0.6"))
 ImageFile = Annotated[Path, ContentType("image/*")]
+live_app = FastAPI(title="facemask live", docs_url=None, redoc_url=None)
+METRICS = LiveMetrics()
 
 
 class FaceOut(BaseModel):
@@ -52,6 +62,7 @@ class GateOut(BaseModel):
 
 
 @bentoml.service(name="facemask", traffic={"timeout": 30, "max_concurrency": 16})
+@bentoml.asgi_app(live_app, path="/live")
 class FaceMask:
     classifier_model = bentoml.models.BentoModel(f"{CLASSIFIER_MODEL}:latest")
     detector_model = bentoml.models.BentoModel(f"{DETECTOR_MODEL}:latest")
@@ -62,6 +73,7 @@ class FaceMask:
         meta = clf.info.metadata
         self.model_version = f"{meta.get('mlflow_model', clf.tag.name)}/v{meta.get('mlflow_version', clf.tag.version)}"
         self._lock = threading.Lock()  # the detector keeps per-input-size state: one frame at a time
+        self.live = LiveStreams(self.pipeline, load_stream_config(det.path), self._lock, METRICS)
 
     def __is_ready__(self) -> bool:
         return self.pipeline is not None
@@ -115,3 +127,33 @@ class FaceMask:
             "gate_min_confidence": GATE_MIN_CONFIDENCE,
             "opencv": cv2.__version__,
         }
+
+    @live_app.get("/", response_class=HTMLResponse)
+    def live_page(self) -> str:
+        """The browser page: its camera streamed here, boxes, labels, alerts and compliance drawn."""
+        return files("facemask.serving").joinpath("web/index.html").read_text(encoding="utf-8")
+
+    @live_app.websocket("/ws/{camera}")
+    async def live_stream(self, websocket: WebSocket, camera: str) -> None:
+        """One camera per connection: binary JPEG/PNG frames in, one JSON answer per frame out
+        (tracks, alerts, compliance). A bad frame gets {"error": ...}; the stream goes on."""
+        await websocket.accept()
+        try:
+            self.live.open(camera)
+        except ValueError as err:
+            await websocket.close(code=1008, reason=str(err))
+            return
+        try:
+            while True:
+                message = await websocket.receive()
+                if message["type"] == "websocket.disconnect":
+                    break
+                data = message.get("bytes")
+                if not data:
+                    await websocket.send_json({"camera": camera, "error": "send frames as binary JPEG or PNG messages"})
+                    continue
+                await websocket.send_json(await asyncio.to_thread(self.live.handle, camera, data, MAX_PIXELS))
+        except WebSocketDisconnect:
+            pass
+        finally:
+            self.live.release(camera)

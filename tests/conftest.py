@@ -107,3 +107,53 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory):
     yield url
     proc.terminate()
     proc.wait(timeout=30)
+
+
+FPS = 10
+
+
+def _paste(frame, photo, x: int, y: int, height: int) -> None:
+    import cv2
+
+    img = cv2.resize(photo, (round(photo.shape[1] * height / photo.shape[0]), height), interpolation=cv2.INTER_AREA)
+    frame[y : y + img.shape[0], x : x + img.shape[1]] = img
+
+
+def entrance_frames(shared: Path):
+    """A real-photo scene at 10 fps, 640x480, 8 s: a masked person stands on the left the whole
+    time; an unmasked person enters on the right at 2 s and leaves at 6.5 s."""
+    import cv2
+    import numpy as np
+
+    correct = sorted((shared / "datasets/maskedface-net-sample/correct").glob("*.jpg"))
+    masked = cv2.imread(str(correct[3]))
+    unmasked = next(
+        img for p in sorted((shared / "datasets/face-mask-2class/without_mask").glob("*.jpg"))
+        if min((img := cv2.imread(str(p))).shape[:2]) >= 220
+    )  # fmt: skip
+    rng = np.random.default_rng(0)
+    for i in range(8 * FPS):
+        t = i / FPS
+        frame = np.full((480, 640, 3), 120, np.uint8)
+        frame += rng.integers(0, 3, frame.shape, dtype=np.uint8)  # sensor noise: frames are never identical
+        _paste(frame, masked, 40 + (i % 4), 110, 240)  # stands still, sways a little
+        if 2.0 <= t < 6.5:
+            _paste(frame, unmasked, 380 - int((t - 2.0) * 6), 120, 230)  # walks in slowly
+        yield frame
+
+
+def entrance_video(shared: Path, path: Path) -> Path:
+    """`entrance_frames` as an mp4 file (OpenCV's mp4v), or as Y4M for Chromium's fake camera."""
+    import cv2
+
+    if path.suffix == ".y4m":
+        with path.open("wb") as f:
+            f.write(f"YUV4MPEG2 W640 H480 F{FPS}:1 Ip A1:1 C420jpeg\n".encode())
+            for frame in entrance_frames(shared):
+                f.write(b"FRAME\n" + cv2.cvtColor(frame, cv2.COLOR_BGR2YUV_I420).tobytes())
+        return path
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), FPS, (640, 480))
+    for frame in entrance_frames(shared):
+        writer.write(frame)
+    writer.release()
+    return path

@@ -21,43 +21,14 @@ from facemask.pipeline import MaskPipeline
 from facemask.stream.session import CameraSession
 from facemask.stream.sinks import EventSinks, read_jsonl
 
-from .conftest import REPO, free_port
+from .conftest import FPS, REPO, entrance_video, free_port
 
 pytestmark = pytest.mark.slow
-FPS = 10
-
-
-def paste(frame: np.ndarray, photo: np.ndarray, x: int, y: int, height: int) -> None:
-    img = cv2.resize(photo, (round(photo.shape[1] * height / photo.shape[0]), height), interpolation=cv2.INTER_AREA)
-    frame[y : y + img.shape[0], x : x + img.shape[1]] = img
 
 
 @pytest.fixture(scope="module")
 def video(shared, tmp_path_factory) -> Path:
-    masked = cv2.imread(
-        str(
-            shared
-            / "datasets/maskedface-net-sample/correct"
-            / sorted(p.name for p in (shared / "datasets/maskedface-net-sample/correct").glob("*.jpg"))[3]
-        )
-    )
-    unmasked_dir = shared / "datasets/face-mask-2class/without_mask"
-    unmasked = next(
-        img for p in sorted(unmasked_dir.glob("*.jpg")) if min((img := cv2.imread(str(p))).shape[:2]) >= 220
-    )
-    path = tmp_path_factory.mktemp("video") / "entrance.mp4"
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), FPS, (640, 480))
-    rng = np.random.default_rng(0)
-    for i in range(8 * FPS):
-        t = i / FPS
-        frame = np.full((480, 640, 3), 120, np.uint8)
-        frame += rng.integers(0, 3, frame.shape, dtype=np.uint8)  # sensor noise: frames are never identical
-        paste(frame, masked, 40 + (i % 4), 110, 240)  # stands still, sways a little
-        if 2.0 <= t < 6.5:
-            paste(frame, unmasked, 380 - int((t - 2.0) * 6), 120, 230)  # walks in slowly
-        writer.write(frame)
-    writer.release()
-    return path
+    return entrance_video(shared, tmp_path_factory.mktemp("video") / "entrance.mp4")
 
 
 def frames(path: Path):
@@ -248,3 +219,62 @@ def test_compliance_per_camera_and_hour(tmp_path):
     assert table[table["camera"] == "ward"]["masked_share"].isna().all()  # no faces: no figure, not 0
     assert (tmp_path / "out/compliance.png").stat().st_size > 1000
     assert main([str(tmp_path / "absent.jsonl")]) == 2
+
+
+def test_client_reconnects_when_the_service_restarts(video, tmp_path):
+    """A real WebSocket server that goes away after 5 frames and comes back a second later: the
+    client reconnects, loses no frame and writes the whole annotated video."""
+    import subprocess
+    import sys
+    import time
+
+    from websockets.sync.server import serve
+
+    port = free_port()
+    served: list[int] = []
+
+    def handler(ws):
+        for message in ws:
+            served.append(len(message))
+            ws.send(
+                json.dumps(
+                    {
+                        "camera": "door",
+                        "tracks": [{"id": 1, "box": [10, 10, 60, 60], "label": "mask", "confidence": 0.9}],
+                        "alerts": [],
+                        "compliance": 1.0,
+                    }
+                )
+            )
+            if len(served) == 5:
+                ws.close()
+                threading.Thread(target=server.shutdown).start()
+                return
+
+    server = serve(handler, "127.0.0.1", port)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    out = tmp_path / "annotated.mp4"
+    client = subprocess.Popen(
+        [sys.executable, "-m", "facemask.stream.client", str(video), "--url", f"ws://127.0.0.1:{port}/live/ws/door",
+         "--out", str(out), "--max-wait", "30"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    while len(served) < 5:
+        time.sleep(0.05)
+    time.sleep(1.0)  # the service is down
+    server = serve(handler, "127.0.0.1", port)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    stdout, stderr = client.communicate(timeout=120)
+    server.shutdown()
+    assert client.returncode == 0, stderr[-2000:]
+    summary = json.loads(stdout.strip().splitlines()[-1])
+    assert summary["frames"] == 80 and summary["reconnects"] >= 1
+    assert 80 <= len(served) <= 81  # a frame in flight when the service went away may be sent twice
+    cap = cv2.VideoCapture(str(out))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 80
+
+
+def test_client_refuses_a_missing_source(tmp_path):
+    from facemask.stream.client import main
+
+    assert main([str(tmp_path / "absent.mp4")]) == 2

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from mlflow.tracking import MlflowClient
 
 from facemask import tracking
 from facemask.classifier import MaskClassifier
-from facemask.config import Detector, Params, Pipeline
+from facemask.config import Detector, Params, Pipeline, Stream
 from facemask.data.fetch import resolve_weights
 from facemask.detection import build_detector
 from facemask.pipeline import MaskPipeline
@@ -49,6 +50,7 @@ def import_champion(params: Params) -> tuple[str, str]:
     with bentoml.models.create(DETECTOR_MODEL, metadata={"backend": detector.name}) as det_model:
         Path(det_model.path, "detector.json").write_text(json.dumps(detector.model_dump(mode="json"), indent=2))
         Path(det_model.path, "pipeline.json").write_text(params.pipeline.model_dump_json(indent=2))
+        Path(det_model.path, "stream.json").write_text(params.stream.model_dump_json(indent=2))
         if detector.name != "retinaface":  # the retina-face package keeps its own weights cache
             shutil.copy(resolve_weights(detector.weights), Path(det_model.path) / detector.weights.file)
     log.info(
@@ -68,6 +70,17 @@ def load_pipeline(classifier_dir: Path | str, detector_dir: Path | str) -> MaskP
     return MaskPipeline.from_classifier(
         detector, classifier, detect_long_side=pipeline.detect_long_side if pipeline else 0
     )
+
+
+def load_stream_config(detector_dir: Path | str) -> Stream:
+    """The live post-processing settings packaged beside the detector; the event file and the
+    webhook URL can be set per deployment (FACEMASK_EVENTS, FACEMASK_WEBHOOK_URL)."""
+    raw = json.loads(Path(detector_dir, "stream.json").read_text())
+    if os.environ.get("FACEMASK_EVENTS"):
+        raw["sinks"]["jsonl"] = os.environ["FACEMASK_EVENTS"]
+    if os.environ.get("FACEMASK_WEBHOOK_URL"):
+        raw["sinks"]["webhook"]["url"] = os.environ["FACEMASK_WEBHOOK_URL"]
+    return Stream.model_validate(raw)
 
 
 def main(argv: list[str] | None = None) -> int:
