@@ -12,7 +12,7 @@ FACEMASK_MIRROR ?= $(if $(wildcard ../shared/datasets),$(abspath ../shared),)
 export FACEMASK_MIRROR
 OVERRIDES ?=
 
-.PHONY: help setup params check-params pipeline run test test-fast lint format mlflow-ui clean bento-models serve bento bench-latency scenes bench
+.PHONY: help setup params check-params pipeline run test test-fast lint format mlflow-ui clean bento-models serve bento bench-latency scenes bench browser stream compliance bench-stream
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -35,7 +35,13 @@ pipeline: ## dvc repro: ingest, crop, augment, train, evaluate, promote, scenes,
 
 run: setup pipeline serve ## set up, run the pipeline on the offline data, then serve the champion
 
-test: setup pipeline ## set up, bring the pipeline up to date (the service tests serve its champion), run all tests
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+browser: ## Debian's chromium for the web-page test (apt-get; root or sudo)
+	@command -v chromium >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+
+test: setup browser pipeline ## set up, bring the pipeline up to date (the service tests serve its champion), run all tests
 	$(RUN) pytest -q
 
 test-fast: ## the tests without the slow end-to-end ones (no pipeline run needed)
@@ -65,6 +71,15 @@ scenes: ## evaluate a model on annotated scenes: OVERRIDES="scenes.dir=/path det
 
 bench: ## benchmark table (crop, classifier by batch, pipeline 640x480/1280x720, training, peak memory) -> reports/bench
 	$(RUN) python -m facemask.bench.suite
+
+stream: ## stream a video/webcam to the served model: SOURCE=0|rtsp://...|file.mp4 CAMERA=name [OUT=annotated.mp4]
+	$(RUN) python -m facemask.stream.client $${SOURCE:-0} --url ws://127.0.0.1:$${PORT:-3000}/live/ws/$${CAMERA:-camera1} $(if $(OUT),--out $(OUT),--show)
+
+compliance: ## compliance CSV per camera and hour + plot from the event file (EVENTS=events/events.jsonl)
+	$(RUN) python -m facemask.stream.compliance $${EVENTS:-events/events.jsonl}
+
+bench-stream: ## frames/s of 1 and 4 concurrent streams, with and without frame differencing (URL=http://...)
+	$(RUN) python -m facemask.bench.stream $(if $(URL),--url $(URL),)
 
 bench-latency: ## detect latency table (1/3/8 faces, 640x480), in-process; URL=http://... adds HTTP
 	$(RUN) python -m facemask.bench.latency $(if $(URL),--url $(URL),)

@@ -138,8 +138,9 @@ class FaceMask:
         """One camera per connection: binary JPEG/PNG frames in, one JSON answer per frame out
         (tracks, alerts, compliance). A bad frame gets {"error": ...}; the stream goes on."""
         await websocket.accept()
+        diff = websocket.query_params.get("frame_diff")  # "on" / "off" overrides the packaged setting
         try:
-            self.live.open(camera)
+            self.live.open(camera, None if diff is None else diff.lower() in ("1", "on", "true"))
         except ValueError as err:
             await websocket.close(code=1008, reason=str(err))
             return

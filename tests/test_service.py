@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -23,7 +24,7 @@ import requests
 import yaml
 from PIL import Image
 
-from .conftest import BIN, REPO, free_port
+from .conftest import BIN, FPS, REPO, entrance_frames, entrance_video, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -40,7 +41,13 @@ def bento_env(tmp_path_factory, shared):
         "the service tests need the pipeline's champion: run `make test` (it runs `dvc repro` first)"
     )
     home = tmp_path_factory.mktemp("bentoml")
-    env = {**os.environ, "BENTOML_HOME": str(home), "FACEMASK_MIRROR": str(shared), "BENTOML_DO_NOT_TRACK": "True"}
+    env = {
+        **os.environ,
+        "BENTOML_HOME": str(home),
+        "FACEMASK_MIRROR": str(shared),
+        "BENTOML_DO_NOT_TRACK": "True",
+        "FACEMASK_EVENTS": str(home / "events.jsonl"),
+    }
     # the champion lives where the pipeline logged it, whatever other tests pointed MLflow at
     env["MLFLOW_TRACKING_URI"] = json.loads((REPO / "models/mlflow_run.json").read_text())["tracking_uri"]
     env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
@@ -202,3 +209,97 @@ def test_health_endpoints(server):
     info = requests.post(f"{server}/info", json={}, timeout=10).json()
     assert info["labels"] == ["mask", "no_mask", "incorrect"]
     assert info["detector"] == "yunet"
+
+
+def stable_ids(answers: list[dict]) -> tuple[set, set]:
+    left = {t["id"] for a in answers for t in a["tracks"] if t["box"][0] < 320}
+    right = {t["id"] for a in answers for t in a["tracks"] if t["box"][0] >= 320}
+    return left, right
+
+
+def test_live_stream_over_websocket(server, shared, bento_env):
+    """The entrance video at 10 fps over one WebSocket: stable tracks, one alert, a bad frame and a
+    text message answered with an error while the stream goes on; the alert reaches the event
+    file and the Prometheus metrics."""
+    from websockets.sync.client import connect
+
+    from facemask.imageio import encode_jpeg
+
+    answers = []
+    with connect(server.replace("http://", "ws://") + "/live/ws/door", max_size=2**22) as ws:
+        for i, frame in enumerate(entrance_frames(shared)):
+            start = time.perf_counter()
+            if i == 30:
+                ws.send(b"\xff\xd8 not a jpeg")
+                assert "cannot decode" in json.loads(ws.recv(timeout=30))["error"]
+                ws.send("hello")
+                assert "binary" in json.loads(ws.recv(timeout=30))["error"]
+            ws.send(encode_jpeg(frame))
+            answers.append(json.loads(ws.recv(timeout=30)))
+            time.sleep(max(0.0, 1 / FPS - (time.perf_counter() - start)))
+    assert len(answers) == 80 and all("error" not in a for a in answers)
+    left, right = stable_ids(answers)
+    assert len(left) == 1 and len(right) == 1, (left, right)
+    alerts = [x for a in answers for x in a["alerts"]]
+    assert len(alerts) == 1 and alerts[0]["track"] in right
+    assert answers[-1]["compliance"] is not None and 0.5 < answers[-1]["compliance"] < 1.0
+
+    events = [json.loads(line) for line in Path(bento_env["FACEMASK_EVENTS"]).read_text().splitlines()]
+    assert [e["track"] for e in events if e["type"] == "alert"] == [alerts[0]["track"]]
+    metrics = requests.get(f"{server}/metrics", timeout=10).text
+    fired = re.findall(r'^facemask_alerts_total\{[^}]*camera="door"[^}]*\} (\S+)$', metrics, re.M)
+    assert sum(float(v) for v in fired) == 1.0
+    frames = re.findall(r'^facemask_frames_total\{[^}]*camera="door"[^}]*\} (\S+)$', metrics, re.M)
+    assert sum(float(v) for v in frames) == 80.0
+    assert re.search(r'^facemask_bad_frames_total\{camera="door"\} 1\.0$', metrics, re.M)
+    assert re.search(r'^facemask_masked_share\{camera="door"\} 0\.\d+$', metrics, re.M)
+
+
+def test_live_stream_refuses_a_bad_camera_name(server):
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    with (
+        connect(server.replace("http://", "ws://") + "/live/ws/bad%20name!") as ws,
+        pytest.raises(ConnectionClosed) as err,
+    ):
+        ws.recv(timeout=10)
+    assert err.value.rcvd.code == 1008
+    assert requests.get(f"{server}/readyz", timeout=10).status_code == 200
+
+
+def chromium_binary() -> str:
+    for candidate in ("/usr/lib/chromium/chromium", shutil.which("chromium") or ""):
+        if candidate and Path(candidate).is_file():
+            return candidate
+    pytest.fail("Debian's chromium is missing: `make browser` (part of `make test`) installs it")
+
+
+def test_camera_page_in_headless_chromium(server, shared, tmp_path):
+    """The page at /live/ with Chromium's fake camera playing the entrance video: labelled boxes
+    are drawn over the video and an alert appears."""
+    from playwright.sync_api import sync_playwright
+
+    y4m = entrance_video(shared, tmp_path / "entrance.y4m")
+    args = ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+            f"--use-file-for-fake-video-capture={y4m}", "--no-sandbox"]  # fmt: skip
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium_binary(), headless=True, args=args)
+        page = browser.new_page()
+        messages: list[str] = []
+        page.on("console", lambda m: messages.append(m.text))
+        page.goto(f"{server}/live/?camera=browser")
+        page.wait_for_function("window.facemask && window.facemask.answers > 10", timeout=60_000)
+        labels = page.evaluate("window.facemask.tracks.map(t => t.label)")
+        assert labels and set(labels) <= {"mask", "no_mask", "incorrect"}
+        page.wait_for_selector("#alerts li.alert", timeout=90_000)
+        text = page.inner_text("#alerts li.alert")
+        assert "person #" in text and ("no mask" in text or "incorrect" in text)
+        assert "% masked" in page.inner_text("#compliance")
+        drawn = page.evaluate(
+            "(() => { const c = document.getElementById('overlay');"
+            " const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
+            " let n = 0; for (let i = 3; i < d.length; i += 4) n += d[i] > 0; return n; })()"
+        )
+        browser.close()
+    assert drawn > 500, f"no boxes drawn over the video; console: {messages[-5:]}"

@@ -24,13 +24,17 @@ class LiveStreams:
         self.sessions: dict[str, CameraSession] = {}
         self.connections: dict[str, int] = {}
 
-    def open(self, camera: str) -> CameraSession:
-        """The camera's session; a reconnecting camera keeps its tracks and counters."""
+    def open(self, camera: str, frame_diff: bool | None = None) -> CameraSession:
+        """The camera's session; a reconnecting camera keeps its tracks and counters.
+        `frame_diff` overrides the configured frame differencing for a new session."""
         if not CAMERA_NAME.match(camera):
             raise ValueError("camera names are 1-64 letters, digits, '.', '_' or '-'")
         session = self.sessions.get(camera)
         if session is None:
-            session = self.sessions[camera] = CameraSession(camera, self.pipeline, self.cfg, self.sinks)
+            cfg = self.cfg
+            if frame_diff is not None:
+                cfg = cfg.model_copy(update={"frame_diff": cfg.frame_diff.model_copy(update={"enabled": frame_diff})})
+            session = self.sessions[camera] = CameraSession(camera, self.pipeline, cfg, self.sinks)
         self.connections[camera] = self.connections.get(camera, 0) + 1
         return session
 
