@@ -29,14 +29,9 @@ from facemask.config import Params, load_params
 
 
 def _median_ms(fn: Callable[[], object], repeats: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
+    from facemask.bench.latency import timed
+
+    return statistics.median(timed(fn, repeats, warmup))
 
 
 def _test_images(params: Params, n: int) -> list[Path]:
