@@ -109,3 +109,34 @@ def test_malformed_annotation_is_named(shared, tmp_path):
         load_scenes(tmp_path, {"without_mask": "no_mask"})
     with pytest.raises(SceneError, match="needs images/ and annotations/"):
         load_scenes(tmp_path / "images", {"without_mask": "no_mask"})
+
+
+@pytest.mark.slow
+def test_one_command_evaluates_a_new_scene_folder(shared, tmp_path):
+    """`python -m facemask.scenes scenes.dir=...` on a folder of the same format: the table is
+    printed and the reports written; a folder that is not VOC is a clear error (exit 2)."""
+    import subprocess
+    import sys
+
+    from .conftest import REPO
+
+    src = shared / "datasets" / "face-mask-scenes-dev"
+    for sub in ("images", "annotations"):
+        (tmp_path / "set" / sub).mkdir(parents=True)
+    for n in (0, 1, 2):
+        shutil.copy(src / "images" / f"maksssksksss{n}.jpg", tmp_path / "set/images")
+        shutil.copy(src / "annotations" / f"maksssksksss{n}.xml", tmp_path / "set/annotations")
+    env = {**__import__("os").environ, "FACEMASK_MIRROR": str(shared)}
+    cmd = [sys.executable, "-m", "facemask.scenes", f"scenes.dir={tmp_path / 'set'}", "--out", str(tmp_path / "out"),
+           "--classifier", str(REPO / "models/classifier.pt")]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "3 scenes, " in proc.stdout and "mAP" in proc.stdout and "no_mask" in proc.stdout
+    assert (tmp_path / "out/metrics.json").is_file() and (tmp_path / "out/worst_errors.png").is_file()
+
+    cmd[3] = f"scenes.dir={tmp_path / 'set/images'}"
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "needs images/ and annotations/" in proc.stderr
+    cmd[3] = "scenes.iou_threshold=2"
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "scenes.iou_threshold" in proc.stderr

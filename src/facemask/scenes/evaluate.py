@@ -130,7 +130,7 @@ def gallery(run: SceneRun, table: pd.DataFrame, count: int, tile: int = 160) -> 
         cv2.putText(canvas, text, (3, tile - 16), cv2.FONT_HERSHEY_SIMPLEX, 0.38, (255, 255, 255), 1, cv2.LINE_AA)
         cv2.putText(
             canvas,
-            run.scenes[row.scene].name[-12:],
+            run.scenes[row.scene].name[-26:],
             (3, tile - 4),
             cv2.FONT_HERSHEY_SIMPLEX,
             0.33,

@@ -59,7 +59,10 @@ def compare(params: Params) -> None:
         )
         _, result = evaluate_scenes(pipeline, params, desc=variant.name)
         metrics = flat_metrics(result, prefix="")
-        with mlflow.start_run(run_id=ref["run_id"]), mlflow.start_run(run_name=f"scenes {variant.name}", nested=True):
+        with (
+            mlflow.start_run(run_id=ref["run_id"]),
+            mlflow.start_run(run_name=f"scenes {variant.name}", experiment_id=ref["experiment_id"], nested=True),
+        ):
             mlflow.log_params(
                 {
                     "detector": variant.detector,
