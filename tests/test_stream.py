@@ -278,3 +278,29 @@ def test_client_refuses_a_missing_source(tmp_path):
     from facemask.stream.client import main
 
     assert main([str(tmp_path / "absent.mp4")]) == 2
+
+
+def test_real_clip_mask_put_on(pipeline, shared, tmp_path):
+    """The real camera clip (30 fps, 8.9 s): a woman holds a mask up, lowers it (unmasked), the
+    shot cuts to the mask alone, then she wears it. One alert for the unmasked stretch, none for
+    the masked one, and the smoothed class ends as `mask`."""
+    session = CameraSession("clip", pipeline, stream_cfg(tmp_path))
+    cap = cv2.VideoCapture(str(shared / "videos/mask-on-1280x720.mp4"))
+    fps = cap.get(cv2.CAP_PROP_FPS)
+    out, i = [], 0
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        out.append(session.process(frame, now=i / fps))
+        i += 1
+    assert i == 268
+    main = [max(o["tracks"], key=lambda t: (t["box"][2] - t["box"][0]) * (t["box"][3] - t["box"][1]))
+            if o["tracks"] else None for o in out]  # fmt: skip
+    labels = [t["label"] if t else None for t in main]
+    assert "no_mask" in labels[60:120]  # unmasked, mask in hand (2-4 s)
+    assert all(lb == "mask" for lb in labels[-45:] if lb), labels[-45:]  # wearing it (last 1.5 s)
+    assert sum(lb is not None for lb in labels[-45:]) >= 40
+    alerts = [a for o in out for a in o["alerts"]]
+    assert len(alerts) == 1 and alerts[0]["class"] == "no_mask", alerts
+    assert 3.0 <= alerts[0]["time"] <= 4.5
