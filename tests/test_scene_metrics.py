@@ -140,3 +140,69 @@ def test_one_command_evaluates_a_new_scene_folder(shared, tmp_path):
     cmd[3] = "scenes.iou_threshold=2"
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "scenes.iou_threshold" in proc.stderr
+
+
+def test_box_fit_maps_a_box_by_hand_worked_numbers():
+    from facemask.config import BoxFit
+    from facemask.pipeline import fit_box
+
+    box = np.array([100, 100, 140, 150])  # 40 x 50, centre (120, 125)
+    assert fit_box(box, BoxFit()).tolist() == pytest.approx([100, 100, 140, 150])
+    fitted = fit_box(box, BoxFit(scale_w=1.5, scale_h=0.8, shift_x=0.25, shift_y=0.1))
+    # centre (120 + 10, 125 + 5), sides 60 x 40
+    assert fitted.tolist() == pytest.approx([100, 110, 160, 150])
+
+
+def test_calibration_recovers_a_known_box_convention():
+    """Detections drawn from annotated boxes by a known shift and scale give that fit back, and the
+    fit lifts recall at IoU 0.75 from what the raw boxes reach to every face."""
+    from facemask.config import BoxFit
+    from facemask.pipeline import fit_box
+    from facemask.scenes.calibrate import measure, recall
+    from facemask.scenes.voc import Scene
+
+    truth = BoxFit(scale_w=1.1, scale_h=0.8, shift_x=0.05, shift_y=0.2)
+    rng = np.random.default_rng(0)
+    scenes, detections = [], []
+    for i in range(20):
+        x, y, w, h = rng.uniform(0, 300), rng.uniform(0, 300), rng.uniform(15, 80), rng.uniform(15, 80)
+        # the detector's box d satisfies fit_box(d, truth) == the annotated box
+        dw, dh = w / truth.scale_w, h / truth.scale_h
+        dcx, dcy = x + w / 2 - truth.shift_x * dw, y + h / 2 - truth.shift_y * dh
+        det = [dcx - dw / 2, dcy - dh / 2, dcx + dw / 2, dcy + dh / 2, 0.9]
+        scenes.append(Scene(image=f"s{i}.jpg", boxes=np.array([[x, y, x + w, y + h]], np.float32), labels=["mask"]))
+        detections.append(np.array([det], np.float32))
+    fit, pairs = measure(scenes, detections)
+    assert pairs == 20
+    assert fit.model_dump() == pytest.approx(truth.model_dump(), abs=2e-3)
+    assert recall(scenes, detections, 0.75, BoxFit()) < 0.5
+    assert recall(scenes, detections, 0.75, fit) == 1.0
+    assert fit_box(detections[0][0, :4], fit) == pytest.approx(scenes[0].boxes[0], abs=0.5)
+
+
+def test_calibration_without_any_overlap_is_an_error():
+    from facemask.scenes.calibrate import measure
+    from facemask.scenes.voc import Scene
+
+    scene = Scene(image="s.jpg", boxes=np.array([[0, 0, 10, 10]], np.float32), labels=["mask"])
+    with pytest.raises(ValueError, match="nothing to calibrate"):
+        measure([scene], [np.array([[100, 100, 120, 120, 0.9]], np.float32)])
+
+
+def test_every_class_ranking_finds_a_misclassified_face_lower_down():
+    """Face A is mask but the classifier says no_mask (0.7) with mask second (0.3); face B is
+    no_mask, said right (0.9). Top-1: mask AP 0 (its face was called no_mask) and no_mask AP with a
+    false positive ranked first. Every class: A is also a mask detection (score 0.3), the only one,
+    so mask AP is 1; no_mask keeps the false positive above B."""
+    probs = np.array([[0.3, 0.7, 0.0], [0.05, 0.9, 0.05]], dtype=np.float32)
+    p = Prediction(
+        np.array([A, B], np.float32), ["no_mask", "no_mask"], np.array([1.0, 1.0], np.float32), probs.max(1), probs
+    )
+    r = scene_metrics([gt([A, B], ["mask", "no_mask"])], [p], LABELS)
+    assert r["ap_top1"]["mask"] == pytest.approx(0.0)
+    assert r["ap"]["mask"] == pytest.approx(1.0)
+    # no_mask: B (0.9) ranks above the false A (0.7) in both views: precision 1 up to recall 1
+    assert r["ap"]["no_mask"] == pytest.approx(1.0) and r["ap_top1"]["no_mask"] == pytest.approx(1.0)
+    assert r["map_top1"] == pytest.approx(0.5) and r["map"] == pytest.approx(1.0)
+    # the class-agnostic views are those of the served (top-1) labels
+    assert r["confusion"]["mask"]["no_mask"] == 1 and r["false_positives"] == dict.fromkeys(LABELS, 0)

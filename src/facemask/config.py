@@ -93,6 +93,17 @@ class Weights(_Strict):
 DetectorName = Literal["yunet", "retinaface", "retinaface_mnet"]
 
 
+class BoxFit(_Strict):
+    """How a detector's box maps onto the annotated face box (PASCAL VOC face-mask convention):
+    centre shifted by a fraction of the box's width/height, sides scaled. Identity by default;
+    `python -m facemask.scenes.calibrate` measures it on annotated scenes."""
+
+    scale_w: float = Field(default=1.0, gt=0.5, lt=2.0)
+    scale_h: float = Field(default=1.0, gt=0.5, lt=2.0)
+    shift_x: float = Field(default=0.0, ge=-0.5, le=0.5)
+    shift_y: float = Field(default=0.0, ge=-0.5, le=0.5)
+
+
 class Detector(_Strict):
     name: DetectorName
     weights: Weights
@@ -100,9 +111,11 @@ class Detector(_Strict):
     nms_threshold: float = Field(gt=0, lt=1)
     top_k: int = Field(gt=0)
     min_face: int = Field(ge=1)
+    box_fit: BoxFit = Field(default_factory=BoxFit)
 
 
 class Crop(_Strict):
+    min_score: float = Field(ge=0, lt=1)
     size: int = Field(ge=16, le=1024)
     margin: float = Field(ge=0, le=2)
     align: bool
@@ -175,6 +188,7 @@ class Mlflow(_Strict):
 
 class Pipeline(_Strict):
     detect_long_side: int = Field(ge=0, le=8192)
+    confident_score: float = Field(default=0.6, ge=0, le=1)
 
 
 class Variant(_Strict):

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 from facemask.classifier import MaskClassifier
-from facemask.config import Params
+from facemask.config import BoxFit, Params, Pipeline
 from facemask.detection import Face, FaceDetector, build_detector
 from facemask.detection.align import crop_face
 
@@ -33,6 +33,26 @@ class FaceResult:
         return asdict(self)
 
 
+def detect_at(detector: FaceDetector, frame: np.ndarray, long_side: int) -> list[Face]:
+    """Faces in frame coordinates, the detector seeing the frame resized to `long_side` (0: as is)."""
+    h, w = frame.shape[:2]
+    scale = long_side / max(h, w) if long_side else 1.0
+    if abs(scale - 1.0) < 1e-3:
+        return detector.detect(frame)
+    interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    resized = cv2.resize(frame, (round(w * scale), round(h * scale)), interpolation=interpolation)
+    return [face.transformed(scale) for face in detector.detect(resized)]
+
+
+def fit_box(box: np.ndarray, fit: BoxFit) -> np.ndarray:
+    """A detector box (x1, y1, x2, y2) mapped onto the annotated face-box convention."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    w, h = x2 - x1, y2 - y1
+    cx, cy = (x1 + x2) / 2 + fit.shift_x * w, (y1 + y2) / 2 + fit.shift_y * h
+    hw, hh = fit.scale_w * w / 2, fit.scale_h * h / 2
+    return np.array([cx - hw, cy - hh, cx + hw, cy + hh], dtype=np.float32)
+
+
 class MaskPipeline:
     """Finds every face in a BGR frame and classifies its mask, all faces in one batch."""
 
@@ -44,10 +64,14 @@ class MaskPipeline:
         margin: float,
         align: bool = True,
         detect_long_side: int = 0,
+        box_fit: BoxFit | None = None,
+        confident_score: float = 0.0,
     ):
         self.detector, self.classifier = detector, classifier
         self.crop_size, self.margin, self.align = crop_size, margin, align
         self.detect_long_side = detect_long_side
+        self.box_fit = box_fit or BoxFit()
+        self.confident_score = confident_score  # below it a face opens no gate and raises no alert
 
     @classmethod
     def from_classifier(
@@ -55,14 +79,25 @@ class MaskPipeline:
         detector: FaceDetector,
         classifier: MaskClassifier,
         fallback_crop: dict | None = None,
-        detect_long_side: int = 0,
+        settings: Pipeline | None = None,
+        box_fit: BoxFit | None = None,
     ) -> MaskPipeline:
         """Crop faces as the classifier's training did: the settings its artefact records, else
         `fallback_crop`; an artefact without them and no fallback is refused."""
         crop = {**(fallback_crop or {}), **classifier.meta.get("crop", {})}
         if not crop:
             raise ValueError("the classifier artefact records no crop settings: retrain it with this version")
-        return cls(detector, classifier, crop["size"], crop["margin"], crop["align"], detect_long_side)
+        settings = settings or Pipeline(detect_long_side=0, confident_score=0.0)
+        return cls(
+            detector,
+            classifier,
+            crop["size"],
+            crop["margin"],
+            crop["align"],
+            settings.detect_long_side,
+            box_fit,
+            settings.confident_score,
+        )
 
     @classmethod
     def from_params(
@@ -73,7 +108,9 @@ class MaskPipeline:
         if not isinstance(classifier, MaskClassifier):
             classifier = MaskClassifier.load(classifier)
         detector = detector or build_detector(params.detector)
-        return cls.from_classifier(detector, classifier, params.crop.model_dump(), params.pipeline.detect_long_side)
+        return cls.from_classifier(
+            detector, classifier, params.crop.model_dump(), params.pipeline, params.detector.box_fit
+        )
 
     @property
     def labels(self) -> list[str]:
@@ -83,16 +120,11 @@ class MaskPipeline:
         """Faces in frame coordinates (kept apart from `classify` so callers can reuse detections).
 
         With `detect_long_side` set, the detector sees the frame resized to that longer side."""
-        h, w = frame.shape[:2]
-        scale = self.detect_long_side / max(h, w) if self.detect_long_side else 1.0
-        if abs(scale - 1.0) < 1e-3:
-            return self.detector.detect(frame)
-        interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-        resized = cv2.resize(frame, (round(w * scale), round(h * scale)), interpolation=interpolation)
-        return [face.transformed(scale) for face in self.detector.detect(resized)]
+        return detect_at(self.detector, frame, self.detect_long_side)
 
     def classify(self, frame: np.ndarray, faces: list[Face]) -> list[FaceResult]:
-        """Classify given faces of a frame (one batch through the network)."""
+        """Classify given faces of a frame (one batch through the network). Crops come from the
+        detector's own boxes, as in training; the reported box is mapped by `box_fit`."""
         if not faces:
             return []
         crops = [crop_face(frame, f, self.crop_size, self.margin, self.align) for f in faces]
@@ -102,7 +134,7 @@ class MaskPipeline:
             k = int(p.argmax())
             results.append(
                 FaceResult(
-                    box=tuple(round(float(v), 1) for v in face.box),
+                    box=tuple(round(float(v), 1) for v in fit_box(face.box, self.box_fit)),
                     score=round(face.score, 4),
                     label=self.labels[k],
                     confidence=round(float(p[k]), 4),

@@ -73,6 +73,9 @@ def run_pipeline(pipeline: MaskPipeline, scenes: list[Scene], desc: str = "scene
                 labels=[r.label for r in results],
                 scores=np.array([r.score for r in results], dtype=np.float32),
                 confidences=np.array([r.confidence for r in results], dtype=np.float32),
+                probabilities=np.array(
+                    [[r.probabilities[lb] for lb in pipeline.labels] for r in results], dtype=np.float32
+                ).reshape(-1, len(pipeline.labels)),
             )
         )
     return SceneRun(scenes, preds, np.array(det_ms), np.array(cls_ms))
@@ -187,6 +190,7 @@ def summary(result: dict) -> dict:
     """The scalar figures (DVC metrics, MLflow metrics)."""
     keep = (
         "map",
+        "map_top1",
         "detector_recall",
         "detector_precision",
         "matched_accuracy",
@@ -201,6 +205,7 @@ def summary(result: dict) -> dict:
     )
     out = {k: result[k] for k in keep}
     out["ap"] = result["ap"]
+    out["ap_top1"] = result["ap_top1"]
     out["recall"] = {lb: {s: v["recall"] for s, v in sizes.items()} for lb, sizes in result["recall_by_size"].items()}
     out["false_positives"] = result["false_positives"]
     return out

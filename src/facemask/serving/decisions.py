@@ -14,8 +14,10 @@ class GateDecision:
     message: str
 
 
-def gate_decision(faces: list[FaceResult], min_confidence: float) -> GateDecision:
-    """Allow exactly one face that wears a mask correctly with enough confidence; deny otherwise."""
+def gate_decision(faces: list[FaceResult], min_confidence: float, min_face_score: float = 0.0) -> GateDecision:
+    """Allow exactly one face that wears a mask correctly with enough confidence; deny otherwise.
+    Detections scored below `min_face_score` (a hand, a pattern) are not counted as faces."""
+    faces = [f for f in faces if f.score >= min_face_score]
     if not faces:
         return GateDecision(False, "no_face", "no face found: step in front of the camera")
     if len(faces) > 1:

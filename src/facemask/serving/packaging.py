@@ -67,9 +67,7 @@ def load_pipeline(classifier_dir: Path | str, detector_dir: Path | str) -> MaskP
     settings = Path(detector_dir, "pipeline.json")
     pipeline = Pipeline.model_validate_json(settings.read_text()) if settings.is_file() else None
     detector = build_detector(cfg, weights)
-    return MaskPipeline.from_classifier(
-        detector, classifier, detect_long_side=pipeline.detect_long_side if pipeline else 0
-    )
+    return MaskPipeline.from_classifier(detector, classifier, settings=pipeline, box_fit=cfg.box_fit)
 
 
 def load_stream_config(detector_dir: Path | str) -> Stream:

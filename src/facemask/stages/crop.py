@@ -63,7 +63,7 @@ def process(detector: FaceDetector, path: Path, out: Path, cfg: Crop, max_pixels
     except (ImageError, OSError) as err:
         return {"status": "unreadable", "error": str(err)}
     prepared, scale, offset = prepare(image, cfg)
-    faces = detector.detect(prepared)
+    faces = [f for f in detector.detect(prepared) if f.score >= cfg.min_score]
     face, status = choose_face(faces, cfg.multi_face)
     row = {"status": status, "n_faces": len(faces)}
     if face is None:

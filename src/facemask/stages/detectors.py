@@ -55,7 +55,11 @@ def compare(params: Params) -> None:
             rows.append({"variant": variant.name, "status": f"skipped: {reason}"})
             continue
         pipeline = MaskPipeline.from_classifier(
-            build_detector(cfg), classifier, params.crop.model_dump(), variant.detect_long_side
+            build_detector(cfg),
+            classifier,
+            params.crop.model_dump(),
+            params.pipeline.model_copy(update={"detect_long_side": variant.detect_long_side}),
+            cfg.box_fit,
         )
         _, result = evaluate_scenes(pipeline, params, desc=variant.name)
         metrics = flat_metrics(result, prefix="")
@@ -78,6 +82,7 @@ def compare(params: Params) -> None:
                 "variant": variant.name,
                 "status": "ok",
                 "map": result["map"],
+                "map_top1": result["map_top1"],
                 **{f"ap_{lb}": v for lb, v in result["ap"].items()},
                 "detector_recall": result["detector_recall"],
                 "fps": result["fps"],

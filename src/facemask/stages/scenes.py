@@ -25,10 +25,11 @@ def flat_metrics(result: dict, prefix: str = "scenes.") -> dict[str, float]:
     """MLflow metric names for a scene evaluation."""
     flat = {
         f"{prefix}{k}": float(result[k])
-        for k in ("map", "detector_recall", "fps", "frame_ms_median")
+        for k in ("map", "map_top1", "detector_recall", "fps", "frame_ms_median")
         if result.get(k) is not None
     }
     flat.update({f"{prefix}ap.{lb}": v for lb, v in result["ap"].items()})
+    flat.update({f"{prefix}ap_top1.{lb}": v for lb, v in result["ap_top1"].items()})
     for label, sizes in result["recall_by_size"].items():
         flat.update({f"{prefix}recall.{label}.{s}": c["recall"] for s, c in sizes.items() if c["recall"] is not None})
     return flat

@@ -30,6 +30,7 @@ class Track:
     since: float = 0.0  # when the smoothed class last changed
     alerted_at: float | None = None
     hits: int = 0
+    score: float = 0.0  # the detector's score of the last face
 
     def to_dict(self) -> dict:
         return {
@@ -37,6 +38,7 @@ class Track:
             "box": [round(v, 1) for v in self.box],
             "label": self.label,
             "confidence": round(self.confidence, 3),
+            "score": round(self.score, 3),
             "since": self.since,
             "age_s": round(self.last_seen - self.first_seen, 2),
         }
@@ -70,7 +72,7 @@ class Tracker:
                 track = Track(self._next, face.box, now, now, deque(maxlen=self.cfg.smoothing.window), since=now)
                 self.tracks[track.id] = track
                 self._next += 1
-            track.box, track.last_seen, track.hits = face.box, now, track.hits + 1
+            track.box, track.last_seen, track.hits, track.score = face.box, now, track.hits + 1, face.score
             self._smooth(track, face, now)
             seen.append(track)
         for tid in [t.id for t in self.tracks.values() if now - t.last_seen > self.cfg.max_missed_s]:
