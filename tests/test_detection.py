@@ -151,3 +151,26 @@ def test_retinaface_mobilenet_refuses_a_foreign_checkpoint(tmp_path):
         RetinaFaceMobileNetDetector(bad, 0.5, 0.4, 750, 8)
     with pytest.raises(FileNotFoundError):
         RetinaFaceMobileNetDetector(tmp_path / "absent.pth", 0.5, 0.4, 750, 8)
+
+
+def test_close_up_photos_are_not_blown_up_past_the_detector(shared, yunet_weights):
+    """Small close-up photos (<= 160 px) enlarged to the pipeline's 960 px would outgrow YuNet's
+    anchors and break into partial faces; the upscale cap keeps one confident face per photo."""
+    from facemask.pipeline import detect_at
+
+    params = validate(compose([]))
+    detector = YuNetDetector.from_config(params.detector, yunet_weights)
+    small = [
+        p for p in real_images(shared, "face-mask-2class/without_mask", 400) if max(read_image(p).shape[:2]) <= 160
+    ]
+    assert len(small) >= 12
+    confident = params.pipeline.confident_score
+
+    def faces(cap: float) -> list[int]:
+        side = params.pipeline.detect_long_side
+        return [sum(f.score >= confident for f in detect_at(detector, read_image(p), side, cap)) for p in small[:12]]
+
+    capped = faces(params.pipeline.max_upscale)
+    assert sum(n == 1 for n in capped) >= 11, capped
+    unbounded = faces(16.0)
+    assert sum(n == 1 for n in unbounded) <= 6, unbounded

@@ -188,6 +188,7 @@ class Mlflow(_Strict):
 
 class Pipeline(_Strict):
     detect_long_side: int = Field(ge=0, le=8192)
+    max_upscale: float = Field(default=4.0, ge=1, le=16)
     confident_score: float = Field(default=0.6, ge=0, le=1)
 
 

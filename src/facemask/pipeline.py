@@ -33,10 +33,11 @@ class FaceResult:
         return asdict(self)
 
 
-def detect_at(detector: FaceDetector, frame: np.ndarray, long_side: int) -> list[Face]:
-    """Faces in frame coordinates, the detector seeing the frame resized to `long_side` (0: as is)."""
+def detect_at(detector: FaceDetector, frame: np.ndarray, long_side: int, max_upscale: float = 4.0) -> list[Face]:
+    """Faces in frame coordinates, the detector seeing the frame resized to `long_side` (0: as is),
+    enlarged at most `max_upscale` times (a close-up blown up further outgrows the detector's anchors)."""
     h, w = frame.shape[:2]
-    scale = long_side / max(h, w) if long_side else 1.0
+    scale = min(long_side / max(h, w), max_upscale) if long_side else 1.0
     if abs(scale - 1.0) < 1e-3:
         return detector.detect(frame)
     interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
@@ -66,12 +67,14 @@ class MaskPipeline:
         detect_long_side: int = 0,
         box_fit: BoxFit | None = None,
         confident_score: float = 0.0,
+        max_upscale: float = 4.0,
     ):
         self.detector, self.classifier = detector, classifier
         self.crop_size, self.margin, self.align = crop_size, margin, align
         self.detect_long_side = detect_long_side
         self.box_fit = box_fit or BoxFit()
         self.confident_score = confident_score  # below it a face opens no gate and raises no alert
+        self.max_upscale = max_upscale
 
     @classmethod
     def from_classifier(
@@ -97,6 +100,7 @@ class MaskPipeline:
             settings.detect_long_side,
             box_fit,
             settings.confident_score,
+            settings.max_upscale,
         )
 
     @classmethod
@@ -120,7 +124,7 @@ class MaskPipeline:
         """Faces in frame coordinates (kept apart from `classify` so callers can reuse detections).
 
         With `detect_long_side` set, the detector sees the frame resized to that longer side."""
-        return detect_at(self.detector, frame, self.detect_long_side)
+        return detect_at(self.detector, frame, self.detect_long_side, self.max_upscale)
 
     def classify(self, frame: np.ndarray, faces: list[Face]) -> list[FaceResult]:
         """Classify given faces of a frame (one batch through the network). Crops come from the

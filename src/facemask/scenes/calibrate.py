@@ -63,7 +63,9 @@ def detect_scenes(params: Params, scenes: list[Scene]) -> list[np.ndarray]:
     detector = build_detector(params.detector)
     out = []
     for scene in tqdm(scenes, desc=f"detect ({params.detector.name})", unit="scene"):
-        faces = detect_at(detector, read_image(scene.image), params.pipeline.detect_long_side)
+        faces = detect_at(
+            detector, read_image(scene.image), params.pipeline.detect_long_side, params.pipeline.max_upscale
+        )
         out.append(np.array([[*f.box, f.score] for f in faces], dtype=np.float32).reshape(-1, 5))
     return out
 
