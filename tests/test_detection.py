@@ -164,7 +164,7 @@ def test_close_up_photos_are_not_blown_up_past_the_detector(shared, yunet_weight
         p for p in real_images(shared, "face-mask-2class/without_mask", 400) if max(read_image(p).shape[:2]) <= 160
     ]
     assert len(small) >= 12
-    confident = params.pipeline.confident_score
+    confident = params.pipeline.gate_min_score
 
     def faces(cap: float) -> list[int]:
         side = params.pipeline.detect_long_side

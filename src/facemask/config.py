@@ -189,7 +189,7 @@ class Mlflow(_Strict):
 class Pipeline(_Strict):
     detect_long_side: int = Field(ge=0, le=8192)
     max_upscale: float = Field(default=4.0, ge=1, le=16)
-    confident_score: float = Field(default=0.6, ge=0, le=1)
+    gate_min_score: float = Field(default=0.5, ge=0, le=1)
 
 
 class Variant(_Strict):
@@ -234,6 +234,7 @@ class Alerts(_Strict):
     after_s: float = Field(ge=0)
     track_cooldown_s: float = Field(ge=0)
     camera_cooldown_s: float = Field(ge=0)
+    min_score: float = Field(default=0.6, ge=0, le=1)
 
 
 class FrameDiff(_Strict):

@@ -66,14 +66,14 @@ class MaskPipeline:
         align: bool = True,
         detect_long_side: int = 0,
         box_fit: BoxFit | None = None,
-        confident_score: float = 0.0,
+        gate_min_score: float = 0.0,
         max_upscale: float = 4.0,
     ):
         self.detector, self.classifier = detector, classifier
         self.crop_size, self.margin, self.align = crop_size, margin, align
         self.detect_long_side = detect_long_side
         self.box_fit = box_fit or BoxFit()
-        self.confident_score = confident_score  # below it a face opens no gate and raises no alert
+        self.gate_min_score = gate_min_score  # the gate does not count faces scored lower
         self.max_upscale = max_upscale
 
     @classmethod
@@ -90,7 +90,7 @@ class MaskPipeline:
         crop = {**(fallback_crop or {}), **classifier.meta.get("crop", {})}
         if not crop:
             raise ValueError("the classifier artefact records no crop settings: retrain it with this version")
-        settings = settings or Pipeline(detect_long_side=0, confident_score=0.0)
+        settings = settings or Pipeline(detect_long_side=0, gate_min_score=0.0)
         return cls(
             detector,
             classifier,
@@ -99,7 +99,7 @@ class MaskPipeline:
             crop["align"],
             settings.detect_long_side,
             box_fit,
-            settings.confident_score,
+            settings.gate_min_score,
             settings.max_upscale,
         )
 

@@ -98,7 +98,7 @@ class CameraSession:
         a = self.cfg.alerts
         return (
             track.label in a.classes
-            and track.score >= self.pipeline.confident_score
+            and track.score >= a.min_score
             and now - track.since >= a.after_s
             and (track.alerted_at is None or now - track.alerted_at >= a.track_cooldown_s)
             and now - self._last_alert >= a.camera_cooldown_s
