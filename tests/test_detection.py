@@ -154,7 +154,7 @@ def test_retinaface_mobilenet_refuses_a_foreign_checkpoint(tmp_path):
 
 
 def test_close_up_photos_are_not_blown_up_past_the_detector(shared, yunet_weights):
-    """Small close-up photos (<= 160 px) enlarged to the pipeline's 960 px would outgrow YuNet's
+    """Small close-up photos (<= 160 px) enlarged to a 960 px long side would outgrow YuNet's
     anchors and break into partial faces; the upscale cap keeps one confident face per photo."""
     from facemask.pipeline import detect_at
 
@@ -167,7 +167,7 @@ def test_close_up_photos_are_not_blown_up_past_the_detector(shared, yunet_weight
     confident = params.pipeline.gate_min_score
 
     def faces(cap: float) -> list[int]:
-        side = params.pipeline.detect_long_side
+        side = 960  # a long side that would enlarge these photos over 6 times
         return [sum(f.score >= confident for f in detect_at(detector, read_image(p), side, cap)) for p in small[:12]]
 
     capped = faces(params.pipeline.max_upscale)
