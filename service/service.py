@@ -107,7 +107,7 @@ class FaceMask:
     def gate(self, image: ImageFile) -> GateOut:
         """May this person enter? Allow one correctly masked face; otherwise deny with the reason."""
         _, faces = self._run(image)
-        decision = gate_decision(faces, GATE_MIN_CONFIDENCE, self.pipeline.gate_min_score)
+        decision = gate_decision(faces, GATE_MIN_CONFIDENCE, self.pipeline.settings.gate_min_score)
         return GateOut(
             model_version=self.model_version,
             allow=decision.allow,

@@ -33,7 +33,7 @@ class FaceResult:
         return asdict(self)
 
 
-def detect_at(detector: FaceDetector, frame: np.ndarray, long_side: int, max_upscale: float = 4.0) -> list[Face]:
+def detect_at(detector: FaceDetector, frame: np.ndarray, long_side: int, max_upscale: float) -> list[Face]:
     """Faces in frame coordinates, the detector seeing the frame resized to `long_side` (0: as is),
     enlarged at most `max_upscale` times (a close-up blown up further outgrows the detector's anchors)."""
     h, w = frame.shape[:2]
@@ -64,17 +64,14 @@ class MaskPipeline:
         crop_size: int,
         margin: float,
         align: bool = True,
-        detect_long_side: int = 0,
+        settings: Pipeline | None = None,
         box_fit: BoxFit | None = None,
-        gate_min_score: float = 0.0,
-        max_upscale: float = 4.0,
     ):
+        """`settings` default: detect at the frame's own size, the gate counting every detection."""
         self.detector, self.classifier = detector, classifier
         self.crop_size, self.margin, self.align = crop_size, margin, align
-        self.detect_long_side = detect_long_side
+        self.settings = settings or Pipeline(detect_long_side=0, gate_min_score=0.0)
         self.box_fit = box_fit or BoxFit()
-        self.gate_min_score = gate_min_score  # the gate does not count faces scored lower
-        self.max_upscale = max_upscale
 
     @classmethod
     def from_classifier(
@@ -90,18 +87,7 @@ class MaskPipeline:
         crop = {**(fallback_crop or {}), **classifier.meta.get("crop", {})}
         if not crop:
             raise ValueError("the classifier artefact records no crop settings: retrain it with this version")
-        settings = settings or Pipeline(detect_long_side=0, gate_min_score=0.0)
-        return cls(
-            detector,
-            classifier,
-            crop["size"],
-            crop["margin"],
-            crop["align"],
-            settings.detect_long_side,
-            box_fit,
-            settings.gate_min_score,
-            settings.max_upscale,
-        )
+        return cls(detector, classifier, crop["size"], crop["margin"], crop["align"], settings, box_fit)
 
     @classmethod
     def from_params(
@@ -124,7 +110,7 @@ class MaskPipeline:
         """Faces in frame coordinates (kept apart from `classify` so callers can reuse detections).
 
         With `detect_long_side` set, the detector sees the frame resized to that longer side."""
-        return detect_at(self.detector, frame, self.detect_long_side, self.max_upscale)
+        return detect_at(self.detector, frame, self.settings.detect_long_side, self.settings.max_upscale)
 
     def classify(self, frame: np.ndarray, faces: list[Face]) -> list[FaceResult]:
         """Classify given faces of a frame (one batch through the network). Crops come from the

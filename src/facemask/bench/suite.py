@@ -122,7 +122,7 @@ def bench_pipeline(params: Params, quick: bool) -> list[dict]:
                 "value": total,
                 "unit": "ms",
                 "note": f"detect {det:.1f} + classify {cls:.1f} ms; "
-                f"{1000 / total:.1f} fps; detector at long side {pipe.detect_long_side or 'native'}",
+                f"{1000 / total:.1f} fps; detector at long side {pipe.settings.detect_long_side or 'native'}",
             }
         )
     return out
