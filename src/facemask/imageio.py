@@ -34,6 +34,15 @@ def image_size(data: bytes) -> tuple[int, int]:
     return width, height
 
 
+def image_file_size(path: Path | str) -> tuple[int, int]:
+    """(width, height) of an image file from its header alone; raises ImageError for non-images."""
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise ImageError(f"{path}: not a decodable image ({err.__class__.__name__})") from None
+
+
 def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decode image bytes to a BGR uint8 array, refusing empty, corrupt and oversized images."""
     width, height = image_size(data)

@@ -87,16 +87,48 @@ def download(url: str, dest: Path, sha256: str | None, timeout: float = 60.0) ->
 
 
 def _label_root(tree: Path, labels: set[str]) -> Path:
-    """The folder inside an extracted archive that holds all the `labels` subfolders."""
+    """The folder inside an extracted archive that holds all the `labels` subfolders (for scenes:
+    `images` and `annotations`)."""
     for folder in sorted([tree, *(p for p in tree.rglob("*") if p.is_dir())], key=lambda p: len(p.parts)):
         if labels <= {p.name for p in folder.iterdir() if p.is_dir()}:
             return folder
     raise FetchError(f"no folder under {tree} holds the label folders {sorted(labels)}")
 
 
+def _extract(archive: Path, extracted: Path) -> Path:
+    """Unpack a zip archive once into `extracted` (atomically)."""
+    if not extracted.is_dir():
+        extracted.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=extracted.parent, prefix=f".{extracted.name}-"))
+        try:
+            with zipfile.ZipFile(archive) as zf:
+                zf.extractall(tmp)
+        except zipfile.BadZipFile as err:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise FetchError(f"{archive} is not a zip archive: {err}") from err
+        tmp.replace(extracted)
+    return extracted
+
+
+def _merge(name: str, roots: list[Path], markers: set[str]) -> Path:
+    """One folder of links joining the `markers` subfolders of several extracted archives (the
+    branches of a scene set); a file name present twice keeps the first archive's copy."""
+    merged = cache_root() / "extracted" / f"{name}-merged"
+    shutil.rmtree(merged, ignore_errors=True)
+    for marker in sorted(markers):
+        (merged / marker).mkdir(parents=True)
+        for root in roots:
+            for path in sorted((root / marker).iterdir()):
+                link = merged / marker / path.name
+                if not link.exists():
+                    link.symlink_to(path.resolve())
+    return merged
+
+
 def resolve_source(name: str, source: Source, key: str | None = None, markers: set[str] | None = None) -> Path:
     """Local folder of a source: the mirror copy, or the folder of the extracted download that holds
-    the `markers` subfolders (default: one per `label_map` key). `key` names the config entry in errors."""
+    the `markers` subfolders (default: one per `label_map` key; `images` and `annotations` for
+    scenes). Several urls are downloaded each and merged. `key` names the config entry in errors."""
     key = key or f"data.sources.{name}"
     mirror = mirror_root()
     if mirror is not None:
@@ -105,21 +137,16 @@ def resolve_source(name: str, source: Source, key: str | None = None, markers: s
             raise ConfigError(f"{key}.mirror_dir: {folder} does not exist in {MIRROR_ENV}={mirror}")
         log.info("source %s: offline mirror %s", name, folder)
         return folder
-    if not source.url:
+    if not source.urls:
         raise ConfigError(f"{key}.url is empty and {MIRROR_ENV} is not set")
-    archive = download(source.url, cache_root() / "downloads" / f"{name}.zip", source.sha256)
-    extracted = cache_root() / "extracted" / name
-    if not extracted.is_dir():
-        extracted.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=extracted.parent, prefix=f".{name}-"))
-        try:
-            with zipfile.ZipFile(archive) as zf:
-                zf.extractall(tmp)
-        except zipfile.BadZipFile as err:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise FetchError(f"{archive} is not a zip archive: {err}") from err
-        tmp.replace(extracted)
-    return _label_root(extracted, markers or set(source.label_map))
+    if markers is None:
+        markers = {"images", "annotations"} if source.kind == "scenes" else set(source.label_map)
+    roots = []
+    for i, (url, digest) in enumerate(zip(source.urls, source.checksums, strict=True)):
+        part = name if len(source.urls) == 1 else f"{name}-{i}"
+        archive = download(url, cache_root() / "downloads" / f"{part}.zip", digest)
+        roots.append(_label_root(_extract(archive, cache_root() / "extracted" / part), markers))
+    return roots[0] if len(roots) == 1 else _merge(name, roots, markers)
 
 
 def resolve_weights(weights: Weights, key: str = "detector.weights") -> Path:

@@ -1,7 +1,9 @@
 """The image manifest: scan sources, map labels, hash, de-duplicate and split.
 
-A manifest row is one image: ``id, source, relpath, label, source_label, width, height, bytes,
-sha256, phash, group, split``. Paths are relative to ``<paths.raw>/<source>``.
+A manifest row is one sample: ``id, source, kind, relpath, label, source_label, width, height, bytes,
+sha256, phash, group, split`` and, for a face of an annotated scene (``kind == "scene"``), its box
+``x1, y1, x2, y2`` in the image's pixels. Paths are relative to ``<paths.raw>/<source>``. All faces
+of a scene share its image's ``group``, so they land in one split.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from facemask.imageio import ImageError, image_size
+from facemask.scenes.voc import load_scenes
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +37,11 @@ class IngestReport:
     unreadable: int = 0
     too_large: int = 0
     unmapped_folders: dict[str, int] = field(default_factory=dict)
+    unmapped_objects: dict[str, int] = field(default_factory=dict)
+    scene_images: int = 0
+    scene_faces: int = 0
+    evaluation_copies: int = 0
+    evaluation_copy_examples: list[str] = field(default_factory=list)
     exact_duplicates: int = 0
     near_duplicates: int = 0
     label_conflicts: int = 0
@@ -41,6 +49,7 @@ class IngestReport:
     kept: int = 0
     per_label: dict[str, int] = field(default_factory=dict)
     per_split: dict[str, dict[str, int]] = field(default_factory=dict)
+    per_source: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)
 
 
 def map_label(folder: str, label_map: Mapping[str, str]) -> str | None:
@@ -71,6 +80,73 @@ def scan_source(
             for p in files
         ]
     return rows
+
+
+def scan_scenes(source: str, root: Path, label_map: Mapping[str, str], report: IngestReport) -> list[dict]:
+    """List the annotated scenes of one VOC source: one row per image, its faces in ``faces``
+    (boxes scaled to the image's pixels); a malformed annotation raises SceneError naming the file."""
+    rows = []
+    for scene in load_scenes(root, dict(label_map)):
+        for name in scene.ignored:
+            key = f"{source}/{name}"
+            report.unmapped_objects[key] = report.unmapped_objects.get(key, 0) + 1
+        if not scene.labels:
+            continue
+        majority = Counter(scene.labels).most_common(1)[0][0]
+        rows.append(
+            {
+                "source": source,
+                "relpath": str(scene.image.relative_to(root)),
+                "label": majority,
+                "source_label": "scene",
+                "faces": list(zip(scene.labels, scene.boxes.round(1).tolist(), strict=True)),
+            }
+        )
+    return rows
+
+
+def expand_scenes(df: pd.DataFrame, report: IngestReport) -> pd.DataFrame:
+    """One row per annotated face of every scene image (``kind`` scene, box columns); photo rows
+    pass through with ``kind`` photo. Faces keep their image's hashes and group."""
+    out = []
+    for row in df.to_dict("records"):
+        faces = row.pop("faces", None)
+        if not isinstance(faces, list):
+            out.append({**row, "kind": "photo"})
+            continue
+        report.scene_images += 1
+        for k, (label, (x1, y1, x2, y2)) in enumerate(faces):
+            out.append({**row, "kind": "scene", "label": label, "source_label": label, "face": k,
+                        "x1": x1, "y1": y1, "x2": x2, "y2": y2})  # fmt: skip
+            report.scene_faces += 1
+    return pd.DataFrame(out)
+
+
+def crop_hashes(image: Image.Image, fractions: Iterable[float] = (1.0, 0.8, 0.6)) -> list[imagehash.ImageHash]:
+    """Perceptual hashes of the whole image and of its central crops (a copy may be cropped)."""
+    hashes = []
+    w, h = image.size
+    for f in fractions:
+        dx, dy = round(w * (1 - f) / 2), round(h * (1 - f) / 2)
+        hashes.append(imagehash.phash(image.crop((dx, dy, w - dx, h - dy))))
+    return hashes
+
+
+def evaluation_copies(df: pd.DataFrame, roots: Mapping[str, Path], eval_images: list[Path], distance: int) -> pd.Series:
+    """Which rows copy an evaluation image: the perceptual hash of the training image, or of one of
+    its central crops, lies within `distance` bits of the evaluation image's or one of its crops'."""
+    eval_hashes = []
+    for path in tqdm(eval_images, desc="hash evaluation scenes"):
+        with Image.open(path) as im:
+            eval_hashes += [str(h) for h in crop_hashes(im.convert("RGB"))]
+    bits = _hash_bits(eval_hashes)
+    copies = np.zeros(len(df), dtype=bool)
+    for i, row in enumerate(tqdm(df.itertuples(), total=len(df), desc="check against evaluation scenes")):
+        with Image.open(roots[row.source] / row.relpath) as im:
+            mine = _hash_bits([str(h) for h in crop_hashes(im.convert("RGB"))])
+        dist = mine @ (1.0 - bits).T + (1.0 - mine) @ bits.T
+        copies[i] = bool((dist <= distance + 0.5).any())
+    return pd.Series(copies, index=df.index)
 
 
 def describe_image(path: Path, max_pixels: int) -> dict | None:
@@ -128,7 +204,9 @@ class _UnionFind:
             self.parent[max(ri, rj)] = min(ri, rj)
 
 
-def deduplicate(df: pd.DataFrame, drop_distance: int, group_distance: int, report: IngestReport) -> pd.DataFrame:
+def deduplicate(
+    df: pd.DataFrame, drop_distance: int, group_distance: int, report: IngestReport, label_col: str = "label"
+) -> pd.DataFrame:
     """Drop exact and perceptual duplicates, and assign near-duplicate groups.
 
     Within a duplicate cluster (same bytes, or phash distance <= drop_distance) the first image is
@@ -150,7 +228,7 @@ def deduplicate(df: pd.DataFrame, drop_distance: int, group_distance: int, repor
     roots = np.array([dup.find(i) for i in range(n)])
     report.near_duplicates = len(exact_roots) - len(set(roots))
 
-    labels_per_root = df.groupby(roots)["label"].nunique()
+    labels_per_root = df.groupby(roots)[label_col].nunique()
     conflicted = set(labels_per_root[labels_per_root > 1].index)
     keep = np.array([roots[i] == i and roots[i] not in conflicted for i in range(n)])
     report.label_conflicts = int(sum(1 for r in roots if r in conflicted))
@@ -202,6 +280,10 @@ def summarise(df: pd.DataFrame, report: IngestReport) -> IngestReport:
     report.kept = len(df)
     report.per_label = dict(sorted(Counter(df["label"]).items()))
     report.per_split = {s: dict(sorted(Counter(df.loc[df["split"] == s, "label"]).items())) for s in SPLITS}
+    report.per_source = {
+        src: {s: dict(sorted(Counter(part.loc[part["split"] == s, "label"]).items())) for s in SPLITS}
+        for src, part in df.groupby("source")
+    }
     return report
 
 

@@ -8,6 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
+from facemask.config import Scenes
+from facemask.data.fetch import resolve_source
+from facemask.imageio import ImageError, image_file_size
+
 
 class SceneError(ValueError):
     """A scene folder or annotation file is malformed; the message names the file."""
@@ -21,10 +25,20 @@ class Scene:
     boxes: np.ndarray
     labels: list[str]
     ignored: list[str] = field(default_factory=list)  # annotated names outside the label map
+    size: tuple[int, int] | None = None  # (width, height) the annotation was drawn on
 
     @property
     def name(self) -> str:
         return self.image.stem
+
+    def scaled_to(self, width: int, height: int) -> Scene:
+        """The same scene with boxes in the pixels of an image of `width` x `height` (an image
+        resized after annotation, e.g. a mirror capped at 960 px); itself when sizes agree."""
+        if self.size is None or self.size == (width, height):
+            return self
+        sx, sy = width / self.size[0], height / self.size[1]
+        boxes = self.boxes * np.array([sx, sy, sx, sy], dtype=np.float32)
+        return Scene(self.image, boxes, self.labels, self.ignored, (width, height))
 
 
 def _number(obj: ET.Element, tag: str, path: Path) -> float:
@@ -41,6 +55,14 @@ def read_annotation(path: Path, image: Path, label_map: dict[str, str]) -> Scene
         root = ET.parse(path).getroot()
     except ET.ParseError as err:
         raise SceneError(f"{path}: not valid XML ({err})") from None
+    size = None
+    if root.find("size") is not None:
+        try:
+            size = (int(float(root.findtext("size/width"))), int(float(root.findtext("size/height"))))  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            raise SceneError(f"{path}: size/width and size/height must be numbers") from None
+        if size[0] <= 0 or size[1] <= 0:
+            size = None  # some tools write 0x0: the boxes are then taken as drawn on the image itself
     boxes, labels, ignored = [], [], []
     for obj in root.iter("object"):
         name = (obj.findtext("name") or "").strip()
@@ -52,7 +74,7 @@ def read_annotation(path: Path, image: Path, label_map: dict[str, str]) -> Scene
             raise SceneError(f"{path}: empty box {x1, y1, x2, y2} for {name!r}")
         boxes.append((x1, y1, x2, y2))
         labels.append(label_map[name])
-    return Scene(image, np.asarray(boxes, dtype=np.float32).reshape(-1, 4), labels, ignored)
+    return Scene(image, np.asarray(boxes, dtype=np.float32).reshape(-1, 4), labels, ignored, size)
 
 
 def load_scenes(folder: Path, label_map: dict[str, str]) -> list[Scene]:
@@ -65,7 +87,21 @@ def load_scenes(folder: Path, label_map: dict[str, str]) -> list[Scene]:
     for xml in sorted(notes.glob("*.xml"), key=lambda p: (len(p.stem), p.stem)):
         if xml.stem not in by_stem:
             raise SceneError(f"{xml}: no image {xml.stem}.* in {images}")
-        scenes.append(read_annotation(xml, by_stem[xml.stem], label_map))
+        scene = read_annotation(xml, by_stem[xml.stem], label_map)
+        try:
+            scenes.append(scene.scaled_to(*image_file_size(scene.image)))
+        except ImageError as err:
+            raise SceneError(str(err)) from None
     if not scenes:
         raise SceneError(f"{notes} holds no annotation (*.xml)")
     return scenes
+
+
+def evaluation_folder(cfg: Scenes) -> Path:
+    """The evaluation scenes: `scenes.dir` when set, else the mirror copy or verified download of
+    `scenes.source`."""
+    if cfg.dir is not None:
+        if not Path(cfg.dir).is_dir():
+            raise FileNotFoundError(f"scenes.dir: {cfg.dir} is not a folder")
+        return Path(cfg.dir)
+    return resolve_source("scenes", cfg.source, key="scenes.source", markers={"images", "annotations"})

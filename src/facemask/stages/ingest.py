@@ -13,6 +13,7 @@ import pandas as pd
 from facemask.config import ConfigError, Params
 from facemask.data import manifest as mf
 from facemask.data.fetch import resolve_source
+from facemask.scenes.voc import evaluation_folder, load_scenes
 from facemask.stages._runner import run_stage, write_json
 
 log = logging.getLogger("facemask.ingest")
@@ -32,16 +33,39 @@ def link_source(raw: Path, name: str, folder: Path) -> Path:
     return link
 
 
-def ingest(params: Params) -> None:
-    data = params.data
-    report = mf.IngestReport()
+def scan(params: Params, report: mf.IngestReport) -> tuple[list[dict], dict[str, Path]]:
+    """Every source's rows (photos: one per image; scenes: one per image, faces attached)."""
     rows, roots = [], {}
-    for name, source in data.sources.items():
+    for name, source in params.data.sources.items():
         roots[name] = link_source(params.paths.raw, name, resolve_source(name, source))
-        found = mf.scan_source(name, roots[name], source.label_map, data.image_extensions, report)
+        if source.kind == "scenes":
+            found = mf.scan_scenes(name, roots[name], source.label_map, report)
+        else:
+            found = mf.scan_source(name, roots[name], source.label_map, params.data.image_extensions, report)
         if not found:
             raise ConfigError(f"data.sources.{name}: no images found under {roots[name]}")
         rows += found
+    return rows, roots
+
+
+def drop_evaluation_copies(params: Params, df: pd.DataFrame, roots: dict[str, Path], report) -> pd.DataFrame:
+    """Drop training images that copy an evaluation scene (counted, a few named in the report)."""
+    guard = params.data.eval_guard
+    if not guard.enabled:
+        return df
+    folder = evaluation_folder(params.scenes)
+    images = [s.image for s in load_scenes(folder, params.scenes.source.label_map)]
+    copies = mf.evaluation_copies(df, roots, images, guard.distance)
+    report.evaluation_copies = int(copies.sum())
+    report.evaluation_copy_examples = sorted(df.loc[copies, "relpath"].head(20))
+    log.info("dropped %d copies of the %d evaluation scenes in %s", report.evaluation_copies, len(images), folder)
+    return df[~copies].reset_index(drop=True)
+
+
+def ingest(params: Params) -> None:
+    data = params.data
+    report = mf.IngestReport()
+    rows, roots = scan(params, report)
     report.scanned = len(rows)
     infos = mf.describe_all(rows, roots, data.max_image_pixels, workers=os.cpu_count() or 2)
     table = []
@@ -53,24 +77,36 @@ def ingest(params: Params) -> None:
         else:
             table.append({**row, **info})
     df = pd.DataFrame(table)
-    df = mf.deduplicate(df, data.dedup.drop_distance, data.dedup.group_distance, report)
-    df = mf.cap_per_label(df, data.max_per_class, params.seed, report)
+    # a scene image is one image to de-duplicate (its faces' labels differ by design)
+    df["dedup_label"] = df["label"].where(df["source_label"] != "scene", "scene")
+    df = mf.deduplicate(df, data.dedup.drop_distance, data.dedup.group_distance, report, "dedup_label")
+    df = drop_evaluation_copies(params, df.drop(columns="dedup_label"), roots, report)
+    df = mf.cap_per_label(df, data.max_per_class, params.seed, report)  # whole scenes, by majority label
+    df = mf.expand_scenes(df, report)
     df["split"] = mf.split_groups(df, data.split.val, data.split.test, params.seed)
-    df.insert(0, "id", [f"{s}-{h[:12]}" for s, h in zip(df["source"], df["sha256"], strict=True)])
+    ids = [f"{s}-{h[:12]}" for s, h in zip(df["source"], df["sha256"], strict=True)]
+    if "face" in df:
+        faces = zip(ids, df["kind"], df["face"].fillna(0), strict=True)
+        ids = [i if kind != "scene" else f"{i}-f{int(k):02d}" for i, kind, k in faces]
+        df = df.drop(columns="face")
+    df.insert(0, "id", ids)
     mf.summarise(df, report)
 
     out = params.paths.interim / "manifest.csv"
     out.parent.mkdir(parents=True, exist_ok=True)
     df.sort_values("id").to_csv(out, index=False)
     write_json(params.paths.reports / "ingest.json", dataclasses.asdict(report))
-    log.info("manifest: %d images kept of %d scanned -> %s", report.kept, report.scanned, out)
+    log.info("manifest: %d samples (%d faces in %d scenes) of %d images scanned -> %s",
+             report.kept, report.scene_faces, report.scene_images, report.scanned, out)  # fmt: skip
     log.info(
-        "dropped: %d unreadable, %d too large, %d exact dup, %d near dup, %d label conflicts, %d capped",
+        "dropped: %d unreadable, %d too large, %d exact dup, %d near dup, %d label conflicts, "
+        "%d copies of evaluation scenes, %d capped",
         report.unreadable,
         report.too_large,
         report.exact_duplicates,
         report.near_duplicates,
         report.label_conflicts,
+        report.evaluation_copies,
         report.capped,
     )
     for split, counts in report.per_split.items():
