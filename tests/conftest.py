@@ -43,9 +43,24 @@ def real_images(shared: Path, folder: str, n: int) -> list[Path]:
     return files
 
 
-def make_mirror(shared: Path, dest: Path, per_folder: int, scene_count: int = 12) -> Path:
+def copy_scenes(src: Path, dest: Path, stems: list[str]) -> Path:
+    """The named scenes (image + VOC annotation) of a scene folder, same layout."""
+    for stem in stems:
+        for sub, name in (("annotations", f"{stem}.xml"), ("images", f"{stem}.jpg")):
+            (dest / sub).mkdir(parents=True, exist_ok=True)
+            shutil.copy(src / sub / name, dest / sub / name)
+    return dest
+
+
+def train_scene_stems(shared: Path, n: int) -> list[str]:
+    """The first `n` annotated training scenes (sorted by name)."""
+    return [p.stem for p in sorted((shared / "datasets/face-mask-scenes-train/annotations").glob("*.xml"))[:n]]
+
+
+def make_mirror(shared: Path, dest: Path, per_folder: int, scene_count: int = 12, train_scenes: int = 16) -> Path:
     """A slice of the offline mirror: `per_folder` real images per label folder, the first
-    `scene_count` annotated scenes and both detectors' weights, same layout."""
+    `train_scenes` annotated training scenes, the first `scene_count` dev scenes and both
+    detectors' weights, same layout."""
     for source, folders in {
         "face-mask-2class": ["with_mask", "without_mask"],
         "maskedface-net-sample": ["correct", "incorrect"],
@@ -58,14 +73,20 @@ def make_mirror(shared: Path, dest: Path, per_folder: int, scene_count: int = 12
     (dest / "models" / "yunet").mkdir(parents=True)
     shutil.copy(shared / "models/yunet/face_detection_yunet.onnx", dest / "models/yunet")
     shutil.copytree(shared / "models/retinaface-mobilenet0.25", dest / "models/retinaface-mobilenet0.25")
-    scenes = shared / "datasets" / "face-mask-scenes-dev"
-    for xml in sorted((scenes / "annotations").glob("*.xml"), key=lambda p: int(p.stem.removeprefix("maksssksksss")))[
-        :scene_count
-    ]:
-        for sub, name in (("annotations", xml.name), ("images", f"{xml.stem}.jpg")):
-            (dest / "datasets/face-mask-scenes-dev" / sub).mkdir(parents=True, exist_ok=True)
-            shutil.copy(scenes / sub / name, dest / "datasets/face-mask-scenes-dev" / sub / name)
+    copy_scenes(
+        shared / "datasets/face-mask-scenes-train",
+        dest / "datasets/face-mask-scenes-train",
+        train_scene_stems(shared, train_scenes),
+    )
+    copy_scenes(
+        shared / "datasets/face-mask-scenes-dev", dest / "datasets/face-mask-scenes-dev", dev_scene_stems(scene_count)
+    )
     return dest
+
+
+def dev_scene_stems(n: int) -> list[str]:
+    """The first `n` dev scenes in their numeric order (maksssksksss0, 1, 2, ...)."""
+    return [f"maksssksksss{i}" for i in range(n)]
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,8 @@ from facemask.detection import Face, build_detector
 from facemask.detection.align import crop_face, roll_angle
 from facemask.detection.yunet import YuNetDetector
 from facemask.imageio import read_image
-from facemask.stages.crop import choose_face, prepare
+from facemask.pipeline import detect_at
+from facemask.stages.crop import choose_face
 
 from .conftest import real_images
 
@@ -24,12 +25,11 @@ def yunet(yunet_weights):
 
 
 def test_yunet_finds_the_face_in_real_photos(yunet, shared):
-    cfg = validate(compose()).crop
+    settings = validate(compose()).pipeline
     found = 0
     files = real_images(shared, "maskedface-net-sample/incorrect", 10)
     for path in files:
-        image, _, _ = prepare(read_image(path), cfg)
-        faces = yunet.detect(image)
+        faces = detect_at(yunet, read_image(path), settings.detect_long_side, settings.max_upscale)
         found += bool(faces)
         for f in faces:
             assert f.landmarks.shape == (5, 2)

@@ -67,18 +67,23 @@ def test_manifest_and_crops(project):
     manifest = pd.read_csv(root / "data/interim/manifest.csv")
     assert set(manifest["label"]) == {"mask", "no_mask", "incorrect"}
     assert set(manifest["split"]) == {"train", "val", "test"}
-    assert manifest["sha256"].is_unique
-    assert set(manifest.columns) >= {"id", "source", "relpath", "label", "width", "height", "bytes", "phash", "group"}
+    assert manifest["id"].is_unique
+    photos, faces = manifest[manifest["kind"] == "photo"], manifest[manifest["kind"] == "scene"]
+    assert photos["sha256"].is_unique
+    assert set(manifest.columns) >= {"id", "source", "kind", "relpath", "label", "group", "x1", "y1", "x2", "y2"}
     report = json.loads((root / "reports/ingest.json").read_text())
-    assert report["scanned"] == 96
+    assert report["scanned"] == 96 + 16  # photos + training scenes of the slice
+    assert report["scene_images"] == faces["relpath"].nunique() and report["scene_faces"] == len(faces)
     assert report["kept"] == len(manifest)
     crop = json.loads((root / "reports/crop.json").read_text())
-    assert crop["images"] == len(manifest)
-    assert crop["detection_rate"] >= 0.85
+    assert crop["samples"] == len(manifest)
+    assert crop["detection_rate_per_source"]["face-mask-2class"] >= 0.8
     assert set(crop["detection_rate_per_label"]) == {"mask", "no_mask", "incorrect"}
+    assert crop["scenes"]["faces"] == len(faces) == crop["scenes"]["matched"] + crop["scenes"]["missed_by_detector"]
+    assert crop["scenes"]["detector_recall"] >= 0.8
     crops = pd.read_csv(root / "data/interim/crops.csv", keep_default_na=False)
     written = crops[crops["crop"] != ""]
-    assert len(written) == crop["crops"]
+    assert len(written) == crop["crops"] + crop["scenes"]["background_crops"]
     assert all((root / "data/crops" / name).is_file() for name in written["crop"])
 
 
@@ -95,8 +100,10 @@ def test_augment_artefact_round_trips(project):
 def test_evaluation_metrics_and_mlflow_run(project):
     root, env, _ = project
     metrics = json.loads((root / "reports/metrics.json").read_text())
-    assert 0.0 <= metrics["macro_f1"] <= 1.0
-    assert set(metrics["per_class"]) == {"mask", "no_mask", "incorrect"}
+    assert set(metrics["per_class"]) == {"mask", "no_mask", "incorrect", "background"}
+    assert set(metrics["per_source"]) == {"face-mask-2class", "maskedface-net-sample", "face-mask-scenes-train"}
+    assert sum(s["n"] for s in metrics["per_source"].values()) == metrics["n"]
+    assert len(metrics["test_split"]) == 12
     confusion = pd.read_csv(root / "reports/confusion.csv")
     assert len(confusion) == metrics["n"] == sum(map(sum, metrics["confusion_matrix"]))
     for label in ("mask", "no_mask", "incorrect"):
@@ -107,6 +114,8 @@ def test_evaluation_metrics_and_mlflow_run(project):
     client = MlflowClient(env["MLFLOW_TRACKING_URI"])
     run = client.get_run(ref["run_id"])
     assert run.data.metrics["test.macro_f1"] == pytest.approx(metrics["macro_f1"])
+    assert run.data.metrics["test.face_macro_f1"] == pytest.approx(metrics["face_macro_f1"])
+    assert run.data.tags["test_split"] == metrics["test_split"]
     assert run.data.params["model.backbone"] == "lcnet_075"
     assert len(client.get_metric_history(run.info.run_id, "val/macro_f1")) >= 1
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
@@ -151,6 +160,7 @@ def test_first_model_becomes_champion(project):
     champion = client.get_model_version_by_alias(decision["model"], "champion")
     assert champion.version == decision["candidate_version"]
     assert champion.run_id == json.loads((root / "models/mlflow_run.json").read_text())["run_id"]
+    assert champion.tags["test_split"] == json.loads((root / "reports/metrics.json").read_text())["test_split"]
 
 
 def test_second_repro_does_nothing(project):
@@ -199,7 +209,8 @@ def test_detection_pipeline_object_on_real_frames(project, monkeypatch):
     monkeypatch.setenv("FACEMASK_MIRROR", env["FACEMASK_MIRROR"])
     params = load_params(root / "params.yaml")
     pipe = MaskPipeline.from_params(params, root / "models/classifier.pt")
-    assert pipe.crop_size == params.crop.size  # recorded in the artefact at training time
+    assert pipe.finder.crop_size == params.crop.size  # recorded in the artefact at training time
+    assert pipe.labels == params.data.labels  # the rejection class is never an answer
     photos = sorted((Path(env["FACEMASK_MIRROR"]) / "datasets/maskedface-net-sample/correct").glob("*.jpg"))[:3]
     frames = [cv2.imread(str(p)) for p in photos]
     # three real faces side by side in one 640x480 frame

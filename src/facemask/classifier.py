@@ -47,7 +47,7 @@ class MaskClassifier:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"classifier {path} not found: run the train stage (dvc repro train)")
-        blob: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=False)
+        blob: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)  # no code from the file
         cfg = ModelConfig.model_validate({**blob["model"], "pretrained": False})
         network = create_network(cfg, len(blob["labels"]))
         network.load_state_dict(blob["state_dict"])

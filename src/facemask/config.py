@@ -8,6 +8,7 @@ that is written to `params.yaml`, the single file DVC tracks. Every stage reads 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 from typing import Any, Literal
@@ -37,10 +38,34 @@ class Paths(_Strict):
 
 
 class Source(_Strict):
-    url: str | None = None
-    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    """An image source. `kind: folders`: one subfolder per label; `kind: scenes`: PASCAL VOC scenes
+    (images/ + annotations/), every boxed face a sample. `url` may list several archives (merged)."""
+
+    kind: Literal["folders", "scenes"] = "folders"
+    url: str | list[str] | None = None
+    sha256: str | list[str | None] | None = None
     mirror_dir: str
     label_map: dict[str, str] = Field(min_length=1)
+    licence: str | None = None
+
+    @model_validator(mode="after")
+    def _checksums(self) -> Source:
+        urls = self.urls
+        sums = self.sha256 if isinstance(self.sha256, list) else [self.sha256] * len(urls)
+        if len(sums) != len(urls):
+            raise ValueError(f"sha256 lists {len(sums)} digests for {len(urls)} urls")
+        for digest in sums:
+            if digest is not None and not re.fullmatch(r"[0-9a-f]{64}", digest):
+                raise ValueError(f"sha256 {digest!r} is not 64 lowercase hex digits")
+        return self
+
+    @property
+    def urls(self) -> list[str]:
+        return [] if self.url is None else [self.url] if isinstance(self.url, str) else list(self.url)
+
+    @property
+    def checksums(self) -> list[str | None]:
+        return self.sha256 if isinstance(self.sha256, list) else [self.sha256] * len(self.urls)
 
 
 class Dedup(_Strict):
@@ -65,6 +90,14 @@ class Split(_Strict):
         return self
 
 
+class EvalGuard(_Strict):
+    """Training images that copy an evaluation scene (perceptual hash, also of a central crop) are
+    dropped at ingest, so the scenes the project is judged on are never trained on."""
+
+    enabled: bool = True
+    distance: int = Field(default=8, ge=0, le=64)
+
+
 class Data(_Strict):
     labels: list[str] = Field(min_length=2)
     sources: dict[str, Source] = Field(min_length=1)
@@ -73,6 +106,7 @@ class Data(_Strict):
     max_image_pixels: int = Field(gt=0)
     dedup: Dedup
     split: Split
+    eval_guard: EvalGuard = Field(default_factory=EvalGuard)
 
     @model_validator(mode="after")
     def _labels_known(self) -> Data:
@@ -114,14 +148,26 @@ class Detector(_Strict):
     box_fit: BoxFit = Field(default_factory=BoxFit)
 
 
+class Background(_Strict):
+    """False-face crops for the classifier's rejection class: detections in training scenes that
+    overlap no annotated face, taken only from scenes that look fully boxed (no unmatched detection
+    scores `max_score` or more: a confident unmatched one is likely a real face nobody boxed)."""
+
+    enabled: bool = True
+    label: str = Field(default="background", min_length=1)
+    max_iou: float = Field(default=0.1, ge=0, lt=1)
+    max_score: float = Field(default=0.6, gt=0, le=1)
+    max_per_scene: int = Field(default=3, ge=0)
+
+
 class Crop(_Strict):
     min_score: float = Field(ge=0, lt=1)
     size: int = Field(ge=16, le=1024)
     margin: float = Field(ge=0, le=2)
     align: bool
-    pad: float = Field(ge=0, le=2)
-    min_side: int = Field(ge=16)
     multi_face: Literal["largest", "drop"]
+    match_iou: float = Field(default=0.4, gt=0, lt=1)
+    background: Background = Field(default_factory=Background)
     workers: int = Field(ge=1)
     jpeg_quality: int = Field(ge=10, le=100)
 
@@ -164,6 +210,8 @@ class Model(_Strict):
 
 class Trainer(_Strict):
     max_epochs: int = Field(ge=1)
+    epoch_samples: int | None = Field(default=None, ge=1)  # crops drawn per epoch; null: the train split
+    scene_share: float | None = Field(default=None, ge=0, le=1)  # share of scene crops drawn; null: natural
     batch_size: int = Field(ge=1)
     lr: float = Field(gt=0)
     weight_decay: float = Field(ge=0)
@@ -190,6 +238,7 @@ class Pipeline(_Strict):
     detect_long_side: int = Field(ge=0, le=8192)
     max_upscale: float = Field(default=4.0, ge=1, le=16)
     gate_min_score: float = Field(default=0.5, ge=0, le=1)
+    reject_min_probability: float = Field(default=0.5, gt=0, le=1)  # p(background) that drops a box
 
 
 class Variant(_Strict):
@@ -281,11 +330,19 @@ class Params(_Strict):
     stream: Stream
     detectors: dict[str, Detector] = Field(default_factory=dict)
 
+    @property
+    def classifier_labels(self) -> list[str]:
+        """The classifier's outputs: the face labels, then the rejection class when enabled."""
+        bg = self.crop.background
+        return [*self.data.labels, bg.label] if bg.enabled else list(self.data.labels)
+
     @model_validator(mode="after")
     def _cross_checks(self) -> Params:
         unknown = set(self.scenes.source.label_map.values()) - set(self.data.labels)
         if unknown:
             raise ValueError(f"scenes.source.label_map maps onto unknown labels {sorted(unknown)}")
+        if self.crop.background.label in self.data.labels:
+            raise ValueError(f"crop.background.label {self.crop.background.label!r} is also a face label")
         unknown = set(self.stream.alerts.classes) - set(self.data.labels)
         if unknown:
             raise ValueError(f"stream.alerts.classes names unknown labels {sorted(unknown)}")

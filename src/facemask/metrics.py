@@ -38,6 +38,26 @@ def classification_metrics(y_true: np.ndarray, proba: np.ndarray, labels: list[s
     }
 
 
+def face_macro_f1(actual: list[str], predicted: list[str], face_labels: list[str]) -> float:
+    """Macro-F1 over the face classes of face crops, whatever else a model can answer (a face
+    called `background` counts as a miss): the figure that compares models with different outputs."""
+    keep = [i for i, a in enumerate(actual) if a in face_labels]
+    if not keep:
+        raise ValueError("no face crops to score")
+    y_true = [actual[i] for i in keep]
+    y_pred = [predicted[i] for i in keep]
+    _, _, f1, _ = precision_recall_fscore_support(y_true, y_pred, labels=face_labels, zero_division=0)
+    return round(float(np.mean(f1)), 4)
+
+
+def split_digest(ids: list[str], labels: list[str]) -> str:
+    """A short fingerprint of a test split (its crop ids and labels): equal digests, same test set."""
+    import hashlib
+
+    text = "\n".join(f"{i},{lb}" for i, lb in sorted(zip(ids, labels, strict=True)))
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
 def pr_curve_frames(y_true: np.ndarray, proba: np.ndarray, labels: list[str], points: int = 101) -> dict:
     """One-vs-rest precision-recall curve per class, resampled on a fixed recall grid for plotting."""
     grid = np.linspace(0, 1, points)
@@ -68,6 +88,11 @@ def format_table(result: dict) -> str:
             f"{s['average_precision']:>6.3f} {s['support']:>5}"
         )
     lines.append(f"accuracy {result['accuracy']:.4f}   macro-F1 {result['macro_f1']:.4f}   n={result['n']}")
+    if "face_macro_f1" in result:
+        split = result["test_split"]
+        lines.append(f"face macro-F1 {result['face_macro_f1']:.4f} (promotion metric, test split {split})")
+    for source, s in result.get("per_source", {}).items():
+        lines.append(f"  {source:<24} accuracy {s['accuracy']:.4f}  macro-F1 {s['macro_f1']:.4f}  n={s['n']}")
     return "\n".join(lines)
 
 

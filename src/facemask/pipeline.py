@@ -1,8 +1,8 @@
 """The detection pipeline: detector -> aligned crops -> batched classifier.
 
-One object used by evaluation, the service and the camera client alike, so that a face is cropped
-and preprocessed exactly as in training (`crop_face` with the crop stage's settings, then the
-classifier's own `Preprocessor`).
+`FaceFinder` is the one way a face is found and cut out: the crop stage builds the training crops
+with it and `MaskPipeline` (evaluation, the service, the camera client) serves with it, so a face is
+detected, cropped and preprocessed exactly as in training.
 """
 
 from __future__ import annotations
@@ -54,6 +54,37 @@ def fit_box(box: np.ndarray, fit: BoxFit) -> np.ndarray:
     return np.array([cx - hw, cy - hh, cx + hw, cy + hh], dtype=np.float32)
 
 
+def unfit_box(box: np.ndarray, fit: BoxFit) -> np.ndarray:
+    """The inverse of `fit_box`: an annotated face box in the detector's own box convention."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    w, h = (x2 - x1) / fit.scale_w, (y2 - y1) / fit.scale_h
+    cx, cy = (x1 + x2) / 2 - fit.shift_x * w, (y1 + y2) / 2 - fit.shift_y * h
+    return np.array([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dtype=np.float32)
+
+
+class FaceFinder:
+    """Finds faces in a BGR frame and cuts each out: one detection call (`detect_at` with the
+    pipeline settings) and one crop function (`crop_face`), for training crops and serving alike."""
+
+    def __init__(self, detector: FaceDetector, settings: Pipeline, crop_size: int, margin: float, align: bool = True):
+        self.detector, self.settings = detector, settings
+        self.crop_size, self.margin, self.align = crop_size, margin, align
+
+    @classmethod
+    def from_params(cls, params: Params, detector: FaceDetector | None = None) -> FaceFinder:
+        crop = params.crop
+        detector = detector or build_detector(params.detector)
+        return cls(detector, params.pipeline, crop.size, crop.margin, crop.align)
+
+    def detect(self, frame: np.ndarray) -> list[Face]:
+        """Faces in frame coordinates; the detector sees the frame resized to `detect_long_side`."""
+        return detect_at(self.detector, frame, self.settings.detect_long_side, self.settings.max_upscale)
+
+    def crop(self, frame: np.ndarray, faces: list[Face]) -> list[np.ndarray]:
+        """One `crop_size` square crop per face, cut from the frame at its own resolution."""
+        return [crop_face(frame, f, self.crop_size, self.margin, self.align) for f in faces]
+
+
 class MaskPipeline:
     """Finds every face in a BGR frame and classifies its mask, all faces in one batch."""
 
@@ -67,11 +98,17 @@ class MaskPipeline:
         settings: Pipeline | None = None,
         box_fit: BoxFit | None = None,
     ):
-        """`settings` default: detect at the frame's own size, the gate counting every detection."""
-        self.detector, self.classifier = detector, classifier
-        self.crop_size, self.margin, self.align = crop_size, margin, align
+        """`settings` default: detect at the frame's own size, the gate counting every detection.
+
+        A classifier trained with a rejection class (the crop stage's `background`) drops the faces
+        it gives that class `settings.reject_min_probability` or more: they are never reported."""
+        self.classifier = classifier
         self.settings = settings or Pipeline(detect_long_side=0, gate_min_score=0.0)
+        self.finder = FaceFinder(detector, self.settings, crop_size, margin, align)
         self.box_fit = box_fit or BoxFit()
+        rejects = [i for i, lb in enumerate(classifier.labels) if lb == classifier.meta.get("reject_label")]
+        self.reject_index = rejects[0] if rejects else None
+        self.face_index = [i for i in range(len(classifier.labels)) if i != self.reject_index]
 
     @classmethod
     def from_classifier(
@@ -103,32 +140,42 @@ class MaskPipeline:
         )
 
     @property
+    def detector(self) -> FaceDetector:
+        return self.finder.detector
+
+    @property
     def labels(self) -> list[str]:
-        return self.classifier.labels
+        """The face classes the pipeline answers (a rejection class is never an answer)."""
+        return [self.classifier.labels[i] for i in self.face_index]
 
     def detect_faces(self, frame: np.ndarray) -> list[Face]:
         """Faces in frame coordinates (kept apart from `classify` so callers can reuse detections).
 
         With `detect_long_side` set, the detector sees the frame resized to that longer side."""
-        return detect_at(self.detector, frame, self.settings.detect_long_side, self.settings.max_upscale)
+        return self.finder.detect(frame)
 
     def classify(self, frame: np.ndarray, faces: list[Face]) -> list[FaceResult]:
         """Classify given faces of a frame (one batch through the network). Crops come from the
-        detector's own boxes, as in training; the reported box is mapped by `box_fit`."""
+        detector's own boxes, as in training; the reported box is mapped by `box_fit`. Faces the
+        classifier rejects as background are dropped; the others' probabilities are over the face
+        classes (they sum to one) and their `score` is the detector's times p(face)."""
         if not faces:
             return []
-        crops = [crop_face(frame, f, self.crop_size, self.margin, self.align) for f in faces]
-        probs = self.classifier.predict_proba(crops, bgr=True)
+        probs = self.classifier.predict_proba(self.finder.crop(frame, faces), bgr=True)
         results = []
         for face, p in zip(faces, probs, strict=True):
-            k = int(p.argmax())
+            p_face = 1.0 if self.reject_index is None else 1.0 - float(p[self.reject_index])
+            if p_face <= 1.0 - self.settings.reject_min_probability:
+                continue
+            q = p[self.face_index] / max(float(p[self.face_index].sum()), 1e-9)
+            k = int(q.argmax())
             results.append(
                 FaceResult(
                     box=tuple(round(float(v), 1) for v in fit_box(face.box, self.box_fit)),
-                    score=round(face.score, 4),
+                    score=round(face.score * p_face, 4),
                     label=self.labels[k],
-                    confidence=round(float(p[k]), 4),
-                    probabilities={lb: round(float(v), 4) for lb, v in zip(self.labels, p, strict=True)},
+                    confidence=round(float(q[k]), 4),
+                    probabilities={lb: round(float(v), 4) for lb, v in zip(self.labels, q, strict=True)},
                 )
             )
         return results

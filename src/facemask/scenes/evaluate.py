@@ -17,11 +17,10 @@ from tqdm import tqdm
 
 from facemask import plots
 from facemask.config import Params
-from facemask.data.fetch import resolve_source
 from facemask.imageio import read_image
 from facemask.pipeline import MaskPipeline
 from facemask.scenes.metrics import MISSED, SIZES, Prediction, match, scene_metrics
-from facemask.scenes.voc import Scene, load_scenes
+from facemask.scenes.voc import Scene, evaluation_folder, load_scenes
 from facemask.serving.draw import COLOURS
 
 
@@ -44,13 +43,8 @@ class SceneRun:
 
 
 def scene_folder(params: Params) -> Path:
-    """`scenes.dir` when set, else the mirror copy or the verified download of `scenes.source`."""
-    cfg = params.scenes
-    if cfg.dir is not None:
-        if not Path(cfg.dir).is_dir():
-            raise FileNotFoundError(f"scenes.dir: {cfg.dir} is not a folder")
-        return Path(cfg.dir)
-    return resolve_source("scenes", cfg.source, key="scenes.source", markers={"images", "annotations"})
+    """The configured evaluation scene folder (see `evaluation_folder`)."""
+    return evaluation_folder(params.scenes)
 
 
 def run_pipeline(pipeline: MaskPipeline, scenes: list[Scene], desc: str = "scenes") -> SceneRun:

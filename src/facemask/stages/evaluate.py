@@ -9,40 +9,48 @@ from __future__ import annotations
 import logging
 import sys
 
-import cv2
 import mlflow
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from facemask import plots, tracking
 from facemask.classifier import MaskClassifier
 from facemask.config import Params
-from facemask.metrics import classification_metrics, confusion_rows, pr_curve_frames
+from facemask.crop_scoring import predict_crops, split_crops
+from facemask.metrics import classification_metrics, confusion_rows, face_macro_f1, pr_curve_frames, split_digest
 from facemask.stages._runner import run_stage, write_json
 
 log = logging.getLogger("facemask.evaluate")
 
 
-def predict_split(classifier: MaskClassifier, params: Params, split: str, batch: int = 128) -> tuple:
-    table = pd.read_csv(params.paths.interim / "crops.csv", keep_default_na=False)
-    table = table[(table["split"] == split) & (table["crop"] != "")]
-    if table.empty:
-        raise ValueError(f"no {split} crops in {params.paths.interim / 'crops.csv'}")
-    y_true = table["label"].map(classifier.labels.index).to_numpy()
-    proba = []
-    for start in tqdm(range(0, len(table), batch), desc=f"classify {split} crops"):
-        names = table["crop"].iloc[start : start + batch]
-        crops = [cv2.imread(str(params.paths.crops / n)) for n in names]
-        proba.append(classifier.predict_proba(crops, bgr=True, batch_size=batch))
-    return table, y_true, np.concatenate(proba)
+def per_group(table: pd.DataFrame, y_true: np.ndarray, proba: np.ndarray, labels: list[str], column: str) -> dict:
+    """Accuracy and macro-F1 (over the classes present) per value of `column` (source, kind)."""
+    out = {}
+    for value, idx in table.groupby(column).indices.items():
+        present = sorted(set(y_true[idx]))
+        sub = classification_metrics(y_true[idx], proba[idx], labels)
+        f1 = [sub["per_class"][labels[k]]["f1"] for k in present]
+        out[str(value)] = {"accuracy": sub["accuracy"], "macro_f1": round(float(np.mean(f1)), 4), "n": sub["n"]}
+    return out
 
 
 def evaluate(params: Params) -> None:
-    paths, labels = params.paths, params.data.labels
+    paths = params.paths
     classifier = MaskClassifier.load(paths.models / "classifier.pt")
-    _, y_true, proba = predict_split(classifier, params, "test")
+    labels = classifier.labels
+    table = split_crops(params, "test")
+    unknown = set(table["label"]) - set(labels)
+    if unknown:
+        raise ValueError(f"test crops carry labels the classifier does not know: {sorted(unknown)}")
+    y_true = table["label"].map(labels.index).to_numpy()
+    proba = predict_crops(classifier, params, table)
     result = classification_metrics(y_true, proba, labels)
+    predicted = [labels[k] for k in proba.argmax(axis=1)]
+    result["face_macro_f1"] = face_macro_f1(table["label"].tolist(), predicted, params.data.labels)
+    result["test_split"] = split_digest(table["id"].tolist(), table["label"].tolist())
+    result["per_source"] = per_group(table, y_true, proba, labels, "source")
+    if "kind" in table:
+        result["per_kind"] = per_group(table, y_true, proba, labels, "kind")
     write_json(paths.reports / "metrics.json", result)
     confusion_rows(y_true, proba.argmax(axis=1), labels).to_csv(paths.reports / "confusion.csv", index=False)
     curves = pr_curve_frames(y_true, proba, labels)
@@ -60,7 +68,14 @@ def evaluate(params: Params) -> None:
     ref = tracking.read_run_ref(paths.models / "mlflow_run.json")
     tracking.setup(params.mlflow)
     with mlflow.start_run(run_id=ref["run_id"]):
-        flat = {"test.accuracy": result["accuracy"], "test.macro_f1": result["macro_f1"]}
+        flat = {
+            "test.accuracy": result["accuracy"],
+            "test.macro_f1": result["macro_f1"],
+            "test.face_macro_f1": result["face_macro_f1"],
+        }
+        for source, stats in result["per_source"].items():
+            flat.update({f"test.source.{source}.{k}": v for k, v in stats.items()})
+        mlflow.set_tag("test_split", result["test_split"])
         for label, stats in result["per_class"].items():
             flat.update({f"test.{label}.{k}": v for k, v in stats.items() if k != "support"})
         mlflow.log_metrics(flat)
@@ -69,6 +84,9 @@ def evaluate(params: Params) -> None:
         mlflow.log_artifact(str(paths.reports / "metrics.json"), "evaluation")
         mlflow.set_tag("evaluated", "true")
     log.info("test accuracy %.4f, macro-F1 %.4f on %d crops", result["accuracy"], result["macro_f1"], result["n"])
+    log.info("face macro-F1 %.4f (test split %s)", result["face_macro_f1"], result["test_split"])
+    for source, stats in result["per_source"].items():
+        log.info("  %-26s accuracy %.4f macro-F1 %.4f (n=%d)", source, stats["accuracy"], stats["macro_f1"], stats["n"])
     for label, stats in result["per_class"].items():
         log.info(
             "  %-10s P %.3f R %.3f F1 %.3f (n=%d)",

@@ -9,7 +9,9 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 from facemask import tracking
+from facemask.classifier import MaskClassifier
 from facemask.config import Params
+from facemask.crop_scoring import face_score
 from facemask.registry import promote
 from facemask.stages._runner import run_stage, write_json
 
@@ -20,9 +22,15 @@ def promote_stage(params: Params) -> None:
     metrics = json.loads((paths.reports / "metrics.json").read_text())
     tracking.setup(cfg)
     client = MlflowClient()
+
+    def rescore(version: str) -> float:
+        """The champion's face macro-F1 on this pipeline's test split."""
+        path = tracking.classifier_file(f"models:/{cfg.registered_model}/{version}")
+        return face_score(MaskClassifier.load(path), params)[0]
+
     decision = promote(
-        client, cfg.registered_model, ref["model_uri"], ref["run_id"], metrics["macro_f1"],
-        cfg.champion_alias, cfg.promotion_margin,
+        client, cfg.registered_model, ref["model_uri"], ref["run_id"], metrics["face_macro_f1"],
+        cfg.champion_alias, cfg.promotion_margin, metrics["test_split"], rescore,
     )  # fmt: skip
     with mlflow.start_run(run_id=ref["run_id"]):
         mlflow.set_tags(

@@ -53,7 +53,7 @@ class History(Callback):
 
 def build(params: Params) -> tuple[CropDataModule, MaskClassifierModule]:
     """The data module and the Lightning module of a training run (also used by `make bench`)."""
-    tp, paths, labels = params.trainer, params.paths, params.data.labels
+    tp, paths, labels = params.trainer, params.paths, params.classifier_labels
     dm = CropDataModule(
         paths.interim / "crops.csv",
         paths.crops,
@@ -64,6 +64,8 @@ def build(params: Params) -> tuple[CropDataModule, MaskClassifierModule]:
         num_workers=tp.num_workers,
         balance=tp.balance,
         seed=params.seed,
+        epoch_samples=tp.epoch_samples,
+        scene_share=tp.scene_share,
     )
     weights = dm.class_weights() if tp.balance == "class_weights" else None
     return dm, MaskClassifierModule(params.model, len(labels), tp.lr, tp.weight_decay, tp.label_smoothing, weights)
@@ -71,7 +73,7 @@ def build(params: Params) -> tuple[CropDataModule, MaskClassifierModule]:
 
 def train(params: Params) -> None:
     pl.seed_everything(params.seed, workers=True)
-    tp, paths, labels = params.trainer, params.paths, params.data.labels
+    tp, paths, labels = params.trainer, params.paths, params.classifier_labels
     dm, module = build(params)
 
     experiment_id = tracking.setup(params.mlflow)
@@ -81,6 +83,8 @@ def train(params: Params) -> None:
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"train-{params.model.backbone}") as run:
         mlflow.log_params(tracking.flatten(params.model_dump(mode="json")))
         mlflow.log_params({"data.train_counts": dict(zip(labels, dm.class_counts().tolist(), strict=True))})
+        drawn = dm.drawn_class_counts().round().astype(int).tolist()
+        mlflow.log_params({"data.drawn_per_epoch": dict(zip(labels, drawn, strict=True))})
         mlflow.set_tags({"stage": "train", "backbone": params.model.backbone, "detector": params.detector.name})
         uri = tracking.tracking_uri(params.mlflow)
         logger = MLFlowLogger(experiment_name=params.mlflow.experiment, tracking_uri=uri, run_id=run.info.run_id)
@@ -109,6 +113,7 @@ def train(params: Params) -> None:
             "best_val_macro_f1": best_f1,
             "timm": timm.__version__,
             "crop": params.crop.model_dump(mode="json"),  # serving crops faces exactly as training did
+            "reject_label": params.crop.background.label if params.crop.background.enabled else None,
         }
         save_classifier(network, params.model, labels, paths.models / "classifier.pt", meta)
 

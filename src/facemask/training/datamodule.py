@@ -56,11 +56,17 @@ class CropDataModule(pl.LightningDataModule):
         num_workers: int,
         balance: str = "class_weights",
         seed: int = 0,
+        epoch_samples: int | None = None,
+        scene_share: float | None = None,
     ):
+        """`epoch_samples` crops are drawn per epoch (default: the train split's size), a share
+        `scene_share` of them from annotated scenes (default: their natural share); `balance`
+        'sampler' also evens the classes out in the draw, 'class_weights' in the loss."""
         super().__init__()
         self.crops_csv, self.crops_dir, self.labels = Path(crops_csv), Path(crops_dir), list(labels)
         self.preprocessor, self.augment = preprocessor, augment
         self.batch_size, self.num_workers, self.balance, self.seed = batch_size, num_workers, balance, seed
+        self.epoch_samples, self.scene_share = epoch_samples, scene_share
         self.frames: dict[str, pd.DataFrame] = {}
 
     def setup(self, stage: str | None = None) -> None:
@@ -76,13 +82,37 @@ class CropDataModule(pl.LightningDataModule):
             raise ValueError(f"{self.crops_csv} has no train or no val crops; check the crop stage report")
 
     def class_counts(self) -> np.ndarray:
+        """Train crops per class."""
         self.setup()
         idx = self.frames["train"]["label"].map(self.labels.index)
         return np.bincount(idx, minlength=len(self.labels))
 
+    def sample_weights(self) -> np.ndarray:
+        """Each train crop's chance to be drawn: scene crops share `scene_share` of the draw, and
+        with `balance: sampler` every class gets the same share."""
+        self.setup()
+        frame = self.frames["train"]
+        weights = np.ones(len(frame))
+        if self.scene_share is not None and "kind" in frame:
+            scene = (frame["kind"] == "scene").to_numpy()
+            if scene.any() and (~scene).any():
+                weights = np.where(scene, self.scene_share / scene.sum(), (1 - self.scene_share) / (~scene).sum())
+        if self.balance == "sampler":
+            idx = frame["label"].map(self.labels.index).to_numpy()
+            mass = np.bincount(idx, weights=weights, minlength=len(self.labels))
+            weights = weights / np.maximum(mass[idx], 1e-12)
+        return weights / weights.sum()
+
+    def drawn_class_counts(self) -> np.ndarray:
+        """Expected crops per class in one epoch's draw."""
+        weights = self.sample_weights()
+        idx = self.frames["train"]["label"].map(self.labels.index).to_numpy()
+        n = self.epoch_samples or len(weights)
+        return np.bincount(idx, weights=weights, minlength=len(self.labels)) * n
+
     def class_weights(self) -> torch.Tensor:
-        """Inverse-frequency weights, normalised so a balanced set gets all ones."""
-        counts = np.maximum(self.class_counts(), 1)
+        """Inverse-frequency weights of the drawn classes, normalised so a balanced draw gets all ones."""
+        counts = np.maximum(self.drawn_class_counts(), 1e-3)
         return torch.tensor(counts.sum() / (len(counts) * counts), dtype=torch.float32)
 
     def dataset(self, split: str, augment: bool = False) -> CropDataset:
@@ -95,10 +125,11 @@ class CropDataModule(pl.LightningDataModule):
     def _loader(self, split: str, train: bool) -> DataLoader:
         ds = self.dataset(split, augment=train)
         sampler, shuffle = None, train
-        if train and self.balance == "sampler":
-            weights = self.class_weights().numpy()[ds.targets]
+        if train and (self.balance == "sampler" or self.epoch_samples or self.scene_share is not None):
             gen = torch.Generator().manual_seed(self.seed)
-            sampler, shuffle = WeightedRandomSampler(weights, len(ds), replacement=True, generator=gen), False
+            n = self.epoch_samples or len(ds)
+            sampler = WeightedRandomSampler(self.sample_weights().tolist(), n, replacement=True, generator=gen)
+            shuffle = False
         return DataLoader(
             ds,
             batch_size=self.batch_size,
@@ -107,7 +138,7 @@ class CropDataModule(pl.LightningDataModule):
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             worker_init_fn=functools.partial(seed_augmentation, base_seed=self.seed) if train else None,
-            drop_last=train and len(ds) > self.batch_size,
+            drop_last=train and (self.epoch_samples or len(ds)) > self.batch_size,
         )
 
     def train_dataloader(self) -> DataLoader:

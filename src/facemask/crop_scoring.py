@@ -1,0 +1,39 @@
+"""Scoring a classifier on the crop stage's splits: shared by the evaluate and promote stages."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from facemask.classifier import MaskClassifier
+from facemask.config import Params
+from facemask.imageio import read_image
+from facemask.metrics import face_macro_f1, split_digest
+
+
+def split_crops(params: Params, split: str) -> pd.DataFrame:
+    table = pd.read_csv(params.paths.interim / "crops.csv", keep_default_na=False)
+    table = table[(table["split"] == split) & (table["crop"] != "")].reset_index(drop=True)
+    if table.empty:
+        raise ValueError(f"no {split} crops in {params.paths.interim / 'crops.csv'}")
+    return table
+
+
+def predict_crops(classifier: MaskClassifier, params: Params, table: pd.DataFrame, batch: int = 128) -> np.ndarray:
+    """Class probabilities of the listed crops, in the classifier's label order."""
+    proba = []
+    for start in tqdm(range(0, len(table), batch), desc="classify test crops"):
+        names = table["crop"].iloc[start : start + batch]
+        crops = [read_image(params.paths.crops / n) for n in names]
+        proba.append(classifier.predict_proba(crops, bgr=True, batch_size=batch))
+    return np.concatenate(proba)
+
+
+def face_score(classifier: MaskClassifier, params: Params) -> tuple[float, str]:
+    """(face macro-F1 on the test split, the split's digest): the promotion figure, for any model."""
+    table = split_crops(params, "test")
+    proba = predict_crops(classifier, params, table)
+    predicted = [classifier.labels[k] for k in proba.argmax(axis=1)]
+    digest = split_digest(table["id"].tolist(), table["label"].tolist())
+    return face_macro_f1(table["label"].tolist(), predicted, params.data.labels), digest

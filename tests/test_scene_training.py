@@ -1,0 +1,250 @@
+"""Training on annotated real scenes: scene ingestion (split by scene, evaluation copies dropped,
+boxes scaled, malformed annotations refused), detections matched to annotated faces, one crop for
+training and serving, and false faces rejected before anything downstream sees them."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from facemask.classifier import MaskClassifier
+from facemask.config import compose, validate, write_params
+from facemask.detection import build_detector
+from facemask.imageio import read_image
+from facemask.pipeline import FaceFinder, MaskPipeline, fit_box, unfit_box
+from facemask.preprocess import Preprocessor
+from facemask.scenes.voc import SceneError, load_scenes
+from facemask.serving.decisions import gate_decision
+from facemask.stages.crop import process, scene_faces
+
+from .conftest import copy_scenes, dev_scene_stems, real_images, train_scene_stems
+
+LABEL_MAP = {"with_mask": "mask", "without_mask": "no_mask", "mask_weared_incorrect": "incorrect"}
+DEV_COPY, DEV_CROP, RESIZED = "ilc_zz_copy_of_dev", "ilc_zz_crop_of_dev", "ilc_zz_resized"
+
+
+def _ingest(root, env):
+    return subprocess.run(
+        [sys.executable, "-m", "facemask.stages.ingest", "--params", str(root / "params.yaml")],
+        cwd=root, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def ingested(tmp_path_factory, shared):
+    """A mirror with 40 real training scenes, two copies of an evaluation scene (one exact, one a
+    central crop) and one scene whose image was halved after annotation; ingested once."""
+    root = tmp_path_factory.mktemp("scene-ingest")
+    mirror = root / "mirror"
+    for source, folder in (("face-mask-2class", "with_mask"), ("face-mask-2class", "without_mask"),
+                           ("maskedface-net-sample", "correct"), ("maskedface-net-sample", "incorrect")):  # fmt: skip
+        (mirror / "datasets" / source / folder).mkdir(parents=True)
+        for f in real_images(shared, f"{source}/{folder}", 6):
+            shutil.copy(f, mirror / "datasets" / source / folder / f.name)
+    dev, train = shared / "datasets/face-mask-scenes-dev", mirror / "datasets/face-mask-scenes-train"
+    copy_scenes(dev, mirror / "datasets/face-mask-scenes-dev", dev_scene_stems(12))
+    stems = train_scene_stems(shared, 40)
+    copy_scenes(shared / "datasets/face-mask-scenes-train", train, stems)
+    # an evaluation scene copied into the training set, whole and as a central crop
+    shutil.copy(dev / "images/maksssksksss3.jpg", train / f"images/{DEV_COPY}.jpg")
+    shutil.copy(dev / "annotations/maksssksksss3.xml", train / f"annotations/{DEV_COPY}.xml")
+    image = cv2.imread(str(dev / "images/maksssksksss5.jpg"))
+    h, w = image.shape[:2]
+    cv2.imwrite(str(train / f"images/{DEV_CROP}.jpg"), image[h // 12 : h - h // 12, w // 12 : w - w // 12])
+    shutil.copy(dev / "annotations/maksssksksss5.xml", train / f"annotations/{DEV_CROP}.xml")
+    # a training scene whose image was halved after it was annotated: its boxes must be halved too
+    original = stems[7]
+    image = cv2.imread(str(train / f"images/{original}.jpg"))
+    cv2.imwrite(str(train / f"images/{RESIZED}.jpg"), cv2.resize(image, None, fx=0.5, fy=0.5))
+    (train / f"images/{original}.jpg").unlink()
+    (train / f"annotations/{original}.xml").rename(train / f"annotations/{RESIZED}.xml")
+    truth = load_scenes(shared / "datasets/face-mask-scenes-train", LABEL_MAP)
+    expected = next(s for s in truth if s.name == original).boxes * 0.5
+
+    overrides = [f"paths.{k}={root / k}" for k in ("raw", "interim", "crops", "models", "reports")]
+    write_params(compose(overrides), root / "params.yaml")
+    env = {**os.environ, "FACEMASK_MIRROR": str(mirror), "FACEMASK_CACHE": str(root / "cache")}
+    proc = _ingest(root, env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    manifest = pd.read_csv(root / "interim/manifest.csv")
+    report = json.loads((root / "reports/ingest.json").read_text())
+    return root, env, mirror, manifest, report, expected
+
+
+def test_scene_faces_are_samples_split_by_scene(ingested):
+    _, _, _, manifest, report, _ = ingested
+    faces = manifest[manifest["kind"] == "scene"]
+    assert report["scene_faces"] == len(faces) > report["scene_images"] >= 35
+    assert set(faces["label"]) == {"mask", "no_mask", "incorrect"}
+    assert (faces.groupby("relpath")["split"].nunique() == 1).all()  # every face of a scene in one split
+    assert (manifest.groupby("group")["split"].nunique() == 1).all()  # near duplicates too
+    assert set(faces["split"]) == {"train", "val", "test"}
+    assert faces["id"].is_unique and faces["id"].str.match(r"^face-mask-scenes-train-[0-9a-f]{12}-f\d\d$").all()
+    assert (faces["x2"] > faces["x1"]).all() and (faces["y2"] > faces["y1"]).all()
+    assert report["per_source"]["face-mask-scenes-train"]["train"]
+
+
+def test_copies_of_evaluation_scenes_are_dropped_and_counted(ingested):
+    _, _, _, manifest, report, _ = ingested
+    assert report["evaluation_copies"] == 2
+    assert report["evaluation_copy_examples"] == [f"images/{DEV_COPY}.jpg", f"images/{DEV_CROP}.jpg"]
+    assert not manifest["relpath"].str.contains("ilc_zz_c").any()
+
+
+def test_boxes_are_scaled_to_a_resized_image(ingested):
+    _, _, _, manifest, _, expected = ingested
+    boxes = manifest[manifest["relpath"] == f"images/{RESIZED}.jpg"].sort_values("id")[["x1", "y1", "x2", "y2"]]
+    np.testing.assert_allclose(boxes.to_numpy(), expected, atol=0.1)
+
+
+def test_malformed_annotation_is_refused_naming_the_file(ingested):
+    root, env, mirror, _, _, _ = ingested
+    before = (root / "interim/manifest.csv").read_bytes()
+    bad = mirror / "datasets/face-mask-scenes-train/annotations" / f"{RESIZED}.xml"
+    good = bad.read_text()
+    try:
+        bad.write_text(good.replace("<xmax>", "<xmaximum>", 1).replace("</xmax>", "</xmaximum>", 1))
+        proc = _ingest(root, env)
+        assert proc.returncode == 2
+        assert f"{RESIZED}.xml: an object has no numeric bndbox/xmax" in proc.stderr
+        bad.write_text("<annotation><object>")
+        proc = _ingest(root, env)
+        assert proc.returncode == 2 and f"{RESIZED}.xml: not valid XML" in proc.stderr
+    finally:
+        bad.write_text(good)
+    assert (root / "interim/manifest.csv").read_bytes() == before  # nothing stored was changed
+
+
+def test_voc_reader_refuses_an_annotation_without_image(tmp_path, shared):
+    copy_scenes(shared / "datasets/face-mask-scenes-train", tmp_path, train_scene_stems(shared, 2))
+    (tmp_path / "images" / f"{train_scene_stems(shared, 1)[0]}.jpg").unlink()
+    with pytest.raises(SceneError, match=r"ilc_\w+\.xml: no image"):
+        load_scenes(tmp_path, LABEL_MAP)
+
+
+# --- matching, one crop, rejection -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def params(shared):
+    return validate(compose(["crop.jpeg_quality=100"]))
+
+
+@pytest.fixture(scope="module")
+def finder(params, yunet_weights):
+    return FaceFinder.from_params(params, build_detector(params.detector, yunet_weights))
+
+
+@pytest.fixture(scope="module")
+def crowd(shared):
+    """A real training scene with at least four boxed faces."""
+    scenes = load_scenes(shared / "datasets/face-mask-scenes-train", LABEL_MAP)
+    return next(s for s in scenes if len(s.labels) >= 4 and min(s.boxes[:, 2] - s.boxes[:, 0]) >= 40)
+
+
+def _iou(a, b) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+def test_detections_are_matched_to_annotated_faces_on_a_real_scene(finder, params, crowd):
+    image = read_image(crowd.image)
+    annotated, _, unmatched = scene_faces(finder, image, crowd.boxes, params)
+    assert len(annotated) == len(crowd.boxes)
+    matched = [
+        (box, face) for box, (row, face) in zip(crowd.boxes, annotated, strict=True) if row["status"] == "matched"
+    ]
+    assert len(matched) >= len(crowd.boxes) - 1
+    for box, face in matched:
+        assert face.score >= params.detector.score_threshold and face.landmarks is not None
+        assert _iou(fit_box(face.box, params.detector.box_fit), box) >= params.crop.match_iou
+    assert len({id(face) for _, face in matched}) == len(matched)  # one detection per annotated face
+
+    # hide one annotated face: its detection is now unmatched, and the face it was is not invented
+    fewer, _, unmatched_fewer = scene_faces(finder, image, crowd.boxes[1:], params)
+    assert [r["status"] for r, _ in fewer] == [r["status"] for r, _ in annotated[1:]]
+    assert unmatched_fewer == unmatched + (annotated[0][0]["status"] == "matched")
+
+
+def test_a_missed_face_is_cut_from_its_box_in_the_detector_convention(finder, params, crowd):
+    image = read_image(crowd.image)
+    h, w = image.shape[:2]
+    nowhere = np.array([[w - 30, h - 30, w - 6, h - 4]], np.float32)  # a corner with no face in it
+    (row, face), *_ = scene_faces(finder, image, nowhere, params)[0]
+    assert row["status"] == "missed" and row["score"] == 0.0 and face.landmarks is None
+    np.testing.assert_allclose(fit_box(face.box, params.detector.box_fit), nowhere[0], atol=1e-3)
+    np.testing.assert_allclose(unfit_box(nowhere[0], params.detector.box_fit), face.box, atol=1e-3)
+
+
+class FixedLogits(torch.nn.Module):
+    """A stand-in network with fixed class logits, to control what the classifier answers."""
+
+    def __init__(self, logits: list[float]):
+        super().__init__()
+        self.logits = torch.tensor(logits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logits.expand(len(x), -1)
+
+
+def pipeline_with(params, finder, logits: list[float]) -> MaskPipeline:
+    labels = params.classifier_labels
+    assert labels[-1] == "background"
+    classifier = MaskClassifier(
+        FixedLogits(logits), labels, Preprocessor.from_config(params.model),
+        {"crop": params.crop.model_dump(), "reject_label": "background"},
+    )  # fmt: skip
+    return MaskPipeline.from_classifier(finder.detector, classifier, None, params.pipeline, params.detector.box_fit)
+
+
+def test_crop_stage_and_pipeline_cut_the_same_crop(finder, params, crowd, tmp_path):
+    samples = [
+        {"id": f"s-000000000000-f{k:02d}", "kind": "scene", "x1": b[0], "y1": b[1], "x2": b[2], "y2": b[3]}
+        for k, b in enumerate(crowd.boxes)
+    ]
+    rows = process(finder, crowd.image, samples, tmp_path, params)
+    pipe = pipeline_with(params, finder, [2.0, 0.0, 0.0, 0.0])
+    seen: list[np.ndarray] = []
+    real = pipe.classifier.predict_proba
+    pipe.classifier.predict_proba = lambda crops, **kw: (seen.extend(crops), real(crops, **kw))[1]
+    frame = read_image(crowd.image)
+    results = pipe(frame)
+    assert len(results) == len(seen) >= len(crowd.boxes) - 1
+    boxes = np.array([f.box for f in pipe.detect_faces(frame)])
+    matched = [r for r in rows if r["status"] == "matched"]
+    assert matched
+    for row in matched:
+        gap = np.abs(boxes - [row["x1"], row["y1"], row["x2"], row["y2"]]).max(axis=1)
+        k = int(gap.argmin())
+        assert gap[k] <= 0.05  # the same detection, to the pixel
+        written = cv2.imread(str(tmp_path / row["crop"]))
+        assert written.shape == seen[k].shape == (params.crop.size, params.crop.size, 3)
+        assert np.abs(written.astype(int) - seen[k].astype(int)).mean() < 1.5  # JPEG at quality 100
+
+
+def test_a_face_rejected_as_background_never_reaches_the_answer(finder, params, crowd):
+    frame = read_image(crowd.image)
+    faces = finder.detect(frame)
+    assert len(faces) >= 4
+    rejecting = pipeline_with(params, finder, [0.0, 0.0, 0.0, 3.0])  # p(background) ~ 0.87
+    assert rejecting(frame) == []
+    assert gate_decision(rejecting(frame), 0.6).reason == "no_face"
+    doubtful = pipeline_with(params, finder, [1.0, 0.0, 0.0, 0.5])  # p(background) ~ 0.25: kept
+    results = doubtful(frame)
+    assert len(results) == len(faces)
+    p_face = 1 - float(torch.softmax(torch.tensor([1.0, 0.0, 0.0, 0.5]), 0)[3])
+    for face, r in zip(faces, results, strict=True):
+        assert set(r.probabilities) == {"mask", "no_mask", "incorrect"} and r.label == "mask"
+        assert sum(r.probabilities.values()) == pytest.approx(1.0, abs=1e-3)
+        assert r.score == pytest.approx(face.score * p_face, abs=1e-3)  # ranked lower by its doubt
