@@ -23,6 +23,7 @@ from facemask.config import Detector, Params, Pipeline, Stream
 from facemask.data.fetch import resolve_weights
 from facemask.detection import build_detector
 from facemask.pipeline import MaskPipeline
+from facemask.registry import METRIC_TAG, SPLIT_TAG
 
 log = logging.getLogger(__name__)
 CLASSIFIER_MODEL = "facemask-classifier"
@@ -40,7 +41,8 @@ def import_champion(params: Params) -> tuple[str, str]:
         "mlflow_model": name,
         "mlflow_version": version.version,
         "mlflow_run_id": version.run_id,
-        "test_macro_f1": version.tags.get("test_macro_f1"),
+        METRIC_TAG: version.tags.get(METRIC_TAG, ""),  # BentoML metadata takes no None
+        SPLIT_TAG: version.tags.get(SPLIT_TAG, ""),
     }
     with bentoml.models.create(CLASSIFIER_MODEL, labels={"alias": alias}, metadata=meta) as model:
         shutil.copy(classifier, Path(model.path) / "classifier.pt")

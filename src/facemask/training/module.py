@@ -51,7 +51,7 @@ class MaskClassifierModule(pl.LightningModule):
 
     def configure_optimizers(self):
         opt = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
-        sched = torch.optim.lr_scheduler.OneCycleLR(
-            opt, max_lr=self.hparams.lr, total_steps=max(1, int(self.trainer.estimated_stepping_batches)), pct_start=0.2
-        )
+        # OneCycle needs a warm-up phase of at least one step: a tiny run (a few batches) plans for 10
+        steps = max(10, int(self.trainer.estimated_stepping_batches))
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=self.hparams.lr, total_steps=steps, pct_start=0.2)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
