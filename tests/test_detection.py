@@ -45,7 +45,7 @@ def test_yunet_on_empty_and_faceless_images(yunet):
 
 def test_build_detector_from_config_uses_mirror(monkeypatch, shared):
     monkeypatch.setenv("FACEMASK_MIRROR", str(shared))
-    det = build_detector(validate(compose()).detector)
+    det = build_detector(validate(compose(["detector=yunet"])).detector)
     assert det.name == "yunet"
 
 

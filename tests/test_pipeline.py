@@ -24,8 +24,15 @@ from facemask.config import compose, write_params
 from .conftest import BIN, REPO
 
 pytestmark = pytest.mark.slow
-STAGES = ["ingest", "crop", "augment", "train", "evaluate", "promote", "scenes", "detectors"]
-OVERRIDES = ["model=lcnet", "model.input_size=64", "crop.size=64", "trainer=fast", "augment.preview_count=8"]
+STAGES = [
+    "ingest", "train_detector", "promote_detector", "crop", "augment", "train", "evaluate", "promote", "scenes",
+    "detectors",
+]  # fmt: skip
+OVERRIDES = [
+    "model=lcnet", "model.input_size=64", "crop.size=64", "trainer=fast", "augment.preview_count=8",
+    "detector_train.max_epochs=1", "detector_train.epoch_samples=16", "detector_train.batch_size=8",
+    "detector_train.lr=0.00002",  # two steps: a smaller move than Adam's first steps at full rate
+]  # fmt: skip
 
 
 def dvc(project, *args, env):
@@ -146,10 +153,32 @@ def test_scene_evaluation_and_detector_comparison(project):
     table = pd.read_csv(root / "reports/scenes/detectors.csv")
     ok = table[table["status"] == "ok"]
     assert set(ok["variant"]) == {r.data.tags["mlflow.runName"].removeprefix("scenes ") for r in children}
-    assert {"yunet@native", "retinaface_mnet@native"} <= set(ok["variant"])
+    assert {"yunet@native", "retinaface_mnet@native", "retinaface_ft@640"} <= set(ok["variant"])
     skipped = table[table["variant"] == "retinaface@640"]["status"].item()
     assert skipped.startswith("skipped: weights not found")
     assert all("map" in r.data.metrics and "fps" in r.data.metrics for r in children)
+
+
+def test_detector_fine_tuning_run_and_gate(project):
+    """train_detector fine-tunes on the slice's training scenes and logs its own run with the ONNX
+    model; promote_detector scores it on the dev scenes and makes the first one champion."""
+    root, env, _ = project
+    summary = json.loads((root / "reports/detector/train.json").read_text())
+    assert summary["epochs"] == 1 and 0 < summary["val_recall"] <= 1
+    history = pd.read_csv(root / "reports/detector/history.csv")
+    assert {"val_ap", "val_recall", "train_loss"} <= set(history.columns) and history["val_ap"].notna().all()
+    dev = json.loads((root / "reports/detector/dev.json").read_text())
+    assert dev["scenes"] == 12 and dev["faces"] == 55 and 0 < dev["recall"] <= 1
+    assert {"mask.all", "mask.small", "all.all"} <= set(dev["recall_by"])
+    decision = json.loads((root / "reports/detector/promotion.json").read_text())
+    assert decision["promoted"] and decision["reason"] == "no champion yet"
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    ref = json.loads((root / "models/detector/mlflow_run.json").read_text())
+    champion = client.get_model_version_by_alias(decision["model"], "champion")
+    assert champion.run_id == ref["run_id"] and champion.tags["dev_scenes"] == dev["dev_scenes"]
+    run = client.get_run(ref["run_id"])
+    assert run.data.metrics["dev.recall"] == pytest.approx(dev["recall"])
+    assert len(client.get_metric_history(ref["run_id"], "val/ap")) == 1
 
 
 def test_first_model_becomes_champion(project):
@@ -207,6 +236,7 @@ def test_detection_pipeline_object_on_real_frames(project, monkeypatch):
 
     root, env, _ = project
     monkeypatch.setenv("FACEMASK_MIRROR", env["FACEMASK_MIRROR"])
+    monkeypatch.chdir(root)  # the fine-tuned detector's file is a path in the project
     params = load_params(root / "params.yaml")
     pipe = MaskPipeline.from_params(params, root / "models/classifier.pt")
     assert pipe.finder.crop_size == params.crop.size  # recorded in the artefact at training time

@@ -136,7 +136,7 @@ def test_voc_reader_refuses_an_annotation_without_image(tmp_path, shared):
 
 @pytest.fixture(scope="module")
 def params(shared):
-    return validate(compose(["crop.jpeg_quality=100"]))
+    return validate(compose(["detector=yunet", "crop.jpeg_quality=100"]))
 
 
 @pytest.fixture(scope="module")

@@ -64,3 +64,8 @@ def test_epoch_draw_follows_the_scene_share_and_epoch_size(tmp_path, shared):
     )  # fmt: skip
     assert natural.drawn_class_counts().round().tolist() == [90, 10]
     assert natural.class_weights()[1] > 8 * natural.class_weights()[0]
+    absent = CropDataModule(  # a class with no training crop (a tiny slice) gets weight 0, not a huge one
+        tmp_path / "crops.csv", photo.parent, ["mask", "no_mask", "background"], Preprocessor.from_config(params.model),
+        None, batch_size=50, num_workers=0,
+    )  # fmt: skip
+    assert absent.class_weights().tolist() == pytest.approx([100 / 180, 100 / 20, 0.0])

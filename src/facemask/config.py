@@ -118,13 +118,17 @@ class Data(_Strict):
 
 
 class Weights(_Strict):
+    """Where a model file comes from: `path` (a file this project builds, e.g. a pipeline output),
+    else the mirror copy (`mirror_path` under $FACEMASK_MIRROR/models), else a verified download."""
+
     file: str
+    path: str | None = None
     mirror_path: str | None = None
     url: str | None = None
     sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
 
 
-DetectorName = Literal["yunet", "retinaface", "retinaface_mnet"]
+DetectorName = Literal["yunet", "retinaface", "retinaface_mnet", "retinaface_ft"]
 
 
 class BoxFit(_Strict):
@@ -225,6 +229,48 @@ class Trainer(_Strict):
     limit_val_batches: float = Field(gt=0)
 
 
+class Photometric(_Strict):
+    brightness: float = Field(ge=0, le=128)  # +- this many levels
+    contrast: float = Field(ge=0, lt=1)  # x U(1 - c, 1 + c)
+    saturation: float = Field(ge=0, lt=1)
+    hue: float = Field(ge=0, le=90)  # +- degrees
+
+
+class DetectorTrain(_Strict):
+    """Fine-tuning RetinaFace-MobileNet0.25 on the training scenes (stage `train_detector`)."""
+
+    init: str = Field(min_length=1)  # the `detectors` entry whose pretrained weights start the run
+    target: str = Field(min_length=1)  # the `detectors` entry that serves the result (thresholds, file)
+    input_size: int = Field(ge=64, le=1280)
+    max_epochs: int = Field(ge=1)
+    epoch_samples: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    lr: float = Field(gt=0)
+    weight_decay: float = Field(ge=0)
+    freeze: list[str] = Field(default_factory=list)
+    freeze_batchnorm: bool = True
+    match_iou: float = Field(gt=0, lt=1)
+    neg_ratio: int = Field(ge=1)
+    min_negatives: int = Field(ge=0)
+    unboxed_min_score: float = Field(gt=0, le=1)
+    box_weight: float = Field(gt=0)
+    landmark_weight: float = Field(ge=0)
+    scale_range: tuple[float, float]
+    face_centred: float = Field(ge=0, le=1)
+    flip: bool
+    photometric: Photometric
+    val_scenes: int | None = Field(default=None, ge=1)
+    num_workers: int = Field(ge=0)
+    accelerator: str
+    deterministic: bool
+
+    @model_validator(mode="after")
+    def _scales(self) -> DetectorTrain:
+        if not 0 < self.scale_range[0] <= self.scale_range[1]:
+            raise ValueError("scale_range must be two increasing positive factors, e.g. [0.35, 1.5]")
+        return self
+
+
 class Mlflow(_Strict):
     tracking_uri: str
     artifact_location: str
@@ -232,6 +278,7 @@ class Mlflow(_Strict):
     registered_model: str = Field(min_length=1)
     champion_alias: str = Field(min_length=1, pattern=r"^[A-Za-z][\w-]*$")
     promotion_margin: float = Field(ge=0, le=1)
+    registered_detector: str = Field(default="facemask-detector", min_length=1)
 
 
 class Pipeline(_Strict):
@@ -329,6 +376,7 @@ class Params(_Strict):
     scenes: Scenes
     stream: Stream
     detectors: dict[str, Detector] = Field(default_factory=dict)
+    detector_train: DetectorTrain
 
     @property
     def classifier_labels(self) -> list[str]:
@@ -346,6 +394,9 @@ class Params(_Strict):
         unknown = set(self.stream.alerts.classes) - set(self.data.labels)
         if unknown:
             raise ValueError(f"stream.alerts.classes names unknown labels {sorted(unknown)}")
+        missing = {self.detector_train.init, self.detector_train.target} - set(self.detectors)
+        if missing:
+            raise ValueError(f"detector_train names detectors with no config under `detectors`: {sorted(missing)}")
         missing = {v.detector for v in self.scenes.compare} - set(self.detectors)
         if missing:
             raise ValueError(f"scenes.compare names detectors with no config under `detectors`: {sorted(missing)}")

@@ -110,3 +110,20 @@ def accuracy_vs_speed(table: pd.DataFrame) -> Figure:
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
+
+
+def detector_curves(history: pd.DataFrame) -> Figure:
+    """Detector fine-tuning: training losses, and validation recall / precision / AP per epoch."""
+    fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(10, 4))
+    for col in ("train_loss", "train_box", "train_cls", "train_landmarks"):
+        if col in history:
+            ax_loss.plot(history["epoch"], history[col], marker="o", label=col.removeprefix("train_"))
+    ax_loss.set(xlabel="epoch", ylabel="loss", title="Training loss")
+    ax_loss.legend()
+    for col in ("val_recall", "val_precision", "val_ap"):
+        if col in history:
+            ax_val.plot(history["epoch"], history[col], marker="o", label=col.removeprefix("val_"))
+    ax_val.set(xlabel="epoch", title="Held-out scenes (IoU 0.5)", ylim=(0, 1.01))
+    ax_val.legend()
+    fig.tight_layout()
+    return fig

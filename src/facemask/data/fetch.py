@@ -150,7 +150,12 @@ def resolve_source(name: str, source: Source, key: str | None = None, markers: s
 
 
 def resolve_weights(weights: Weights, key: str = "detector.weights") -> Path:
-    """Local path of a weights file: mirror copy, else a verified cached download."""
+    """Local path of a weights file: its own `path`, else the mirror copy, else a verified cached download."""
+    if weights.path:
+        path = Path(weights.path)
+        if not path.is_file():
+            raise ConfigError(f"{key}.path: {path} does not exist (a pipeline output? run `dvc repro`)")
+        return path
     mirror = mirror_root()
     if mirror is not None and weights.mirror_path:
         path = mirror / "models" / weights.mirror_path

@@ -65,4 +65,8 @@ def build_detector(cfg: DetectorConfig, weights: Path | None = None) -> FaceDete
         from facemask.detection.retinaface_mnet import RetinaFaceMobileNetDetector
 
         return RetinaFaceMobileNetDetector.from_config(cfg, weights)
+    if cfg.name == "retinaface_ft":
+        from facemask.detection.retinaface_mnet import RetinaFaceOnnxDetector
+
+        return RetinaFaceOnnxDetector.from_config(cfg, weights)
     raise ValueError(f"detector.name: unknown backend {cfg.name!r}")

@@ -14,16 +14,13 @@ import argparse
 import sys
 
 import numpy as np
-from tqdm import tqdm
 
-from facemask.config import BoxFit, ConfigError, Params, compose, validate
+from facemask.config import BoxFit, ConfigError, compose, validate
 from facemask.data.fetch import FetchError
 from facemask.detection import build_detector
-from facemask.imageio import read_image
-from facemask.pipeline import detect_at, fit_box
-from facemask.scenes.evaluate import scene_folder
+from facemask.scenes.detection import detect_scenes, detector_scores
 from facemask.scenes.metrics import match
-from facemask.scenes.voc import Scene, SceneError, load_scenes
+from facemask.scenes.voc import Scene, SceneError, evaluation_folder, load_scenes
 
 
 def measure(scenes: list[Scene], detections: list[np.ndarray], min_iou: float = 0.3) -> tuple[BoxFit, int]:
@@ -51,23 +48,7 @@ def measure(scenes: list[Scene], detections: list[np.ndarray], min_iou: float = 
 
 def recall(scenes: list[Scene], detections: list[np.ndarray], iou: float, fit: BoxFit) -> float:
     """Share of annotated faces matched by a detection (boxes mapped by `fit`) at `iou`."""
-    found = total = 0
-    for scene, det in zip(scenes, detections, strict=True):
-        boxes = np.array([fit_box(b, fit) for b in det[:, :4]], dtype=np.float32).reshape(-1, 4)
-        found += len(match(scene.boxes, boxes, det[:, 4], iou))
-        total += len(scene.boxes)
-    return found / total if total else 0.0
-
-
-def detect_scenes(params: Params, scenes: list[Scene]) -> list[np.ndarray]:
-    detector = build_detector(params.detector)
-    out = []
-    for scene in tqdm(scenes, desc=f"detect ({params.detector.name})", unit="scene"):
-        faces = detect_at(
-            detector, read_image(scene.image), params.pipeline.detect_long_side, params.pipeline.max_upscale
-        )
-        out.append(np.array([[*f.box, f.score] for f in faces], dtype=np.float32).reshape(-1, 5))
-    return out
+    return detector_scores(scenes, detections, iou, (32, 96), fit)["recall"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,8 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         params = validate(compose(args.overrides), "conf/ + overrides")
-        scenes = load_scenes(scene_folder(params), params.scenes.source.label_map)
-        detections = detect_scenes(params, scenes)
+        scenes = load_scenes(evaluation_folder(params.scenes), params.scenes.source.label_map)
+        detections = detect_scenes(build_detector(params.detector), params.pipeline, scenes)
         fit, pairs = measure(scenes, detections, args.min_iou)
     except (ConfigError, FetchError, SceneError, FileNotFoundError, ValueError) as err:
         print(f"calibrate: {err}", file=sys.stderr)

@@ -42,11 +42,6 @@ class SceneRun:
         }
 
 
-def scene_folder(params: Params) -> Path:
-    """The configured evaluation scene folder (see `evaluation_folder`)."""
-    return evaluation_folder(params.scenes)
-
-
 def run_pipeline(pipeline: MaskPipeline, scenes: list[Scene], desc: str = "scenes") -> SceneRun:
     """The pipeline over every scene (one warm-up frame first), timed per stage."""
     preds, det_ms, cls_ms = [], [], []
@@ -77,7 +72,7 @@ def run_pipeline(pipeline: MaskPipeline, scenes: list[Scene], desc: str = "scene
 
 def evaluate_scenes(pipeline: MaskPipeline, params: Params, desc: str = "scenes") -> tuple[SceneRun, dict]:
     cfg = params.scenes
-    scenes = load_scenes(scene_folder(params), cfg.source.label_map)
+    scenes = load_scenes(evaluation_folder(cfg), cfg.source.label_map)
     run = run_pipeline(pipeline, scenes, desc)
     gts = [(s.boxes, s.labels) for s in scenes]
     result = scene_metrics(gts, run.predictions, pipeline.labels, cfg.iou_threshold, cfg.size_bins)

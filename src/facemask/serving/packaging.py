@@ -1,7 +1,8 @@
 """Moving models into BentoML's model store and loading them back into a `MaskPipeline`.
 
-`import_champion` copies the MLflow registry's champion (its `classifier.pt`) and the configured face
-detector's weights into the BentoML model store, so that a built Bento carries both and downloads
+`import_champion` copies the MLflow registry's champion classifier (its `classifier.pt`) and the
+configured face detector into the BentoML model store (the fine-tuned detector: the registry's
+detector champion; a stock one: its weights file), so that a built Bento carries both and downloads
 nothing at start.
 """
 
@@ -23,7 +24,7 @@ from facemask.config import Detector, Params, Pipeline, Stream
 from facemask.data.fetch import resolve_weights
 from facemask.detection import build_detector
 from facemask.pipeline import MaskPipeline
-from facemask.registry import METRIC_TAG, SPLIT_TAG
+from facemask.registry import DEV_TAG, METRIC_TAG, SPLIT_TAG, detector_file
 
 log = logging.getLogger(__name__)
 CLASSIFIER_MODEL = "facemask-classifier"
@@ -49,12 +50,21 @@ def import_champion(params: Params) -> tuple[str, str]:
     clf_tag = str(model.tag)
 
     detector = params.detector
-    with bentoml.models.create(DETECTOR_MODEL, metadata={"backend": detector.name}) as det_model:
+    det_meta = {"backend": detector.name}
+    weights = None
+    if detector.name == "retinaface_ft":  # the fine-tuned detector ships from the registry, like the classifier
+        det_version = client.get_model_version_by_alias(params.mlflow.registered_detector, alias)
+        weights = detector_file(f"models:/{params.mlflow.registered_detector}@{alias}")
+        det_meta.update({"mlflow_model": params.mlflow.registered_detector, "mlflow_version": det_version.version})
+        det_meta.update({k: det_version.tags.get(k, "") for k in ("dev_recall", "dev_precision", DEV_TAG)})
+    elif detector.name != "retinaface":  # the retina-face package keeps its own weights cache
+        weights = resolve_weights(detector.weights)
+    with bentoml.models.create(DETECTOR_MODEL, metadata=det_meta) as det_model:
         Path(det_model.path, "detector.json").write_text(json.dumps(detector.model_dump(mode="json"), indent=2))
         Path(det_model.path, "pipeline.json").write_text(params.pipeline.model_dump_json(indent=2))
         Path(det_model.path, "stream.json").write_text(params.stream.model_dump_json(indent=2))
-        if detector.name != "retinaface":  # the retina-face package keeps its own weights cache
-            shutil.copy(resolve_weights(detector.weights), Path(det_model.path) / detector.weights.file)
+        if weights is not None:
+            shutil.copy(weights, Path(det_model.path) / detector.weights.file)
     log.info(
         "imported %s v%s as %s and detector %s as %s", name, version.version, clf_tag, detector.name, det_model.tag
     )

@@ -17,7 +17,7 @@ import pandas as pd
 import pytorch_lightning as pl
 import timm
 import torch
-from pytorch_lightning.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 from pytorch_lightning.loggers import MLFlowLogger
 
 from facemask import plots, tracking
@@ -27,28 +27,11 @@ from facemask.config import Params
 from facemask.preprocess import Preprocessor
 from facemask.stages._runner import run_stage, write_json
 from facemask.training.datamodule import CropDataModule
+from facemask.training.history import History
 from facemask.training.module import MaskClassifierModule
 
 log = logging.getLogger("facemask.train")
 MONITOR = "val/macro_f1"
-
-
-class History(Callback):
-    """Collects the epoch-level metrics for the DVC plot and the MLflow figure."""
-
-    def __init__(self) -> None:
-        self.rows: list[dict] = []
-        self._start = 0.0
-
-    def on_train_epoch_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
-        self._start = time.perf_counter()
-
-    def on_validation_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
-        if trainer.sanity_checking:
-            return
-        row = {"epoch": trainer.current_epoch, "seconds": round(time.perf_counter() - self._start, 2)}
-        row.update({k.replace("/", "_"): round(float(v), 5) for k, v in trainer.callback_metrics.items()})
-        self.rows.append(row)
 
 
 def build(params: Params) -> tuple[CropDataModule, MaskClassifierModule]:

@@ -111,9 +111,14 @@ class CropDataModule(pl.LightningDataModule):
         return np.bincount(idx, weights=weights, minlength=len(self.labels)) * n
 
     def class_weights(self) -> torch.Tensor:
-        """Inverse-frequency weights of the drawn classes, normalised so a balanced draw gets all ones."""
-        counts = np.maximum(self.drawn_class_counts(), 1e-3)
-        return torch.tensor(counts.sum() / (len(counts) * counts), dtype=torch.float32)
+        """Inverse-frequency weights of the drawn classes, normalised so a balanced draw gets all ones.
+        A class never drawn gets 0: it cannot be learnt, and with label smoothing an unbounded weight
+        on it would pull every sample towards it."""
+        counts = self.drawn_class_counts()
+        present = counts > 0
+        weights = np.zeros(len(counts))
+        weights[present] = counts[present].sum() / (present.sum() * counts[present])
+        return torch.tensor(weights, dtype=torch.float32)
 
     def dataset(self, split: str, augment: bool = False) -> CropDataset:
         self.setup()

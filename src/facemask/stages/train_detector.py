@@ -1,0 +1,130 @@
+"""Stage, train_detector: fine-tune RetinaFace-MobileNet0.25 on the training scenes, export ONNX.
+
+Starts from the stock WIDER FACE weights (`detector_train.init`), trains on augmented crops of the
+train-split scenes, keeps the epoch with the best validation AP on the val-split scenes (detected as
+served), and writes ``models/detector/`` (``detector.pt`` state_dict, ``detector.onnx`` for ONNX
+Runtime, ``mlflow_run.json``), ``reports/detector/train.json`` and ``reports/detector/history.csv``.
+The run is logged to MLflow as its own run, with the ONNX model; `promote_detector` registers it.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import sys
+import time
+
+import mlflow
+import onnx
+import pandas as pd
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.loggers import MLFlowLogger
+
+from facemask import plots, tracking
+from facemask.config import Params
+from facemask.data.fetch import resolve_weights
+from facemask.detection.retinaface_mnet import RetinaFaceMobileNet, load_state
+from facemask.detector_training.export import export_onnx
+from facemask.detector_training.module import DetectorModule
+from facemask.detector_training.scene_data import SceneDataModule
+from facemask.stages._runner import run_stage, write_json
+from facemask.training.history import History
+
+log = logging.getLogger("facemask.train_detector")
+MONITOR = "val/ap"
+
+
+def build(params: Params) -> tuple[SceneDataModule, DetectorModule]:
+    """The data module and the Lightning module of a fine-tuning run."""
+    cfg, paths = params.detector_train, params.paths
+    dm = SceneDataModule(
+        paths.interim / "manifest.csv",
+        paths.raw,
+        cfg,
+        params.pipeline.detect_long_side or 640,
+        params.data.max_image_pixels,
+        params.seed,
+    )
+    init = params.detectors[cfg.init]
+    network = load_state(RetinaFaceMobileNet(), resolve_weights(init.weights, key=f"detectors.{cfg.init}.weights"))
+    module = DetectorModule(
+        network.train(), cfg, params.detectors[cfg.target], params.pipeline, dm.val_scenes, params.data.max_image_pixels
+    )
+    return dm, module
+
+
+def train_detector(params: Params) -> None:
+    pl.seed_everything(params.seed, workers=True)
+    cfg, paths = params.detector_train, params.paths
+    out, reports = paths.models / "detector", paths.reports / "detector"
+    dm, module = build(params)
+    log.info("%d training scenes, %d validation scenes", len(dm.train_scenes), len(dm.val_scenes))
+
+    experiment_id = tracking.setup(params.mlflow)
+    ckpt_dir = out / "checkpoints"
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    history = History()
+    with mlflow.start_run(experiment_id=experiment_id, run_name="train-detector") as run:
+        mlflow.log_params(tracking.flatten({"detector_train": params.detector_train.model_dump(mode="json")}))
+        mlflow.log_params({"data.train_scenes": len(dm.train_scenes), "data.val_scenes": len(dm.val_scenes)})
+        mlflow.set_tags({"stage": "train_detector", "facemask.kind": "detector", "init": cfg.init})
+        uri = tracking.tracking_uri(params.mlflow)
+        logger = MLFlowLogger(experiment_name=params.mlflow.experiment, tracking_uri=uri, run_id=run.info.run_id)
+        checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=MONITOR, mode="max", save_top_k=1)
+        trainer = pl.Trainer(
+            max_epochs=cfg.max_epochs,
+            accelerator=cfg.accelerator,
+            deterministic=cfg.deterministic,
+            logger=logger,
+            callbacks=[checkpoint, history],
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            log_every_n_steps=10,
+        )
+        started = time.perf_counter()
+        trainer.fit(module, datamodule=dm)
+        seconds = time.perf_counter() - started
+
+        state = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
+        module.load_state_dict(state)
+        network = module.network.eval().cpu()
+        torch.save(network.state_dict(), out / "detector.pt")
+        onnx_path = export_onnx(network, out / "detector.onnx")
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+
+        frame = pd.DataFrame(history.rows)
+        reports.mkdir(parents=True, exist_ok=True)
+        frame.to_csv(reports / "history.csv", index=False)
+        mlflow.log_figure(plots.detector_curves(frame), "plots/detector_training.png")
+        model_info = mlflow.onnx.log_model(onnx.load(str(onnx_path)), name="detector")
+        best = frame.loc[frame["val_ap"].idxmax()] if len(frame) else None
+        summary = {
+            "best_epoch": int(best["epoch"]) if best is not None else None,
+            "val_ap": round(float(checkpoint.best_model_score), 4),
+            "val_recall": round(float(best["val_recall"]), 4) if best is not None else None,
+            "val_precision": round(float(best["val_precision"]), 4) if best is not None else None,
+            "epochs": len(frame),
+            "train_seconds": round(seconds, 1),
+            "seconds_per_epoch": round(float(frame["seconds"].median()), 2) if len(frame) else None,
+            "device": str(trainer.strategy.root_device),
+        }
+        mlflow.log_metrics({f"summary.{k}": v for k, v in summary.items() if isinstance(v, int | float)})
+        tracking.write_run_ref(out / "mlflow_run.json", run.info.run_id, experiment_id, uri, model_info.model_uri)
+    write_json(reports / "train.json", summary)
+    log.info(
+        "best val AP %.4f (recall %s) after %d epochs (%.0f s)",
+        summary["val_ap"],
+        summary["val_recall"],
+        len(frame),
+        seconds,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_stage("train_detector", train_detector, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
