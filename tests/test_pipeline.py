@@ -259,3 +259,38 @@ def test_detection_pipeline_object_on_real_frames(project, monkeypatch):
     assert pipe(np.zeros((480, 640, 3), np.uint8)) == []
     with pytest.raises(ValueError, match="non-empty"):
         pipe(np.zeros((0, 0, 3), np.uint8))
+
+
+def test_fine_tuned_detector_packaged_from_the_registry(project, tmp_path, monkeypatch):
+    """With `detector=retinaface_ft` the Bento's detector is the registry's detector champion (not the
+    local file), and the packaged pipeline finds faces with it."""
+    import cv2
+    import numpy as np
+
+    from facemask.serving.packaging import load_pipeline
+
+    root, env, _ = project
+    home = tmp_path / "bentoml"
+    write_params(compose([*OVERRIDES, "detector=retinaface_ft"]), tmp_path / "params.yaml")
+    local = root / "models/detector/detector.onnx"
+    local.rename(local.with_suffix(".moved"))  # the packaging must not read it
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "facemask.serving.packaging", "--params", str(tmp_path / "params.yaml")],
+            cwd=root, env={**env, "BENTOML_HOME": str(home)}, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+    finally:
+        local.with_suffix(".moved").rename(local)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    clf_tag, det_tag = proc.stdout.split()[-2:]
+    folder = lambda tag: home / "models" / tag.split(":")[0] / tag.split(":")[1]  # noqa: E731
+    meta = yaml.safe_load((folder(det_tag) / "model.yaml").read_text())["metadata"]
+    decision = json.loads((root / "reports/detector/promotion.json").read_text())
+    assert meta["backend"] == "retinaface_ft" and meta["mlflow_version"] == decision["candidate_version"]
+    monkeypatch.setenv("FACEMASK_MIRROR", env["FACEMASK_MIRROR"])
+    pipe = load_pipeline(folder(clf_tag), folder(det_tag))
+    photo = sorted((Path(env["FACEMASK_MIRROR"]) / "datasets/maskedface-net-sample/correct").glob("*.jpg"))[0]
+    canvas = np.zeros((480, 640, 3), np.uint8)
+    canvas[112:368, 220:420] = cv2.resize(cv2.imread(str(photo)), (200, 256))
+    faces = pipe.detect_faces(canvas)
+    assert len(faces) >= 1 and all(180 < (f.box[0] + f.box[2]) / 2 < 460 for f in faces)
