@@ -183,7 +183,7 @@ def log_detector(uri: str, path) -> tuple[str, str]:
     mlflow.set_tracking_uri(uri)
     mlflow.set_experiment("detector-gate-test")
     with mlflow.start_run() as run:
-        info = mlflow.onnx.log_model(onnx.load(str(path)), name="detector")
+        info = mlflow.onnx.log_model(onnx.load(str(path)), name="detector", save_as_external_data=False)
     return run.info.run_id, info.model_uri
 
 

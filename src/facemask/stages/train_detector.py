@@ -98,7 +98,8 @@ def train_detector(params: Params) -> None:
         reports.mkdir(parents=True, exist_ok=True)
         frame.to_csv(reports / "history.csv", index=False)
         mlflow.log_figure(plots.detector_curves(frame), "plots/detector_training.png")
-        model_info = mlflow.onnx.log_model(onnx.load(str(onnx_path)), name="detector")
+        # one self-contained file (MLflow would split the weights into a .data file beside it)
+        model_info = mlflow.onnx.log_model(onnx.load(str(onnx_path)), name="detector", save_as_external_data=False)
         best = frame.loc[frame["val_ap"].idxmax()] if len(frame) else None
         summary = {
             "best_epoch": int(best["epoch"]) if best is not None else None,
