@@ -1,14 +1,13 @@
 """BentoML service: every face in an image found and its mask classified (detect, annotate, gate),
 and live cameras streamed over a WebSocket (`/live/ws/<camera>`, a page at `/live/`).
 
-Thin by design: decoding, the detection pipeline, tracking, alerts, the gate rule and the drawing
-live in `facemask`. Models come from BentoML's store (`make bento-models` imports the MLflow
-champion and the detector with its packaged post-processing settings).
+Thin by design: decoding, the detection pipeline, tracking, alerts, the gate rule, the drawing and
+the front door (API keys, limits, back-pressure: `facemask.serving.guard`) live in `facemask`.
+Models come from BentoML's store (`make bento-models` imports the MLflow champion and the detector
+with its packaged post-processing settings and limits).
 """
 
 import asyncio
-import os
-import threading
 from importlib.resources import files
 from pathlib import Path
 from typing import Annotated
@@ -27,15 +26,22 @@ with bentoml.importing():
     from facemask.imageio import ImageError, decode_image, encode_jpeg
     from facemask.serving.decisions import gate_decision
     from facemask.serving.draw import draw_faces
-    from facemask.serving.live import LiveStreams
+    from facemask.serving.guard import SUBPROTOCOL, Guard, GuardMiddleware, load_api_keys
+    from facemask.serving.live import CameraLimitError, LiveStreams
     from facemask.serving.metrics import LiveMetrics
-    from facemask.serving.packaging import CLASSIFIER_MODEL, DETECTOR_MODEL, load_pipeline, load_stream_config
+    from facemask.serving.packaging import (
+        CLASSIFIER_MODEL,
+        DETECTOR_MODEL,
+        load_pipeline,
+        load_serving_config,
+        load_stream_config,
+    )
+    from facemask.serving.pool import PipelinePool
 
-MAX_PIXELS = int(os.environ.get("FACEMASK_MAX_PIXELS", "40000000"))
-GATE_MIN_CONFIDENCE = float(os.environ.get("FACEMASK_GATE_MIN_CONFIDENCE", "0.6"))
 ImageFile = Annotated[Path, ContentType("image/*")]
 live_app = FastAPI(title="facemask live", docs_url=None, redoc_url=None)
 METRICS = LiveMetrics()
+GUARD = Guard()  # configured once the models are loaded; until then guarded calls get 503
 
 
 class FaceOut(BaseModel):
@@ -61,7 +67,7 @@ class GateOut(BaseModel):
     faces: list[FaceOut]
 
 
-@bentoml.service(name="facemask", traffic={"timeout": 30, "max_concurrency": 16})
+@bentoml.service(name="facemask", traffic={"timeout": 30})  # admission: the guard (serving.max_waiting)
 @bentoml.asgi_app(live_app, path="/live")
 class FaceMask:
     classifier_model = bentoml.models.BentoModel(f"{CLASSIFIER_MODEL}:latest")
@@ -69,22 +75,29 @@ class FaceMask:
 
     def __init__(self) -> None:
         clf, det = self.classifier_model, self.detector_model  # resolved to stored models when served
-        self.pipeline = load_pipeline(clf.path, det.path)
+        self.limits = load_serving_config(det.path)
+        self.pool = PipelinePool(lambda: load_pipeline(clf.path, det.path), self.limits.pipelines)
+        self.pipeline = self.pool.first
         meta = clf.info.metadata
         self.model_version = f"{meta.get('mlflow_model', clf.tag.name)}/v{meta.get('mlflow_version', clf.tag.version)}"
-        self._lock = threading.Lock()  # the detector keeps per-input-size state: one frame at a time
-        self.live = LiveStreams(self.pipeline, load_stream_config(det.path), self._lock, METRICS)
+        self.live = LiveStreams(self.pool, load_stream_config(det.path), self.limits, METRICS)
+        GUARD.configure(self.limits, load_api_keys(self.limits))
 
     def __is_ready__(self) -> bool:
-        return self.pipeline is not None
+        return GUARD.cfg is not None
+
+    @bentoml.on_shutdown
+    def flush(self) -> None:
+        """Every camera's last stats window to the event file; undelivered webhook events kept."""
+        self.live.close()
 
     def _run(self, image: Path) -> tuple[np.ndarray, list]:
         try:
-            frame = decode_image(Path(image).read_bytes(), MAX_PIXELS)
+            frame = decode_image(Path(image).read_bytes(), self.limits.max_pixels)
         except ImageError as err:
             raise BadInput(str(err)) from None
-        with self._lock:
-            return frame, self.pipeline(frame)
+        with self.pool.lease() as pipeline:
+            return frame, pipeline(frame)
 
     @bentoml.api
     def detect(self, image: ImageFile) -> DetectOut:
@@ -107,7 +120,7 @@ class FaceMask:
     def gate(self, image: ImageFile) -> GateOut:
         """May this person enter? Allow one correctly masked face; otherwise deny with the reason."""
         _, faces = self._run(image)
-        decision = gate_decision(faces, GATE_MIN_CONFIDENCE, self.pipeline.settings.gate_min_score)
+        decision = gate_decision(faces, self.limits.gate_min_confidence, self.pipeline.settings.gate_min_score)
         return GateOut(
             model_version=self.model_version,
             allow=decision.allow,
@@ -123,8 +136,8 @@ class FaceMask:
             "model_version": self.model_version,
             "labels": self.pipeline.labels,
             "detector": self.pipeline.detector.name,
-            "max_pixels": MAX_PIXELS,
-            "gate_min_confidence": GATE_MIN_CONFIDENCE,
+            "limits": self.limits.model_dump(mode="json", exclude={"api_keys_file", "allowed_origins"}),
+            "api_keys_required": GUARD.keys_required,
             "opencv": cv2.__version__,
         }
 
@@ -136,13 +149,19 @@ class FaceMask:
     @live_app.websocket("/ws/{camera}")
     async def live_stream(self, websocket: WebSocket, camera: str) -> None:
         """One camera per connection: binary JPEG/PNG frames in, one JSON answer per frame out
-        (tracks, alerts, compliance). A bad frame gets {"error": ...}; the stream goes on."""
-        await websocket.accept()
+        (tracks, alerts, compliance). A bad frame gets {"error": ...}; the stream goes on. The API key
+        and Origin were checked by the guard before this runs."""
+        await websocket.accept(
+            subprotocol=SUBPROTOCOL if SUBPROTOCOL in websocket.scope.get("subprotocols", []) else None
+        )
         diff = websocket.query_params.get("frame_diff")  # "on" / "off" overrides the packaged setting
         try:
             self.live.open(camera, None if diff is None else diff.lower() in ("1", "on", "true"))
         except ValueError as err:
             await websocket.close(code=1008, reason=str(err))
+            return
+        except CameraLimitError as err:
+            await websocket.close(code=1013, reason=str(err))  # try again later
             return
         try:
             while True:
@@ -153,8 +172,15 @@ class FaceMask:
                 if not data:
                     await websocket.send_json({"camera": camera, "error": "send frames as binary JPEG or PNG messages"})
                     continue
-                await websocket.send_json(await asyncio.to_thread(self.live.handle, camera, data, MAX_PIXELS))
+                await websocket.send_json(await asyncio.to_thread(self.live.handle, camera, data))
         except WebSocketDisconnect:
             pass
         finally:
             self.live.release(camera)
+
+
+FaceMask.add_asgi_middleware(
+    GuardMiddleware,
+    guard=GUARD,
+    fields={f"/{name}": api.input_spec.model_fields.keys() for name, api in FaceMask.apis.items()},
+)

@@ -1,10 +1,13 @@
 """Shared fixtures: the offline mirror (../shared or FACEMASK_MIRROR), small real slices of it,
-and a real MLflow tracking server on a free loopback port."""
+a real MLflow tracking server on a free loopback port, and the pipeline's champion built into a
+Bento and served (with an API key and small upload limits)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -125,6 +128,82 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory):
     else:
         proc.kill()
         pytest.fail(f"mlflow server did not start: {(root / 'server.log').read_text()[-2000:]}")
+    yield url
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+API_KEY = "test-key-" + "0123456789abcdef"  # the served Bento's key in the tests
+
+
+def run(cmd: list[str], env: dict, timeout: int = 600) -> str:
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout
+
+
+@pytest.fixture(scope="session")
+def bento_env(tmp_path_factory, shared):
+    assert (REPO / "models/classifier.pt").is_file() and (REPO / "reports/promotion.json").is_file(), (
+        "the service tests need the pipeline's champion: run `make test` (it runs `dvc repro` first)"
+    )
+    home = tmp_path_factory.mktemp("bentoml")
+    env = {
+        **os.environ,
+        "BENTOML_HOME": str(home),
+        "FACEMASK_MIRROR": str(shared),
+        "BENTOML_DO_NOT_TRACK": "True",
+        "FACEMASK_EVENTS": str(home / "events.jsonl"),
+        "FACEMASK_API_KEYS": API_KEY,
+        "FACEMASK_MAX_UPLOAD_BYTES": "3000000",
+        "FACEMASK_MAX_FRAME_BYTES": "1000000",
+    }
+    # the champion lives where the pipeline logged it, whatever other tests pointed MLflow at
+    env["MLFLOW_TRACKING_URI"] = json.loads((REPO / "models/mlflow_run.json").read_text())["tracking_uri"]
+    env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
+    run([str(BIN / "python"), "-m", "facemask.serving.packaging"], env)
+    return env
+
+
+UV = [shutil.which("uv") or str(BIN / "uv")]  # uv is also a dev dependency, so it is in the venv
+
+
+@pytest.fixture(scope="session")
+def bento(bento_env):
+    """`make bento`'s steps: pinned requirements, the project wheel, `bentoml build`; returns the tag."""
+    run([*UV, "export", "--frozen", "--no-dev", "--no-hashes", "--no-emit-project", "-o", "service/requirements.txt"],
+        bento_env)  # fmt: skip
+    run([*UV, "build", "--wheel", "-o", "dist"], bento_env)
+    out = run([str(BIN / "bentoml"), "build", "-f", "service/bentofile.yaml", ".", "--output", "tag"], bento_env)
+    return out.strip().splitlines()[-1].removeprefix("__tag__:")
+
+
+def start_bento(bento: str, env: dict, log: Path, port: int | None = None) -> tuple[subprocess.Popen, str]:
+    """`bentoml serve` of the built Bento, waited for until ready; returns the process and its URL."""
+    port = port or free_port()
+    with log.open("a") as fh:
+        proc = subprocess.Popen(
+            [str(BIN / "bentoml"), "serve", bento, "--host", "127.0.0.1", "--port", str(port)],
+            cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            pytest.fail("the Bento exited at start:\n" + log.read_text()[-3000:])
+        try:
+            if requests.get(f"{url}/readyz", timeout=5).status_code == 200:
+                return proc, url
+        except requests.RequestException:  # not listening yet, or busy loading the models
+            pass
+        time.sleep(1)
+    os.killpg(proc.pid, signal.SIGKILL)
+    pytest.fail("the Bento did not become ready:\n" + log.read_text()[-3000:])
+
+
+@pytest.fixture(scope="session")
+def server(bento, bento_env):
+    proc, url = start_bento(bento, bento_env, Path(bento_env["BENTOML_HOME"]) / "serve.log")
     yield url
     proc.terminate()
     proc.wait(timeout=30)

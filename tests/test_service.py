@@ -2,7 +2,8 @@
 
 Needs the repository's own pipeline outputs (`make test` runs `dvc repro` first): the champion in
 the project's MLflow registry is imported into a temporary BentoML store, built into a Bento with
-`bentoml build`, served on a free port, and questioned over HTTP with real images.
+`bentoml build`, served on a free port with an API key, and questioned over HTTP with real images,
+bad input (fuzzed too), oversized uploads, missing keys, foreign origins and more load than it takes.
 """
 
 from __future__ import annotations
@@ -24,79 +25,16 @@ import requests
 import yaml
 from PIL import Image
 
-from .conftest import BIN, FPS, REPO, entrance_frames, entrance_video, free_port
+from .conftest import API_KEY, BIN, FPS, REPO, entrance_frames, entrance_video
+
+KEY = {"X-API-Key": API_KEY}
 
 pytestmark = pytest.mark.slow
 
 
-def run(cmd: list[str], env: dict, timeout: int = 600) -> str:
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return proc.stdout
-
-
-@pytest.fixture(scope="session")
-def bento_env(tmp_path_factory, shared):
-    assert (REPO / "models/classifier.pt").is_file() and (REPO / "reports/promotion.json").is_file(), (
-        "the service tests need the pipeline's champion: run `make test` (it runs `dvc repro` first)"
-    )
-    home = tmp_path_factory.mktemp("bentoml")
-    env = {
-        **os.environ,
-        "BENTOML_HOME": str(home),
-        "FACEMASK_MIRROR": str(shared),
-        "BENTOML_DO_NOT_TRACK": "True",
-        "FACEMASK_EVENTS": str(home / "events.jsonl"),
-    }
-    # the champion lives where the pipeline logged it, whatever other tests pointed MLflow at
-    env["MLFLOW_TRACKING_URI"] = json.loads((REPO / "models/mlflow_run.json").read_text())["tracking_uri"]
-    env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
-    run([str(BIN / "python"), "-m", "facemask.serving.packaging"], env)
-    return env
-
-
-UV = [shutil.which("uv") or str(BIN / "uv")]  # uv is also a dev dependency, so it is in the venv
-
-
-@pytest.fixture(scope="session")
-def bento(bento_env):
-    """`make bento`'s steps: pinned requirements, the project wheel, `bentoml build`; returns the tag."""
-    run([*UV, "export", "--frozen", "--no-dev", "--no-hashes", "--no-emit-project", "-o", "service/requirements.txt"],
-        bento_env)  # fmt: skip
-    run([*UV, "build", "--wheel", "-o", "dist"], bento_env)
-    out = run([str(BIN / "bentoml"), "build", "-f", "service/bentofile.yaml", ".", "--output", "tag"], bento_env)
-    return out.strip().splitlines()[-1].removeprefix("__tag__:")
-
-
-@pytest.fixture(scope="session")
-def server(bento, bento_env):
-    port = free_port()
-    log = Path(bento_env["BENTOML_HOME"]) / "serve.log"
-    with log.open("w") as fh:
-        proc = subprocess.Popen(
-            [str(BIN / "bentoml"), "serve", bento, "--host", "127.0.0.1", "--port", str(port)],
-            cwd=REPO, env=bento_env, stdout=fh, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        assert proc.poll() is None, log.read_text()[-3000:]
-        try:
-            if requests.get(f"{url}/readyz", timeout=5).status_code == 200:
-                break
-        except requests.RequestException:  # not listening yet, or busy loading the models
-            pass
-        time.sleep(1)
-    else:
-        proc.kill()
-        pytest.fail("the Bento did not become ready:\n" + log.read_text()[-3000:])
-    yield url
-    proc.terminate()
-    proc.wait(timeout=30)
-
-
-def post(url: str, api: str, data: bytes, content_type: str = "image/jpeg") -> requests.Response:
-    return requests.post(f"{url}/{api}", files={"image": ("frame", data, content_type)}, timeout=60)
+def post(url: str, api: str, data: bytes, content_type: str = "image/jpeg", **kw) -> requests.Response:
+    kw.setdefault("headers", KEY)
+    return requests.post(f"{url}/{api}", files={"image": ("frame", data, content_type)}, timeout=60, **kw)
 
 
 def held_out(shared, label: str, n: int) -> list[bytes]:
@@ -206,7 +144,7 @@ def test_bad_input_is_a_clear_4xx_and_service_keeps_serving(server, shared, api,
 def test_health_endpoints(server):
     for path in ("livez", "readyz", "healthz"):
         assert requests.get(f"{server}/{path}", timeout=5).status_code == 200
-    info = requests.post(f"{server}/info", json={}, timeout=10).json()
+    info = requests.post(f"{server}/info", json={}, timeout=10, headers=KEY).json()
     assert info["labels"] == ["mask", "no_mask", "incorrect"]
     assert info["detector"] == "yunet"
 
@@ -226,7 +164,7 @@ def test_live_stream_over_websocket(server, shared, bento_env):
     from facemask.imageio import encode_jpeg
 
     answers = []
-    with connect(server.replace("http://", "ws://") + "/live/ws/door", max_size=2**22) as ws:
+    with connect(server.replace("http://", "ws://") + "/live/ws/door", max_size=2**22, additional_headers=KEY) as ws:
         for i, frame in enumerate(entrance_frames(shared)):
             start = time.perf_counter()
             if i == 30:
@@ -246,7 +184,7 @@ def test_live_stream_over_websocket(server, shared, bento_env):
 
     events = [json.loads(line) for line in Path(bento_env["FACEMASK_EVENTS"]).read_text().splitlines()]
     assert [e["track"] for e in events if e["type"] == "alert"] == [alerts[0]["track"]]
-    metrics = requests.get(f"{server}/metrics", timeout=10).text
+    metrics = requests.get(f"{server}/metrics", timeout=10, headers=KEY).text
     fired = re.findall(r'^facemask_alerts_total\{[^}]*camera="door"[^}]*\} (\S+)$', metrics, re.M)
     assert sum(float(v) for v in fired) == 1.0
     frames = re.findall(r'^facemask_frames_total\{[^}]*camera="door"[^}]*\} (\S+)$', metrics, re.M)
@@ -261,7 +199,7 @@ def test_live_stream_refuses_a_bad_camera_name(server):
     from websockets.sync.client import connect
 
     with (
-        connect(server.replace("http://", "ws://") + "/live/ws/bad%20name!") as ws,
+        connect(server.replace("http://", "ws://") + "/live/ws/bad%20name!", additional_headers=KEY) as ws,
         pytest.raises(ConnectionClosed) as err,
     ):
         ws.recv(timeout=10)
@@ -277,8 +215,8 @@ def chromium_binary() -> str:
 
 
 def test_camera_page_in_headless_chromium(server, shared, tmp_path):
-    """The page at /live/ with Chromium's fake camera playing the entrance video: labelled boxes
-    are drawn over the video and an alert appears."""
+    """The page at /live/ with Chromium's fake camera playing the entrance video, the API key given
+    in the URL fragment: labelled boxes are drawn over the video and an alert appears."""
     from playwright.sync_api import sync_playwright
 
     y4m = entrance_video(shared, tmp_path / "entrance.y4m")
@@ -289,7 +227,7 @@ def test_camera_page_in_headless_chromium(server, shared, tmp_path):
         page = browser.new_page()
         messages: list[str] = []
         page.on("console", lambda m: messages.append(m.text))
-        page.goto(f"{server}/live/?camera=browser")
+        page.goto(f"{server}/live/?camera=browser#key={API_KEY}")  # the page sends it as a subprotocol
         page.wait_for_function("window.facemask && window.facemask.answers > 10", timeout=60_000)
         labels = page.evaluate("window.facemask.tracks.map(t => t.label)")
         assert labels and set(labels) <= {"mask", "no_mask", "incorrect"}
@@ -304,3 +242,144 @@ def test_camera_page_in_headless_chromium(server, shared, tmp_path):
         )
         browser.close()
     assert drawn > 500, f"no boxes drawn over the video; console: {messages[-5:]}"
+
+
+@pytest.mark.parametrize(
+    ("files", "data", "json_body", "fragment"),
+    [
+        ({"picture": ("f.jpg", b"\xff\xd8", "image/jpeg")}, None, None, "unknown form field(s) ['picture']"),
+        ({"image": ("f.jpg", b"\xff\xd8", "image/jpeg")}, {"note": b"\xff binary"}, None, "unknown form field"),
+        (None, None, {"image": 3}, "Invalid file type"),
+        (None, b"--x\r\nbroken", None, "Field required"),
+    ],
+)
+def test_malformed_requests_are_400_not_500(server, shared, files, data, json_body, fragment):
+    headers = dict(KEY)
+    if isinstance(data, bytes):
+        headers["content-type"] = "multipart/form-data; boundary=x"
+    resp = requests.post(f"{server}/detect", files=files, data=data, json=json_body, headers=headers, timeout=30)
+    assert resp.status_code == 400 and fragment in resp.text, resp.text
+    assert post(server, "detect", held_out(shared, "mask", 1)[0]).status_code == 200
+
+
+def test_every_api_the_metrics_and_the_websocket_need_the_key(server, shared, bento_env):
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    image = held_out(shared, "mask", 1)[0]
+    for api in ("detect", "annotate", "gate"):
+        for headers in ({}, {"X-API-Key": API_KEY + "x"}, {"Authorization": "Bearer nope"}):
+            resp = post(server, api, image, headers=headers)
+            assert resp.status_code == 401 and "API key" in resp.json()["error"]
+        assert post(server, api, image, headers={"Authorization": f"Bearer {API_KEY}"}).status_code == 200
+    assert requests.post(f"{server}/info", json={}, timeout=10).status_code == 401
+    assert requests.get(f"{server}/metrics", timeout=10).status_code == 401
+    for path in ("healthz", "livez", "readyz", "live/"):  # probes and the page stay open
+        assert requests.get(f"{server}/{path}", timeout=10).status_code == 200
+    ws_url = server.replace("http://", "ws://") + "/live/ws/keyless"
+    for kw in ({}, {"additional_headers": {"X-API-Key": "wrong-key-0123456789"}}):
+        with pytest.raises(InvalidStatus) as refused:
+            connect(ws_url, **kw)
+        assert refused.value.response.status_code == 403
+    with pytest.raises(InvalidStatus):  # a page from another site, even with the key
+        connect(ws_url, additional_headers=KEY, origin="http://evil.example")
+    with connect(ws_url, subprotocols=["facemask", f"apikey.{API_KEY}"], origin=server) as ws:  # as the page does
+        assert ws.subprotocol == "facemask"
+        ws.send(image)
+        assert "tracks" in json.loads(ws.recv(timeout=30))
+        ws.send(b"\xff\xd8" + b"\0" * 1_000_001)  # over FACEMASK_MAX_FRAME_BYTES
+        assert "over the limit of 1000000" in json.loads(ws.recv(timeout=30))["error"]
+        ws.send(image)
+        assert "tracks" in json.loads(ws.recv(timeout=30))  # the stream goes on
+    log = (Path(bento_env["BENTOML_HOME"]) / "serve.log").read_text()
+    assert API_KEY not in log
+
+
+def test_oversized_uploads_are_413_and_the_service_keeps_serving(server, shared):
+    big = b"\xff\xd8" + os.urandom(3_100_000)  # over FACEMASK_MAX_UPLOAD_BYTES (3 MB)
+    resp = post(server, "detect", big)
+    assert resp.status_code == 413 and "over the limit of 3000000" in resp.json()["error"]
+
+    def chunks():
+        yield b'--x\r\nContent-Disposition: form-data; name="image"; filename="a.jpg"\r\n\r\n'
+        for _ in range(40):
+            yield os.urandom(100_000)
+
+    chunked = requests.post(  # no Content-Length: counted as it arrives
+        f"{server}/detect", data=chunks(), timeout=60,
+        headers={**KEY, "content-type": "multipart/form-data; boundary=x"},
+    )  # fmt: skip
+    assert chunked.status_code == 413
+    assert post(server, "detect", held_out(shared, "mask", 1)[0]).status_code == 200
+
+
+def test_past_its_capacity_the_service_answers_503_at_once(server, shared):
+    """40 requests at once against 2 pipelines + 6 waiting places: the rest get 503 with
+    Retry-After straight away; nothing else fails, nothing times out, and it serves after."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    image = held_out(shared, "mask", 1)[0]
+    info = requests.post(f"{server}/info", json={}, timeout=10, headers=KEY).json()["limits"]
+    capacity = info["pipelines"] + info["max_waiting"]
+
+    def one(_):
+        start = time.perf_counter()
+        resp = post(server, "detect", image)
+        return resp.status_code, resp.headers.get("retry-after"), time.perf_counter() - start
+
+    with ThreadPoolExecutor(40) as pool:
+        results = list(pool.map(one, range(40)))
+    codes = [c for c, _, _ in results]
+    assert set(codes) <= {200, 503}, codes
+    assert codes.count(200) >= capacity and codes.count(503) >= 1
+    assert all(r == "1" for c, r, _ in results if c == 503)
+    busy = sorted(t for c, _, t in results if c == 503)
+    served = sorted(t for c, _, t in results if c == 200)
+    assert busy[len(busy) // 2] < served[len(served) // 2]  # refused at once, not after queueing
+    assert post(server, "detect", image).status_code == 200
+
+
+def test_exif_rotated_photo_is_classified_upright(server, shared):
+    """A phone photo stored sideways with an EXIF orientation: the face is found and classified as
+    shown, and the answer's size is the upright one."""
+    data = held_out(shared, "mask", 1)[0]
+    upright = Image.open(io.BytesIO(data)).convert("RGB")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to show"
+    buf = io.BytesIO()
+    upright.transpose(Image.Transpose.ROTATE_90).save(buf, "JPEG", quality=95, exif=exif.tobytes())
+    body = post(server, "detect", buf.getvalue()).json()
+    assert (body["width"], body["height"]) == upright.size
+    assert body["faces"] and max(body["faces"], key=lambda f: f["score"])["label"] == "mask"
+
+
+def test_fuzzed_uploads_only_ever_get_a_clean_4xx(server, shared):
+    """Random bytes and mutated real JPEG/PNG headers, as each API's upload: a 4xx with a reason
+    whenever the bytes are no image (never a 5xx), and the service answers a good request after."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    real = held_out(shared, "mask", 1)[0]
+    png = io.BytesIO()
+    Image.open(io.BytesIO(real)).save(png, "PNG")
+    seeds = [real, png.getvalue()]
+
+    @settings(max_examples=40, deadline=None, derandomize=True, database=None,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])  # fmt: skip
+    @given(api=st.sampled_from(["detect", "annotate", "gate"]), seed=st.sampled_from(seeds), data=st.data())
+    def fuzz(api, seed, data):
+        blob = bytearray(seed)
+        for _ in range(data.draw(st.integers(1, 6))):
+            blob[data.draw(st.integers(0, 600))] = data.draw(st.integers(0, 255))
+        if data.draw(st.booleans()):
+            blob = blob[: data.draw(st.integers(0, len(blob)))]
+        payload = data.draw(st.one_of(st.just(bytes(blob)), st.binary(max_size=512)))
+        resp = post(server, api, payload, data.draw(st.sampled_from(["image/jpeg", "image/png"])))
+        if resp.status_code == 200:  # a mutation the decoder could still read is a picture like any other
+            assert api == "annotate" or "faces" in resp.json()
+            return
+        assert 400 <= resp.status_code < 500, (resp.status_code, resp.text)
+        assert '"error"' in resp.text  # with its reason
+
+    fuzz()
+    assert post(server, "detect", real).status_code == 200

@@ -1,5 +1,7 @@
 """Live post-processing on a real video file made from the shared photos: stable tracks, exactly
-the expected alerts, a dead webhook that loses nothing, and a stream that survives a bad frame.
+the expected alerts, a webhook that goes down and comes back (every event delivered exactly once),
+a rotating event log that loses no line, bounded and expiring camera sessions, and a stream that
+survives a bad frame.
 
 The video (10 fps, 640x480, 8 s): a masked person stands on the left the whole time; an unmasked
 person enters on the right at 2 s and leaves at 6.5 s. Needs the pipeline's classifier (dvc repro).
@@ -7,9 +9,12 @@ person enters on the right at 2 s and leaves at 6.5 s. Needs the pipeline's clas
 
 from __future__ import annotations
 
+import base64
 import http.server
 import json
+import os
 import threading
+import time
 from pathlib import Path
 
 import cv2
@@ -56,11 +61,12 @@ def monkeypatch_module():
         yield mp
 
 
-def stream_cfg(tmp_path: Path, webhook: str | None = None, **frame_diff):
+def stream_cfg(tmp_path: Path, webhook: str | None = None, snapshots: str = "store", **frame_diff):
     params = load_params(REPO / "params.yaml")
     cfg = params.stream.model_dump()
     cfg["sinks"]["jsonl"] = tmp_path / "events.jsonl"
-    cfg["sinks"]["webhook"].update(url=webhook, timeout_s=0.5, retries=1, backoff_s=0.05)
+    cfg["sinks"]["webhook"].update(url=webhook, timeout_s=0.5, retries=1, backoff_s=0.05, retry_s=0.2)
+    cfg["alerts"]["snapshots"] = snapshots
     cfg["frame_diff"].update(frame_diff)
     cfg["stats_interval_s"] = 2.0
     return type(params.stream).model_validate(cfg)
@@ -116,9 +122,43 @@ def test_frame_differencing_skips_the_detector_on_a_static_scene(pipeline, video
     assert len([a for o in out_on for a in o["alerts"]]) == 1
 
 
+class Hook:
+    """A real webhook receiver on a loopback port, started and stopped at will."""
+
+    def __init__(self, port: int):
+        self.port, self.received, self.server = port, [], None
+        received = self.received
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.handler = Handler
+
+    def start(self) -> None:
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), self.handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def wait_for(condition, timeout: float = 20.0) -> None:
+    deadline = time.time() + timeout
+    while not condition():
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.05)
+
+
 def test_a_dead_webhook_loses_no_event(pipeline, video, tmp_path):
-    dead = f"http://127.0.0.1:{free_port()}/hook"  # nothing listens here
-    cfg = stream_cfg(tmp_path, webhook=dead)
+    port = free_port()
+    cfg = stream_cfg(tmp_path, webhook=f"http://127.0.0.1:{port}/hook")  # nothing listens there yet
     sinks = EventSinks(cfg.sinks)
     session = CameraSession("entrance", pipeline, cfg, sinks)
     run(session, video)
@@ -127,29 +167,133 @@ def test_a_dead_webhook_loses_no_event(pipeline, video, tmp_path):
     written = read_jsonl(cfg.sinks.jsonl)
     pending = read_jsonl(cfg.sinks.jsonl.with_suffix(".pending.jsonl"))
     assert any(e["type"] == "alert" for e in written)
-    assert pending == written  # every event is still waiting for the webhook
+    assert pending == written  # every event is still waiting for the webhook, in order
 
-    received: list[dict] = []
-
-    class Hook(http.server.BaseHTTPRequestHandler):
-        def do_POST(self):
-            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-            self.send_response(204)
-            self.end_headers()
-
-        def log_message(self, *args):
-            pass
-
-    port = int(dead.split(":")[2].split("/")[0])
-    server = http.server.HTTPServer(("127.0.0.1", port), Hook)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    hook = Hook(port)
+    hook.start()
     try:
-        again = EventSinks(cfg.sinks)  # a restart delivers what was pending
+        again = EventSinks(cfg.sinks)  # a restart delivers what was pending, streaming the file
+        wait_for(lambda: len(hook.received) >= len(written))
         again.close()
     finally:
-        server.shutdown()
-    assert received == written
+        hook.stop()
+    assert hook.received == written
     assert not cfg.sinks.jsonl.with_suffix(".pending.jsonl").exists()
+
+
+def test_webhook_down_then_up_delivers_every_event_exactly_once(tmp_path):
+    """While running: the receiver is up, goes down for a while, comes back; every event arrives
+    once, none twice, none lost; the bounded memory queue spilled to the pending file meanwhile."""
+    port = free_port()
+    cfg = stream_cfg(tmp_path, webhook=f"http://127.0.0.1:{port}/hook").sinks
+    cfg = cfg.model_copy(update={"webhook": cfg.webhook.model_copy(update={"max_queue": 3})})
+    hook = Hook(port)
+    hook.start()
+    sinks = EventSinks(cfg)
+    for i in range(5):
+        sinks.emit({"type": "test", "n": i})
+    wait_for(lambda: len(hook.received) == 5)
+    hook.stop()
+    for i in range(5, 40):  # the receiver is down: retries fail, the queue fills and spills
+        sinks.emit({"type": "test", "n": i})
+    wait_for(lambda: cfg.jsonl.with_suffix(".pending.jsonl").exists())
+    time.sleep(1.0)
+    hook.start()
+    for i in range(40, 45):
+        sinks.emit({"type": "test", "n": i})
+    wait_for(lambda: len(hook.received) >= 45)
+    time.sleep(0.5)  # nothing more may arrive
+    sinks.close()
+    hook.stop()
+    ids = [e["id"] for e in hook.received]
+    assert len(ids) == len(set(ids)) == 45, "an event arrived twice"
+    assert sorted(e["n"] for e in hook.received) == list(range(45))
+    assert [e["id"] for e in read_jsonl(cfg.jsonl)] == [e["id"] for e in sorted(hook.received, key=lambda e: e["n"])]
+    assert not cfg.jsonl.with_suffix(".pending.jsonl").exists()
+
+
+def test_event_log_rotates_by_size_without_losing_a_line(tmp_path):
+    """Four threads write 400 events into a log that rotates every ~2 kB: every event is in exactly
+    one file, each file holds whole lines, the compliance report reads them all; rotated files past
+    the retention are deleted."""
+    from facemask.stream.sinks import EventLog, event_files, read_events
+
+    log = EventLog(tmp_path / "events.jsonl", rotate_bytes=2000, retention_days=1)
+
+    def write(t: int) -> None:
+        for i in range(100):
+            log.append({"type": "stats", "camera": f"c{t}", "time": 3600.0 * 10 + i, "frames": 1, "faces_mask": 1,
+                        "faces_no_mask": 0, "faces_incorrect": 0, "id": f"{t}-{i}"})  # fmt: skip
+
+    threads = [threading.Thread(target=write, args=(t,)) for t in range(4)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    files = event_files(log.path)
+    assert len(files) > 10
+    assert all(f.stat().st_size <= 2000 for f in files)
+    ids = [e["id"] for e in read_events(log.path)]
+    assert len(ids) == len(set(ids)) == 400
+
+    from facemask.stream.compliance import main
+
+    assert main([str(log.path), "--out", str(tmp_path / "out")]) == 0
+    import pandas as pd
+
+    assert pd.read_csv(tmp_path / "out/compliance.csv")["frames"].sum() == 400
+
+    old = files[0]
+    os.utime(old, (time.time() - 3 * 86400,) * 2)
+    for i in range(30):  # the next rotation deletes what is past the retention
+        log.append({"type": "test", "n": i})
+    assert not old.exists() and files[1].exists()
+
+
+def test_snapshots_can_be_blurred_or_not_stored(pipeline, video, tmp_path):
+    """Alert snapshots are personal data: `blur` keeps a face crop nobody can recognise, `off` none."""
+    sharpness = {}
+    for mode in ("store", "blur", "off"):
+        cfg = stream_cfg(tmp_path / mode, snapshots=mode)
+        sinks = EventSinks(cfg.sinks)
+        run(CameraSession("entrance", pipeline, cfg, sinks), video)
+        sinks.close()
+        alerts = [e for e in read_jsonl(cfg.sinks.jsonl) if e["type"] == "alert"]
+        assert len(alerts) == 1
+        if mode == "off":
+            assert "snapshot_jpeg_b64" not in alerts[0]
+            continue
+        jpeg = np.frombuffer(base64.b64decode(alerts[0]["snapshot_jpeg_b64"]), np.uint8)
+        grey = cv2.imdecode(jpeg, cv2.IMREAD_GRAYSCALE)
+        sharpness[mode] = cv2.Laplacian(grey, cv2.CV_64F).var()
+    assert sharpness["blur"] < 0.05 * sharpness["store"], sharpness
+
+
+def test_cameras_are_bounded_and_idle_ones_expire_with_their_stats(pipeline, video, tmp_path):
+    from facemask.config import Serving
+    from facemask.serving.live import CameraLimitError, LiveStreams
+    from facemask.serving.pool import PipelinePool
+
+    params = load_params(REPO / "params.yaml")
+    limits = params.serving.model_copy(update={"max_cameras": 2, "idle_expiry_s": 60.0})
+    assert isinstance(limits, Serving)
+    cfg = stream_cfg(tmp_path)
+    live = LiveStreams(PipelinePool(lambda: pipeline, 1), cfg, limits)
+    clips = [cv2.imencode(".jpg", f)[1].tobytes() for _, f in list(frames(video))[:5]]
+    for camera in ("door", "ward"):
+        live.open(camera)
+        for jpeg in clips:
+            assert "tracks" in live.handle(camera, jpeg)
+    with pytest.raises(CameraLimitError, match="limit of 2 cameras"):
+        live.open("lobby")
+    assert "over the limit" in live.handle("door", b"x" * (limits.max_frame_bytes + 1))["error"]
+    live.release("door")
+    assert live.expire_idle(time.time() + 30) == []  # not idle long enough
+    assert live.expire_idle(time.time() + 61) == ["door"]  # "ward" is still connected
+    live.open("lobby")  # the freed place is taken
+    stats = [e for e in read_jsonl(cfg.sinks.jsonl) if e["type"] == "stats"]
+    assert [(e["camera"], e["frames"]) for e in stats] == [("door", 5)]
+    live.close()  # shutdown: the rest flushed
+    stats = [e for e in read_jsonl(cfg.sinks.jsonl) if e["type"] == "stats"]
+    assert sorted((e["camera"], e["frames"]) for e in stats) == [("door", 5), ("ward", 5)]
 
 
 def test_the_stream_survives_a_bad_frame(pipeline, video, tmp_path):

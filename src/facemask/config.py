@@ -331,6 +331,7 @@ class Alerts(_Strict):
     track_cooldown_s: float = Field(ge=0)
     camera_cooldown_s: float = Field(ge=0)
     min_score: float = Field(default=0.6, ge=0, le=1)
+    snapshots: Literal["store", "blur", "off"] = "blur"  # the face crop in an alert event: personal data
 
 
 class FrameDiff(_Strict):
@@ -344,11 +345,15 @@ class Webhook(_Strict):
     timeout_s: float = Field(gt=0)
     retries: int = Field(ge=0, le=20)
     backoff_s: float = Field(ge=0)
+    max_queue: int = Field(default=1000, ge=1)  # events waiting in memory; more spill to the pending file
+    retry_s: float = Field(default=30.0, gt=0)  # how often the pending file is retried while idle
 
 
 class Sinks(_Strict):
     log: bool
     jsonl: Path
+    rotate_bytes: int = Field(default=50_000_000, ge=1000)  # the event file rotates at this size or each UTC day
+    retention_days: float = Field(default=30, gt=0)  # rotated event files older than this are deleted
     webhook: Webhook
 
 
@@ -360,6 +365,22 @@ class Stream(_Strict):
     frame_diff: FrameDiff
     stats_interval_s: float = Field(gt=0)
     sinks: Sinks
+
+
+class Serving(_Strict):
+    """The service's limits (one worker). Each can be overridden per deployment by the environment
+    variable FACEMASK_<NAME> (e.g. FACEMASK_MAX_UPLOAD_BYTES); API keys never live here."""
+
+    max_upload_bytes: int = Field(ge=1024)
+    max_frame_bytes: int = Field(ge=1024, le=16_000_000)  # uvicorn closes a WebSocket on a message over 16 MiB
+    max_pixels: int = Field(ge=1)
+    gate_min_confidence: float = Field(ge=0, le=1)
+    pipelines: int = Field(ge=1, le=64)
+    max_waiting: int = Field(ge=0)
+    max_cameras: int = Field(ge=1)
+    idle_expiry_s: float = Field(gt=0)
+    allowed_origins: list[str] = Field(default_factory=list)
+    api_keys_file: Path | None = None
 
 
 class Params(_Strict):
@@ -375,6 +396,7 @@ class Params(_Strict):
     pipeline: Pipeline
     scenes: Scenes
     stream: Stream
+    serving: Serving
     detectors: dict[str, Detector] = Field(default_factory=dict)
     detector_train: DetectorTrain
 

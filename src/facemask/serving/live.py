@@ -1,61 +1,116 @@
-"""Live camera streams in a serving worker: one `CameraSession` per connected camera, Prometheus
-metrics per camera, bad frames answered with an error message while the stream goes on."""
+"""Live camera streams in a serving worker: one `CameraSession` per connected camera, frames run
+on a pool of pipelines, bad or oversized frames answered with an error while the stream goes on.
+
+Bounded for a service that runs for months: at most `max_cameras` sessions; a camera without a
+connection for `idle_expiry_s` is closed (its last stats window flushed to the event file first)
+and its metric series removed; `close()` (the service's shutdown) flushes every camera and keeps
+every undelivered webhook event in the pending file.
+"""
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
+import time
 
-from facemask.config import Stream
+from facemask.config import Serving, Stream
 from facemask.imageio import ImageError, decode_image
-from facemask.pipeline import MaskPipeline
+from facemask.serving.pool import PipelinePool
 from facemask.stream.session import CameraSession
 from facemask.stream.sinks import EventSinks
 
 CAMERA_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+log = logging.getLogger(__name__)
+
+
+class CameraLimitError(RuntimeError):
+    """This worker already holds `max_cameras` sessions."""
 
 
 class LiveStreams:
-    """The cameras connected to this worker; the pipeline runs one frame at a time (`lock`)."""
-
-    def __init__(self, pipeline: MaskPipeline, cfg: Stream, lock: threading.Lock, metrics=None):
-        self.pipeline, self.cfg, self.lock, self.metrics = pipeline, cfg, lock, metrics
+    def __init__(self, pool: PipelinePool, cfg: Stream, limits: Serving, metrics=None):
+        self.pool, self.cfg, self.limits, self.metrics = pool, cfg, limits, metrics
         self.sinks = EventSinks(cfg.sinks)
         self.sessions: dict[str, CameraSession] = {}
         self.connections: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._sweeper = threading.Thread(target=self._sweep, name="camera-expiry", daemon=True)
+        self._sweeper.start()
 
     def open(self, camera: str, frame_diff: bool | None = None) -> CameraSession:
         """The camera's session; a reconnecting camera keeps its tracks and counters.
         `frame_diff` overrides the configured frame differencing for a new session."""
         if not CAMERA_NAME.match(camera):
             raise ValueError("camera names are 1-64 letters, digits, '.', '_' or '-'")
-        session = self.sessions.get(camera)
-        if session is None:
-            cfg = self.cfg
-            if frame_diff is not None:
-                cfg = cfg.model_copy(update={"frame_diff": cfg.frame_diff.model_copy(update={"enabled": frame_diff})})
-            session = self.sessions[camera] = CameraSession(camera, self.pipeline, cfg, self.sinks)
-        self.connections[camera] = self.connections.get(camera, 0) + 1
-        return session
+        self.expire_idle()
+        with self._lock:
+            session = self.sessions.get(camera)
+            if session is None:
+                if len(self.sessions) >= self.limits.max_cameras:
+                    raise CameraLimitError(f"this worker holds its limit of {self.limits.max_cameras} cameras")
+                cfg = self.cfg
+                if frame_diff is not None:
+                    cfg = cfg.model_copy(
+                        update={"frame_diff": cfg.frame_diff.model_copy(update={"enabled": frame_diff})}
+                    )
+                session = self.sessions[camera] = CameraSession(camera, self.pool.first, cfg, self.sinks)
+            self.connections[camera] = self.connections.get(camera, 0) + 1
+            session.last_frame = time.time()
+            return session
 
     def release(self, camera: str) -> None:
-        self.connections[camera] = self.connections.get(camera, 1) - 1
+        with self._lock:
+            self.connections[camera] = max(0, self.connections.get(camera, 1) - 1)
 
-    def handle(self, camera: str, data: bytes, max_pixels: int) -> dict:
+    def handle(self, camera: str, data: bytes) -> dict:
         """One encoded frame in, the session's answer out; a bad frame gets {"error": ...}."""
         try:
-            frame = decode_image(data, max_pixels)
+            if len(data) > self.limits.max_frame_bytes:
+                raise ImageError(f"the frame is {len(data)} bytes, over the limit of {self.limits.max_frame_bytes}")
+            frame = decode_image(data, self.limits.max_pixels)
         except ImageError as err:
             if self.metrics:
                 self.metrics.bad_frames.labels(camera=camera).inc()
             return {"camera": camera, "error": str(err)}
-        with self.lock:
-            result = self.sessions[camera].process(frame)
+        session = self.sessions[camera]
+        with session.lock, self.pool.lease() as pipeline:
+            result = session.process(frame, pipeline=pipeline)
         if self.metrics:
-            self.metrics.observe(camera, result, self.sessions[camera])
+            self.metrics.observe(camera, result, session)
         return result
 
+    def expire_idle(self, now: float | None = None) -> list[str]:
+        """Close the cameras with no connection for `idle_expiry_s`; returns their names."""
+        now = time.time() if now is None else now
+        with self._lock:
+            idle = [
+                name
+                for name, s in self.sessions.items()
+                if not self.connections.get(name) and now - s.last_frame >= self.limits.idle_expiry_s
+            ]
+            expired = [(name, self.sessions.pop(name)) for name in idle]
+            for name in idle:
+                self.connections.pop(name, None)
+        for name, session in expired:
+            with session.lock:
+                session.close(now)
+            if self.metrics:
+                self.metrics.forget(name, self.pool.first.labels)
+            log.info("camera %s idle for %.0f s: session closed", name, now - session.last_frame)
+        return idle
+
+    def _sweep(self) -> None:
+        while not self._stop.wait(min(30.0, self.limits.idle_expiry_s / 4)):
+            self.expire_idle()
+
     def close(self) -> None:
-        for session in self.sessions.values():
-            session.close()
+        """Flush every camera's stats window; keep undelivered webhook events in the pending file."""
+        self._stop.set()
+        with self._lock:
+            sessions, self.sessions = list(self.sessions.values()), {}
+        for session in sessions:
+            with session.lock:
+                session.close()
         self.sinks.close()

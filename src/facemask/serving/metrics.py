@@ -1,4 +1,5 @@
-"""Prometheus metrics of the live streams, exposed on the service's /metrics endpoint."""
+"""Prometheus metrics of the live streams, exposed on the service's /metrics endpoint. A camera's
+series are removed when its session expires, so their number stays bounded by `max_cameras`."""
 
 from __future__ import annotations
 
@@ -38,3 +39,13 @@ class LiveMetrics:
             self.alerts.labels(camera=camera, label=alert["class"]).inc()
         if session.total.masked_share is not None:
             self.masked_share.labels(camera=camera).set(session.total.masked_share)
+
+    def forget(self, camera: str, labels: list[str]) -> None:
+        """Remove an expired camera's series."""
+        for detector in ("ran", "reused"):
+            self.frames.remove(camera, detector)
+        for label in labels:
+            self.faces.remove(camera, label)
+            self.alerts.remove(camera, label)
+        self.bad_frames.remove(camera)
+        self.masked_share.remove(camera)

@@ -20,7 +20,7 @@ from mlflow.tracking import MlflowClient
 
 from facemask import tracking
 from facemask.classifier import MaskClassifier
-from facemask.config import Detector, Params, Pipeline, Stream
+from facemask.config import ConfigError, Detector, Params, Pipeline, Serving, Stream
 from facemask.data.fetch import resolve_weights
 from facemask.detection import build_detector
 from facemask.pipeline import MaskPipeline
@@ -63,6 +63,7 @@ def import_champion(params: Params) -> tuple[str, str]:
         Path(det_model.path, "detector.json").write_text(json.dumps(detector.model_dump(mode="json"), indent=2))
         Path(det_model.path, "pipeline.json").write_text(params.pipeline.model_dump_json(indent=2))
         Path(det_model.path, "stream.json").write_text(params.stream.model_dump_json(indent=2))
+        Path(det_model.path, "serving.json").write_text(params.serving.model_dump_json(indent=2))
         if weights is not None:
             shutil.copy(weights, Path(det_model.path) / detector.weights.file)
     log.info(
@@ -71,14 +72,27 @@ def import_champion(params: Params) -> tuple[str, str]:
     return clf_tag, str(det_model.tag)
 
 
+class ModelLoadError(RuntimeError):
+    """A model in the store is missing or unreadable; the message names the file."""
+
+
 def load_pipeline(classifier_dir: Path | str, detector_dir: Path | str) -> MaskPipeline:
-    """A ready pipeline from the two model-store folders."""
-    classifier = MaskClassifier.load(Path(classifier_dir) / "classifier.pt")
-    cfg = Detector.model_validate_json(Path(detector_dir, "detector.json").read_text())
-    weights = Path(detector_dir) / cfg.weights.file if cfg.name != "retinaface" else None
-    settings = Path(detector_dir, "pipeline.json")
-    pipeline = Pipeline.model_validate_json(settings.read_text()) if settings.is_file() else None
-    detector = build_detector(cfg, weights)
+    """A ready pipeline from the two model-store folders; ModelLoadError names a bad file."""
+    path = Path(classifier_dir) / "classifier.pt"
+    try:
+        classifier = MaskClassifier.load(path)
+    except Exception as err:  # a truncated or tampered file fails in many ways; all mean the same
+        raise ModelLoadError(f"cannot load the classifier model {path}: {type(err).__name__}: {err}") from err
+    path = Path(detector_dir, "detector.json")
+    try:
+        cfg = Detector.model_validate_json(path.read_text())
+        weights = Path(detector_dir) / cfg.weights.file if cfg.name != "retinaface" else None
+        path = weights or path
+        settings = Path(detector_dir, "pipeline.json")
+        pipeline = Pipeline.model_validate_json(settings.read_text()) if settings.is_file() else None
+        detector = build_detector(cfg, weights)
+    except Exception as err:
+        raise ModelLoadError(f"cannot load the face detector model {path}: {type(err).__name__}: {err}") from err
     return MaskPipeline.from_classifier(detector, classifier, settings=pipeline, box_fit=cfg.box_fit)
 
 
@@ -93,12 +107,26 @@ def load_stream_config(detector_dir: Path | str) -> Stream:
     return Stream.model_validate(raw)
 
 
+def load_serving_config(detector_dir: Path | str, environ=os.environ) -> Serving:
+    """The service's limits packaged beside the detector, each overridable by FACEMASK_<NAME>
+    (a list as comma-separated values); a bad value is a ConfigError naming the variable."""
+    raw = json.loads(Path(detector_dir, "serving.json").read_text())
+    for name, field in Serving.model_fields.items():
+        value = environ.get(f"FACEMASK_{name.upper()}")
+        if value is not None:
+            raw[name] = [v.strip() for v in value.split(",") if v.strip()] if field.annotation == list[str] else value
+    try:
+        return Serving.model_validate(raw)
+    except ValueError as err:
+        raise ConfigError(f"bad service setting (serving.json or FACEMASK_<NAME>): {err}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     """`python -m facemask.serving.packaging`: import the champion + detector into the BentoML store."""
     import argparse
     import sys
 
-    from facemask.config import ConfigError, load_params
+    from facemask.config import load_params
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--params", default="params.yaml")

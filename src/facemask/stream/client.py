@@ -3,6 +3,8 @@
 Streams a webcam (an index such as 0), an RTSP/HTTP URL or a video file to the service, frame by
 frame, and shows or writes the annotated video: track ids, smoothed classes and alert banners.
 When the service goes away it reconnects (with backoff) and carries on from the same frame.
+The API key, when the service requires one, is read from FACEMASK_API_KEY (never a command-line
+argument: those show in the process list).
 """
 
 from __future__ import annotations
@@ -10,12 +12,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
 
 import cv2
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 from websockets.sync.client import ClientConnection, connect
 
 from facemask.imageio import encode_jpeg
@@ -43,8 +46,9 @@ def open_source(source: str) -> cv2.VideoCapture:
 class StreamClient:
     """One connection per camera; `ask()` sends a frame and waits for its answer, reconnecting."""
 
-    def __init__(self, url: str, timeout_s: float = 30.0, max_wait_s: float = 60.0):
+    def __init__(self, url: str, timeout_s: float = 30.0, max_wait_s: float = 60.0, api_key: str | None = None):
         self.url, self.timeout_s, self.max_wait_s = url, timeout_s, max_wait_s
+        self.headers = {"X-API-Key": api_key} if api_key else None
         self.ws: ClientConnection | None = None
         self.reconnects = 0
 
@@ -52,7 +56,11 @@ class StreamClient:
         delay, waited = 0.5, 0.0
         while True:
             try:
-                return connect(self.url, open_timeout=self.timeout_s, max_size=2**22)
+                return connect(self.url, open_timeout=self.timeout_s, max_size=2**22, additional_headers=self.headers)
+            except InvalidStatus as err:
+                if err.response.status_code == 403:  # refused, not down: waiting will not help
+                    raise ConnectionError(f"the service refused the stream: {err} (API key? FACEMASK_API_KEY)") from err
+                raise
             except (OSError, InvalidHandshake, TimeoutError) as err:
                 if waited >= self.max_wait_s:
                     raise ConnectionError(f"service at {self.url} unreachable for {waited:.0f} s: {err}") from err
@@ -80,7 +88,7 @@ class StreamClient:
 def run(args: argparse.Namespace) -> dict:
     cap = open_source(args.source)
     fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
-    client = StreamClient(args.url, max_wait_s=args.max_wait)
+    client = StreamClient(args.url, max_wait_s=args.max_wait, api_key=os.environ.get("FACEMASK_API_KEY"))
     writer = None
     frames = alerts = errors = 0
     banner, banner_until = None, 0.0

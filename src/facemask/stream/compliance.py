@@ -1,6 +1,6 @@
 """`python -m facemask.stream.compliance EVENTS.jsonl [--out DIR]`: compliance per camera and hour.
 
-Reads the `stats` and `alert` events of the append-only event file and writes
+Reads the `stats` and `alert` events of the append-only event file (its rotated files included) and writes
 ``compliance.csv`` (camera, hour, faces per class, masked share, alerts) and ``compliance.png``
 (masked share over time, one line per camera).
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from facemask.stream.sinks import read_jsonl
+from facemask.stream.sinks import event_files, read_events
 
 
 def hourly(events: list[dict]) -> pd.DataFrame:
@@ -62,11 +62,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("events", type=Path, help="the JSONL event file (stream.sinks.jsonl)")
     parser.add_argument("--out", type=Path, default=Path("reports/compliance"))
     args = parser.parse_args(argv)
-    if not args.events.is_file():
+    if not event_files(args.events):
         print(f"compliance: {args.events} not found", file=sys.stderr)
         return 2
     try:
-        table = hourly(read_jsonl(args.events))
+        table = hourly([e for e in read_events(args.events) if e.get("type") in ("stats", "alert")])
     except ValueError as err:
         print(f"compliance: {args.events}: {err}", file=sys.stderr)
         return 2

@@ -2,12 +2,14 @@
 
 A `CameraSession` lives in the worker that holds the camera's connection; `process()` takes one
 BGR frame and its timestamp and returns what a client draws: tracks with their smoothed class,
-the alerts raised by this frame and the camera's compliance so far.
+the alerts raised by this frame and the camera's compliance so far. `process()` may be given any
+of a pool's identical pipelines; `lock` keeps one camera's frames in order.
 """
 
 from __future__ import annotations
 
 import base64
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -47,8 +49,10 @@ class CameraSession:
         self._reused = 0
         self._last_alert = -np.inf
         self._window_start: float | None = None
+        self.lock = threading.Lock()
+        self.last_frame = time.time()
 
-    def _detect(self, frame: np.ndarray) -> tuple[list[Face], bool]:
+    def _detect(self, frame: np.ndarray, pipeline: MaskPipeline) -> tuple[list[Face], bool]:
         """The detector's faces, or the previous ones when the frame barely changed."""
         diff = self.cfg.frame_diff
         h, w = frame.shape[:2]
@@ -64,15 +68,17 @@ class CameraSession:
         ):
             self._reused += 1
             return self._faces, True
-        self._faces, self._thumb, self._reused = self.pipeline.detect_faces(frame), thumb, 0
+        self._faces, self._thumb, self._reused = pipeline.detect_faces(frame), thumb, 0
         return self._faces, False
 
-    def process(self, frame: np.ndarray, now: float | None = None) -> dict:
+    def process(self, frame: np.ndarray, now: float | None = None, pipeline: MaskPipeline | None = None) -> dict:
         if frame is None or frame.ndim != 3 or frame.shape[2] != 3 or frame.size == 0:
             raise ValueError("expected a non-empty HxWx3 BGR frame")
-        now = time.time() if now is None else now
-        faces, reused = self._detect(frame)
-        results = self.pipeline.classify(frame, faces)
+        self.last_frame = time.time()
+        now = self.last_frame if now is None else now
+        pipeline = pipeline or self.pipeline
+        faces, reused = self._detect(frame, pipeline)
+        results = pipeline.classify(frame, faces)
         tracks = self.tracker.update(results, now)
         alerts = [self._alert(frame, t, faces[i], now) for i, t in enumerate(tracks) if self._should_alert(t, now)]
         for counters in (self.total, self.window):
@@ -106,7 +112,6 @@ class CameraSession:
 
     def _alert(self, frame: np.ndarray, track: Track, face: Face, now: float) -> dict:
         track.alerted_at = self._last_alert = now
-        snapshot = crop_face(frame, face, 128, 0.3, align=False)
         event = {
             "type": "alert",
             "camera": self.camera,
@@ -116,8 +121,13 @@ class CameraSession:
             "time": now,
             "duration_s": round(now - track.since, 2),
             "box": [round(v, 1) for v in track.box],
-            "snapshot_jpeg_b64": base64.b64encode(encode_jpeg(snapshot, 85)).decode("ascii"),
         }
+        mode = self.cfg.alerts.snapshots
+        if mode != "off":
+            snapshot = crop_face(frame, face, 128, 0.3, align=False)
+            if mode == "blur":  # who it was cannot be read back; that a face was there can
+                snapshot = cv2.GaussianBlur(snapshot, (0, 0), 8)
+            event["snapshot_jpeg_b64"] = base64.b64encode(encode_jpeg(snapshot, 85)).decode("ascii")
         if self.sinks is not None:
             self.sinks.emit(event)
         return {k: v for k, v in event.items() if k != "snapshot_jpeg_b64"}
