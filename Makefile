@@ -12,7 +12,7 @@ FACEMASK_MIRROR ?= $(if $(wildcard ../shared/datasets),$(abspath ../shared),)
 export FACEMASK_MIRROR
 OVERRIDES ?=
 
-.PHONY: help setup params check-params pipeline run test test-fast lint format mlflow-ui clean bento-models serve bento bench-latency scenes bench browser stream compliance bench-stream
+.PHONY: help setup params check-params pipeline run test test-fast lint format mlflow-ui clean bento-models serve bento bench-latency scenes bench browser stream compliance bench-stream loadtest api-key audit
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -80,6 +80,16 @@ compliance: ## compliance CSV per camera and hour + plot from the event file (EV
 
 bench-stream: ## frames/s of 1 and 4 concurrent streams, with and without frame differencing (URL=http://...)
 	$(RUN) python -m facemask.bench.stream $(if $(URL),--url $(URL),)
+
+loadtest: bento-models ## locust on loopback: detect at RATE (default 16/s) and 2x, 4 camera streams; one table
+	$(RUN) python -m facemask.bench.load $(if $(RATE),--rate $(RATE),) $(if $(URL),--url $(URL),)
+
+api-key: ## print a new random API key (put it in FACEMASK_API_KEYS or the keys file)
+	@$(RUN) python -c "import secrets; print(secrets.token_urlsafe(32))"
+
+audit: ## pip-audit of the locked dependencies (the PyPI advisory database; needs the registry)
+	$(UV) export --frozen --no-hashes --no-emit-project -q -o /tmp/facemask-requirements.txt
+	$(RUN) pip-audit --strict --disable-pip --no-deps --progress-spinner off -r /tmp/facemask-requirements.txt
 
 bench-latency: ## detect latency table (1/3/8 faces, 640x480), in-process; URL=http://... adds HTTP
 	$(RUN) python -m facemask.bench.latency $(if $(URL),--url $(URL),)

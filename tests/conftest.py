@@ -4,6 +4,7 @@ Bento and served (with an API key and small upload limits)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -103,34 +104,53 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory: pytest.TempPathFactory):
-    """A real `mlflow server` (sqlite backend, local artifacts) on a free loopback port."""
-    root = tmp_path_factory.mktemp("mlflow")
-    port = free_port()
+def start_mlflow(root: Path, port: int | None = None) -> tuple[subprocess.Popen, str]:
+    """A real `mlflow server` (sqlite backend, local artifacts in `root`), waited for until healthy."""
+    port = port or free_port()
     cmd = [
         str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
         "--artifacts-destination", str(root / "artifacts"), "--workers", "1",
     ]  # fmt: skip
-    log = (root / "server.log").open("w")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=root)
+    log = (root / "server.log").open("a")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=root, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 90
     while time.time() < deadline:
         try:
             if requests.get(f"{url}/health", timeout=1).ok:
-                break
+                return proc, url
         except requests.ConnectionError:
             pass
         assert proc.poll() is None, (root / "server.log").read_text()
         time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail(f"mlflow server did not start: {(root / 'server.log').read_text()[-2000:]}")
+    os.killpg(proc.pid, signal.SIGKILL)
+    pytest.fail(f"mlflow server did not start: {(root / 'server.log').read_text()[-2000:]}")
+
+
+def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
+    """Signal a server and every process it started (BentoML's workers run in sessions of their
+    own: a signal to the main process's group alone leaves them serving), and wait for it."""
+    import psutil
+
+    children = []
+    with contextlib.suppress(psutil.NoSuchProcess):
+        children = psutil.Process(proc.pid).children(recursive=True)
+    for child in children:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.send_signal(sig)
+    with contextlib.suppress(ProcessLookupError):  # gone already
+        os.killpg(proc.pid, sig)
+    proc.wait(timeout=60)
+    psutil.wait_procs(children, timeout=60)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory):
+    """A real MLflow tracking server on a free loopback port, for the whole session."""
+    proc, url = start_mlflow(tmp_path_factory.mktemp("mlflow"))
     yield url
-    proc.terminate()
-    proc.wait(timeout=30)
+    stop(proc)
 
 
 API_KEY = "test-key-" + "0123456789abcdef"  # the served Bento's key in the tests
@@ -181,6 +201,8 @@ def bento(bento_env):
 def start_bento(bento: str, env: dict, log: Path, port: int | None = None) -> tuple[subprocess.Popen, str]:
     """`bentoml serve` of the built Bento, waited for until ready; returns the process and its URL."""
     port = port or free_port()
+    with socket.socket() as probe:  # a restart on the same port: nothing may still answer there
+        assert probe.connect_ex(("127.0.0.1", port)) != 0, f"port {port} is still served"
     with log.open("a") as fh:
         proc = subprocess.Popen(
             [str(BIN / "bentoml"), "serve", bento, "--host", "127.0.0.1", "--port", str(port)],
@@ -205,8 +227,7 @@ def start_bento(bento: str, env: dict, log: Path, port: int | None = None) -> tu
 def server(bento, bento_env):
     proc, url = start_bento(bento, bento_env, Path(bento_env["BENTOML_HOME"]) / "serve.log")
     yield url
-    proc.terminate()
-    proc.wait(timeout=30)
+    stop(proc)
 
 
 FPS = 10

@@ -6,6 +6,7 @@ augmentation parameter that must re-run exactly what depends on it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -200,13 +201,53 @@ def test_second_repro_does_nothing(project):
         assert f"Stage '{stage}' didn't change" in output
 
 
-def test_augment_change_reruns_only_downstream(project):
+def test_augment_change_reruns_only_downstream_and_a_killed_stage_runs_again(project):
+    """An augmentation change re-runs augment and what follows it, nothing upstream. That `dvc repro`
+    is killed (SIGKILL, the whole process tree) while `train` runs: nothing of the half-run stage is
+    taken as done (dvc.lock keeps its old entry, `dvc status` reports it), and the next `dvc repro`
+    runs it again from `train` on and ends up to date."""
+    import signal
+    import threading
+    import time
+
+    import psutil
+
     root, env, _ = project
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["augment"]["transforms"][0]["p"] = 0.4
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    lock_before = yaml.safe_load((root / "dvc.lock").read_text())["stages"]["train"]
+    proc = subprocess.Popen(
+        [str(BIN / "dvc"), "repro"], cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    seen = threading.Event()
+    output: list[str] = []
+
+    def watch() -> None:
+        for line in proc.stdout:
+            output.append(line)
+            if "Running stage 'train'" in line:
+                seen.set()
+
+    threading.Thread(target=watch, daemon=True).start()
+    assert seen.wait(600), "".join(output)[-3000:]
+    time.sleep(3)  # well inside the stage: loading the data, building the network
+    tree = psutil.Process(proc.pid).children(recursive=True)
+    os.killpg(proc.pid, signal.SIGKILL)
+    for child in tree:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.kill()
+    proc.wait(timeout=60)
+    psutil.wait_procs(tree, timeout=60)
+    assert ran("".join(output)) == ["augment", "train"]
+
+    assert yaml.safe_load((root / "dvc.lock").read_text())["stages"]["train"] == lock_before
+    status = subprocess.run([str(BIN / "dvc"), "status"], cwd=root, env=env, capture_output=True, text=True)
+    assert "train:" in status.stdout and "augment:" not in status.stdout, status.stdout
     output = dvc(root, "repro", env=env)
-    assert ran(output) == ["augment", "train", "evaluate", "promote", "scenes", "detectors"]
+    assert ran(output) == ["train", "evaluate", "promote", "scenes", "detectors"]
+    assert "up to date" in dvc(root, "status", env=env)
 
 
 def test_bad_params_stop_a_stage_and_keep_outputs(project):

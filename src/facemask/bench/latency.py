@@ -18,6 +18,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from facemask.bench.stream import api_key_headers
 from facemask.config import load_params
 from facemask.imageio import encode_jpeg
 from facemask.pipeline import MaskPipeline
@@ -82,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     import requests
 
     session = requests.Session()
+    session.headers.update(api_key_headers())
     for faces in (1, 3, 8):
         frame = make_frame(photos, faces)
         found = len(pipe(frame))

@@ -2,6 +2,7 @@
 
     python -m facemask.bench.stream                         # in-process (CameraSession)
     python -m facemask.bench.stream --url http://127.0.0.1:3000   # the served Bento over WebSockets
+                                                                  # (its key in FACEMASK_API_KEY)
 
 Rows: 1 stream and 4 concurrent streams, each with and without frame differencing. In-process,
 the 4 streams take turns on one pipeline (as in one serving worker); over HTTP they are 4
@@ -23,6 +24,12 @@ from facemask.config import load_params
 from facemask.imageio import encode_jpeg
 from facemask.pipeline import MaskPipeline
 from facemask.stream.session import CameraSession
+
+
+def api_key_headers() -> dict[str, str]:
+    """The served service's key, when it requires one (FACEMASK_API_KEY)."""
+    key = os.environ.get("FACEMASK_API_KEY")
+    return {"X-API-Key": key} if key else {}
 
 
 def load_clip(path: Path, frames: int, width: int = 640) -> list:
@@ -67,12 +74,13 @@ def over_websocket(url: str, clip: list, streams: int, frame_diff: bool) -> tupl
 
     def client(k: int) -> None:
         ws_url = f"{url.replace('http', 'ws', 1)}/live/ws/bench{stamp}-{k}?frame_diff={'on' if frame_diff else 'off'}"
-        with connect(ws_url, max_size=2**22) as ws:
+        with connect(ws_url, max_size=2**22, additional_headers=api_key_headers()) as ws:
             for data in encoded:
                 ws.send(data)
                 runs[k] += json.loads(ws.recv(timeout=60))["detector_ran"]
 
-    with connect(f"{url.replace('http', 'ws', 1)}/live/ws/bench{stamp}-warmup", max_size=2**22) as ws:
+    warmup = f"{url.replace('http', 'ws', 1)}/live/ws/bench{stamp}-warmup"
+    with connect(warmup, max_size=2**22, additional_headers=api_key_headers()) as ws:
         for data in encoded[:10]:  # the service's first frames pay for lazy initialisation
             ws.send(data)
             ws.recv(timeout=60)

@@ -259,7 +259,10 @@ class RetinaFaceOnnxDetector(_Postprocess):
         super().__init__(score_threshold, nms_threshold, top_k, min_face)
         if not Path(weights).is_file():
             raise FileNotFoundError(f"fine-tuned detector not found: {weights} (dvc repro train_detector)")
-        self.session = ort.InferenceSession(str(weights), providers=["CPUExecutionProvider"])
+        options = ort.SessionOptions()
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # idle threads sleep: no
+        # busy-waiting against the classifier or a second pipeline for the same cores
+        self.session = ort.InferenceSession(str(weights), options, providers=["CPUExecutionProvider"])
         self._input = self.session.get_inputs()[0].name
 
     @classmethod

@@ -34,4 +34,18 @@ def run_stage(name: str, body: Callable[[Params], None], argv: list[str] | None 
     except (ConfigError, FetchError, SceneError, FileNotFoundError) as err:
         print(f"{name}: {err}", file=sys.stderr)
         return 2
+    except Exception as err:
+        mlflow_errors = sys.modules.get("mlflow.exceptions")  # only stages that use MLflow load it
+        if mlflow_errors is None or not isinstance(err, mlflow_errors.MlflowException):
+            raise
+        import mlflow
+
+        first = str(err).strip().splitlines()[0][:300]
+        print(
+            f"{name}: MLflow at {mlflow.get_tracking_uri()} failed: {first}\n"
+            f"{name}: the stage stopped there and nothing after it was recorded (no alias moved); "
+            "run it again once the tracking server answers",
+            file=sys.stderr,
+        )
+        return 3
     return 0

@@ -87,7 +87,7 @@ def train(params: Params) -> None:
         trainer.fit(module, datamodule=dm)
         seconds = time.perf_counter() - started
 
-        state = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=False)["state_dict"]
+        state = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
         module.load_state_dict(state)
         network = module.network.eval()
         best_f1 = float(checkpoint.best_model_score)
