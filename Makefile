@@ -81,7 +81,7 @@ compliance: ## compliance CSV per camera and hour + plot from the event file (EV
 bench-stream: ## frames/s of 1 and 4 concurrent streams, with and without frame differencing (URL=http://...)
 	$(RUN) python -m facemask.bench.stream $(if $(URL),--url $(URL),)
 
-loadtest: bento-models ## locust on loopback: detect at RATE (default 16/s) and 2x, 4 camera streams; one table
+loadtest: bento-models ## locust on loopback: detect at RATE (default 24/s) and 2x, 4 camera streams; one table
 	$(RUN) python -m facemask.bench.load $(if $(RATE),--rate $(RATE),) $(if $(URL),--url $(URL),)
 
 api-key: ## print a new random API key (put it in FACEMASK_API_KEYS or the keys file)

@@ -67,7 +67,9 @@ class GateOut(BaseModel):
     faces: list[FaceOut]
 
 
-@bentoml.service(name="facemask", traffic={"timeout": 30})  # admission: the guard (serving.max_waiting)
+# threads: BentoML runs sync APIs on 1 thread by default, which would serialise the pipeline pool;
+# admission (serving.pipelines + max_waiting) is the guard's, so more threads only ever wait
+@bentoml.service(name="facemask", threads=16, traffic={"timeout": 30})
 @bentoml.asgi_app(live_app, path="/live")
 class FaceMask:
     classifier_model = bentoml.models.BentoModel(f"{CLASSIFIER_MODEL}:latest")

@@ -136,15 +136,6 @@ class GuardMiddleware:
         length = _headers(scope).get("content-length")
         if length is not None and length.isdigit() and int(length) > limit:
             return await _reply(send, 413, f"the upload is {int(length)} bytes, over the limit of {limit}")
-        if guard.in_flight >= guard.capacity:
-            return await _reply(send, 503, "busy: too many requests in flight, retry shortly", {"retry-after": "1"})
-        guard.in_flight += 1
-        try:
-            await self._admitted(scope, receive, send, limit)
-        finally:
-            guard.in_flight -= 1
-
-    async def _admitted(self, scope, receive, send, limit: int) -> None:
         body = bytearray()  # read here, within the limit, then handed on
         while True:
             message = await receive()
@@ -157,7 +148,14 @@ class GuardMiddleware:
                 break
         if problem := await _form_problem(scope, bytes(body), self.fields.get(scope["path"])):
             return await _reply(send, 400, problem)
-        await self.app(scope, _replay(bytes(body), receive), send)
+        # admitted once its upload is in: a slow upload holds a connection, not a pipeline's place
+        if guard.in_flight >= guard.capacity:
+            return await _reply(send, 503, "busy: too many requests in flight, retry shortly", {"retry-after": "1"})
+        guard.in_flight += 1
+        try:
+            await self.app(scope, _replay(bytes(body), receive), send)
+        finally:
+            guard.in_flight -= 1
 
     async def _websocket(self, scope, receive, send) -> None:
         guard = self.guard
