@@ -8,6 +8,7 @@ with its packaged post-processing settings and limits).
 """
 
 import asyncio
+import logging
 from importlib.resources import files
 from pathlib import Path
 from typing import Annotated
@@ -83,7 +84,12 @@ class FaceMask:
         meta = clf.info.metadata
         self.model_version = f"{meta.get('mlflow_model', clf.tag.name)}/v{meta.get('mlflow_version', clf.tag.version)}"
         self.live = LiveStreams(self.pool, load_stream_config(det.path), self.limits, METRICS)
-        GUARD.configure(self.limits, load_api_keys(self.limits))
+        keys = load_api_keys(self.limits)
+        if not keys:
+            logging.getLogger(__name__).warning(
+                "no API key configured (FACEMASK_API_KEYS or FACEMASK_API_KEYS_FILE): every API is open"
+            )
+        GUARD.configure(self.limits, keys)
 
     def __is_ready__(self) -> bool:
         return GUARD.cfg is not None
