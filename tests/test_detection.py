@@ -98,9 +98,20 @@ def test_retinaface_package_loads_weights_from_deepface_home(tmp_path, monkeypat
     loaded = det._model.state_dict()
     assert all(torch.equal(loaded[k], v) for k, v in net.state_dict().items())
     image = read_image(real_images(shared, "face-mask-2class/without_mask", 1)[0])
-    faces = det.detect(image)  # random weights: any number of faces, but well-formed
-    assert isinstance(faces, list)
-    assert all(isinstance(f, Face) and f.landmarks.shape == (5, 2) for f in faces)
+    h, w = image.shape[:2]
+    # random weights score every anchor near 0.5: a 0.5 floor keeps hundreds of boxes, which must
+    # all come back as well-formed faces, best first, none under the floor or the minimum size
+    for min_face in (1, 60):
+        cfg = validate(
+            compose(["detector=retinaface", "detector.score_threshold=0.5", f"detector.min_face={min_face}"])
+        )
+        faces = build_detector(cfg.detector).detect(image)
+        assert len(faces) > 10
+        assert all(isinstance(f, Face) and f.landmarks.shape == (5, 2) for f in faces)
+        assert all(f.score >= 0.5 and min(f.width, f.height) >= min_face for f in faces)
+        assert all(-1 <= f.box[0] < f.box[2] <= w + 1 and -1 <= f.box[1] < f.box[3] <= h + 1 for f in faces)
+        assert [f.score for f in faces] == sorted((f.score for f in faces), reverse=True)
+    assert build_detector(cfg.detector).detect(image[:0]) == []
 
 
 @pytest.fixture(scope="module")

@@ -70,6 +70,8 @@ class StreamClient:
                 delay = min(delay * 2, 5.0)
 
     def ask(self, jpeg: bytes) -> dict:
+        """The answer to one frame; reconnects while the service comes back within `max_wait_s`."""
+        deadline = time.monotonic() + self.max_wait_s
         while True:
             if self.ws is None:
                 self.ws = self._connect()
@@ -77,8 +79,10 @@ class StreamClient:
                 self.ws.send(jpeg)
                 return json.loads(self.ws.recv(timeout=self.timeout_s))
             except (ConnectionClosed, OSError, TimeoutError) as err:
-                log.warning("connection lost (%s); reconnecting", type(err).__name__)
                 self.ws, self.reconnects = None, self.reconnects + 1
+                if time.monotonic() > deadline:  # it accepts connections but never answers this frame
+                    raise ConnectionError(f"no answer from {self.url} for {self.max_wait_s:.0f} s") from err
+                log.warning("connection lost (%s); reconnecting", type(err).__name__)
 
     def close(self) -> None:
         if self.ws is not None:
