@@ -28,13 +28,22 @@ from facemask.config import Sinks
 log = logging.getLogger("facemask.events")
 
 
-def append_jsonl(path: Path, events: list[dict]) -> None:
-    """Append events, one JSON line each, flushed and fsynced."""
+def to_line(event: dict) -> str:
+    return json.dumps(event, separators=(",", ":")) + "\n"
+
+
+def append_lines(path: Path, lines: list[str]) -> None:
+    """Append whole JSON lines, flushed and fsynced."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a", encoding="utf-8") as f:
-        f.writelines(json.dumps(e, separators=(",", ":")) + "\n" for e in events)
+        f.writelines(lines)
         f.flush()
         os.fsync(f.fileno())
+
+
+def append_jsonl(path: Path, events: list[dict]) -> None:
+    """Append events, one JSON line each, flushed and fsynced."""
+    append_lines(path, [to_line(e) for e in events])
 
 
 def iter_jsonl(path: Path) -> Iterator[dict]:
@@ -74,10 +83,10 @@ class EventLog:
         self._lock = threading.Lock()
 
     def append(self, event: dict) -> None:
-        line = len(json.dumps(event, separators=(",", ":"))) + 1
+        line = to_line(event)  # serialised once: its size decides the rotation, then it is written
         with self._lock:
-            self._maybe_rotate(line)
-            append_jsonl(self.path, [event])
+            self._maybe_rotate(len(line.encode("utf-8")))
+            append_lines(self.path, [line])
 
     def _maybe_rotate(self, incoming: int) -> None:
         try:
