@@ -20,6 +20,8 @@ import requests
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+# the decoder's pixel limit, read from the one place it is defined (conf/data: data.max_image_pixels)
+MAX_PIXELS = int(__import__("yaml").safe_load((REPO / "conf/data/default.yaml").read_text())["max_image_pixels"])
 
 
 def _shared_root() -> Path:

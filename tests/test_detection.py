@@ -16,7 +16,7 @@ from facemask.imageio import read_image
 from facemask.pipeline import detect_at
 from facemask.stages.crop import choose_face
 
-from .conftest import real_images
+from .conftest import MAX_PIXELS, real_images
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +29,7 @@ def test_yunet_finds_the_face_in_real_photos(yunet, shared):
     found = 0
     files = real_images(shared, "maskedface-net-sample/incorrect", 10)
     for path in files:
-        faces = detect_at(yunet, read_image(path), settings.detect_long_side, settings.max_upscale)
+        faces = detect_at(yunet, read_image(path, MAX_PIXELS), settings.detect_long_side, settings.max_upscale)
         found += bool(faces)
         for f in faces:
             assert f.landmarks.shape == (5, 2)
@@ -97,7 +97,7 @@ def test_retinaface_package_loads_weights_from_deepface_home(tmp_path, monkeypat
     assert isinstance(det, RetinaFaceDetector)
     loaded = det._model.state_dict()
     assert all(torch.equal(loaded[k], v) for k, v in net.state_dict().items())
-    image = read_image(real_images(shared, "face-mask-2class/without_mask", 1)[0])
+    image = read_image(real_images(shared, "face-mask-2class/without_mask", 1)[0], MAX_PIXELS)
     h, w = image.shape[:2]
     # random weights score every anchor near 0.5: a 0.5 floor keeps hundreds of boxes, which must
     # all come back as well-formed faces, best first, none under the floor or the minimum size
@@ -130,7 +130,7 @@ def test_retinaface_mobilenet_agrees_with_yunet_on_real_photos(retinaface_mnet, 
 
     agree = checked = 0
     for path in real_images(shared, "face-mask-2class/without_mask", 12):
-        image = read_image(path)
+        image = read_image(path, MAX_PIXELS)
         ref, got = yunet.detect(image), retinaface_mnet.detect(image)
         if len(ref) != 1:
             continue
@@ -172,14 +172,19 @@ def test_close_up_photos_are_not_blown_up_past_the_detector(shared, yunet_weight
     params = validate(compose([]))
     detector = YuNetDetector.from_config(params.detector, yunet_weights)
     small = [
-        p for p in real_images(shared, "face-mask-2class/without_mask", 400) if max(read_image(p).shape[:2]) <= 160
+        p
+        for p in real_images(shared, "face-mask-2class/without_mask", 400)
+        if max(read_image(p, MAX_PIXELS).shape[:2]) <= 160
     ]
     assert len(small) >= 12
     confident = params.pipeline.gate_min_score
 
     def faces(cap: float) -> list[int]:
         side = 960  # a long side that would enlarge these photos over 6 times
-        return [sum(f.score >= confident for f in detect_at(detector, read_image(p), side, cap)) for p in small[:12]]
+        return [
+            sum(f.score >= confident for f in detect_at(detector, read_image(p, MAX_PIXELS), side, cap))
+            for p in small[:12]
+        ]
 
     capped = faces(params.pipeline.max_upscale)
     assert sum(n == 1 for n in capped) >= 11, capped

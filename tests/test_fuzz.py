@@ -14,7 +14,7 @@ from PIL import Image, ImageOps
 
 from facemask.imageio import ImageError, decode_image
 
-from .conftest import real_images
+from .conftest import MAX_PIXELS, real_images
 
 FUZZ = settings(max_examples=300, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow])  # fmt: skip
@@ -77,7 +77,7 @@ def test_odd_modes_decode_to_8bit_bgr(photo, mode, fmt):
         image = Image.fromarray(np.asarray(photo.convert("L")).astype(np.uint16) * 257)
     else:
         image = photo.convert(mode)
-    out = decode_image(_encoded(image, fmt))
+    out = decode_image(_encoded(image, fmt), MAX_PIXELS)
     assert out.shape == (photo.height, photo.width, 3) and out.dtype == np.uint8
     grey = np.asarray(photo.convert("L"), dtype=float)
     similarity = np.corrcoef(out.mean(axis=2).ravel(), grey.ravel())[0, 1]
@@ -85,7 +85,9 @@ def test_odd_modes_decode_to_8bit_bgr(photo, mode, fmt):
 
 
 def test_one_pixel_image(photo):
-    assert decode_image(_encoded(Image.new("RGB", (1, 1), (10, 20, 30)), "PNG")).tolist() == [[[30, 20, 10]]]
+    assert decode_image(_encoded(Image.new("RGB", (1, 1), (10, 20, 30)), "PNG"), MAX_PIXELS).tolist() == [
+        [[30, 20, 10]]
+    ]
 
 
 @pytest.mark.parametrize("orientation", range(1, 9))
@@ -101,6 +103,6 @@ def test_exif_rotated_photos_come_out_upright(photo, orientation):
     exif[0x0112] = orientation
     data = _encoded(stored, "JPEG", quality=95, exif=exif.tobytes())
     assert np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(data)))).shape[:2] == upright.shape[:2]
-    out = decode_image(data).astype(int)
+    out = decode_image(data, MAX_PIXELS).astype(int)
     assert out.shape == upright.shape
     assert np.abs(out - upright).mean() < 4

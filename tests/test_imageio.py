@@ -10,10 +10,12 @@ from PIL import Image
 
 from facemask.imageio import ImageError, decode_image, encode_jpeg, read_image
 
+from .conftest import MAX_PIXELS
+
 
 def test_real_image_decodes(shared):
     path = next((shared / "datasets/face-mask-2class/with_mask").glob("*.jpg"))
-    img = read_image(path)
+    img = read_image(path, MAX_PIXELS)
     assert img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3
 
 
@@ -27,13 +29,13 @@ def test_real_image_decodes(shared):
 )
 def test_bad_bytes(data, fragment):
     with pytest.raises(ImageError, match=fragment):
-        decode_image(data)
+        decode_image(data, MAX_PIXELS)
 
 
 def test_truncated_jpeg_is_refused():
     data = encode_jpeg(np.full((64, 64, 3), 127, np.uint8))
     with pytest.raises(ImageError):
-        decode_image(data[: len(data) // 3])
+        decode_image(data[: len(data) // 3], MAX_PIXELS)
 
 
 def test_decompression_bomb_refused_before_decoding():

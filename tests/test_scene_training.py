@@ -26,7 +26,7 @@ from facemask.scenes.voc import SceneError, load_scenes
 from facemask.serving.decisions import gate_decision
 from facemask.stages.crop import process, scene_faces
 
-from .conftest import copy_scenes, dev_scene_stems, real_images, train_scene_stems
+from .conftest import MAX_PIXELS, copy_scenes, dev_scene_stems, real_images, train_scene_stems
 
 LABEL_MAP = {"with_mask": "mask", "without_mask": "no_mask", "mask_weared_incorrect": "incorrect"}
 DEV_COPY, DEV_CROP, RESIZED = "ilc_zz_copy_of_dev", "ilc_zz_crop_of_dev", "ilc_zz_resized"
@@ -159,7 +159,7 @@ def _iou(a, b) -> float:
 
 
 def test_detections_are_matched_to_annotated_faces_on_a_real_scene(finder, params, crowd):
-    image = read_image(crowd.image)
+    image = read_image(crowd.image, MAX_PIXELS)
     annotated, _, unmatched = scene_faces(finder, image, crowd.boxes, params)
     assert len(annotated) == len(crowd.boxes)
     matched = [
@@ -178,7 +178,7 @@ def test_detections_are_matched_to_annotated_faces_on_a_real_scene(finder, param
 
 
 def test_a_missed_face_is_cut_from_its_box_in_the_detector_convention(finder, params, crowd):
-    image = read_image(crowd.image)
+    image = read_image(crowd.image, MAX_PIXELS)
     h, w = image.shape[:2]
     nowhere = np.array([[w - 30, h - 30, w - 6, h - 4]], np.float32)  # a corner with no face in it
     (row, face), *_ = scene_faces(finder, image, nowhere, params)[0]
@@ -218,7 +218,7 @@ def test_crop_stage_and_pipeline_cut_the_same_crop(finder, params, crowd, tmp_pa
     seen: list[np.ndarray] = []
     real = pipe.classifier.predict_proba
     pipe.classifier.predict_proba = lambda crops, **kw: (seen.extend(crops), real(crops, **kw))[1]
-    frame = read_image(crowd.image)
+    frame = read_image(crowd.image, MAX_PIXELS)
     results = pipe(frame)
     assert len(results) == len(seen) >= len(crowd.boxes) - 1
     boxes = np.array([f.box for f in pipe.detect_faces(frame)])
@@ -234,7 +234,7 @@ def test_crop_stage_and_pipeline_cut_the_same_crop(finder, params, crowd, tmp_pa
 
 
 def test_a_face_rejected_as_background_never_reaches_the_answer(finder, params, crowd):
-    frame = read_image(crowd.image)
+    frame = read_image(crowd.image, MAX_PIXELS)
     faces = finder.detect(frame)
     assert len(faces) >= 4
     rejecting = pipeline_with(params, finder, [0.0, 0.0, 0.0, 3.0])  # p(background) ~ 0.87

@@ -19,7 +19,7 @@ from .conftest import real_images
 def _batches(files, seed: int) -> list[torch.Tensor]:
     params = validate(compose())
     ds = CropDataset(files, [0] * len(files), Preprocessor.from_config(params.model),
-                     build_augmentation(params.augment.transforms))  # fmt: skip
+                     build_augmentation(params.augment.transforms), params.data.max_image_pixels)  # fmt: skip
     loader = DataLoader(ds, batch_size=2, num_workers=2,
                         worker_init_fn=functools.partial(seed_augmentation, base_seed=seed))  # fmt: skip
     return [x for x, _ in loader]

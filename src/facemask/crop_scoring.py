@@ -25,7 +25,7 @@ def predict_crops(classifier: MaskClassifier, params: Params, table: pd.DataFram
     proba = []
     for start in tqdm(range(0, len(table), batch), desc="classify test crops"):
         names = table["crop"].iloc[start : start + batch]
-        crops = [read_image(params.paths.crops / n) for n in names]
+        crops = [read_image(params.paths.crops / n, params.data.max_image_pixels) for n in names]
         proba.append(classifier.predict_proba(crops, bgr=True, batch_size=batch))
     return np.concatenate(proba)
 

@@ -13,8 +13,6 @@ import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-DEFAULT_MAX_PIXELS = 40_000_000
-
 
 class ImageError(ValueError):
     """The bytes are not a decodable image of acceptable size."""
@@ -43,7 +41,7 @@ def image_file_size(path: Path | str) -> tuple[int, int]:
         raise ImageError(f"{path}: not a decodable image ({err.__class__.__name__})") from None
 
 
-def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
     """Decode image bytes to a BGR uint8 array, refusing empty, corrupt and oversized images."""
     width, height = image_size(data)
     if width <= 0 or height <= 0:
@@ -57,7 +55,7 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarra
     return image
 
 
-def read_image(path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def read_image(path: Path | str, max_pixels: int) -> np.ndarray:
     """Read an image file to BGR uint8; raises ImageError (or FileNotFoundError)."""
     return decode_image(Path(path).read_bytes(), max_pixels)
 

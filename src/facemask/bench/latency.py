@@ -20,13 +20,13 @@ import numpy as np
 
 from facemask.bench.stream import api_key_headers
 from facemask.config import load_params
-from facemask.imageio import encode_jpeg
+from facemask.imageio import encode_jpeg, image_file_size, read_image
 from facemask.pipeline import MaskPipeline
 
 LAYOUTS = {1: (1, 1), 3: (3, 1), 8: (4, 2)}
 
 
-def make_frame(photos: list[Path], faces: int, size: tuple[int, int] = (640, 480)) -> np.ndarray:
+def make_frame(photos: list[Path], faces: int, max_pixels: int, size: tuple[int, int] = (640, 480)) -> np.ndarray:
     """A `size` frame tiled with `faces` real face photos (grey background)."""
     cols, rows = LAYOUTS[faces]
     w, h = size
@@ -34,7 +34,7 @@ def make_frame(photos: list[Path], faces: int, size: tuple[int, int] = (640, 480
     tw, th = w // cols, h // rows
     for k in range(faces):
         r, c = divmod(k, cols)
-        img = cv2.imread(str(photos[k % len(photos)]))
+        img = read_image(photos[k % len(photos)], max_pixels)
         scale = min(tw / img.shape[1], th / img.shape[0]) * 0.9
         img = cv2.resize(img, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
         y, x = r * th + (th - img.shape[0]) // 2, c * tw + (tw - img.shape[1]) // 2
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     folder = Path(args.images or Path(os.environ.get("FACEMASK_MIRROR", "")) / "datasets/face-mask-2class/with_mask")
-    photos = sorted(p for p in folder.glob("*.jpg") if min(cv2.imread(str(p)).shape[:2]) >= 200)[:8]
+    photos = sorted(p for p in folder.glob("*.jpg") if min(image_file_size(p)) >= 200)[:8]
     if len(photos) < 8:
         parser.error(f"need 8 face photos of at least 200 px in {folder}")
     params = load_params(args.params)
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     session = requests.Session()
     session.headers.update(api_key_headers())
     for faces in (1, 3, 8):
-        frame = make_frame(photos, faces)
+        frame = make_frame(photos, faces, params.data.max_image_pixels)
         found = len(pipe(frame))
         lines.append(row("in-process", faces, found, timed(lambda f=frame: pipe(f), args.repeats)))
         if args.url:

@@ -27,6 +27,7 @@ import cv2
 import requests
 
 from facemask.bench.stream import load_clip
+from facemask.config import load_params
 from facemask.imageio import encode_jpeg, read_image
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
@@ -107,7 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     mirror = Path(os.environ.get("FACEMASK_MIRROR") or "../shared")
     work = Path(tempfile.mkdtemp(prefix="facemask-load-"))
-    scene = read_image(mirror / "datasets/face-mask-scenes-dev/images/maksssksksss0.jpg")
+    scene = read_image(
+        mirror / "datasets/face-mask-scenes-dev/images/maksssksksss0.jpg", load_params().data.max_image_pixels
+    )
     scale = 640 / scene.shape[1]
     (work / "scene.jpg").write_bytes(encode_jpeg(cv2.resize(scene, None, fx=scale, fy=scale)))
     (work / "frames").mkdir()

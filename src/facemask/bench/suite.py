@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from facemask.config import Params, load_params
+from facemask.imageio import image_file_size, read_image
 
 
 def _median_ms(fn: Callable[[], object], repeats: int, warmup: int = 2) -> float:
@@ -67,14 +68,13 @@ def bench_crop(params: Params, quick: bool) -> list[dict]:
 
 def bench_classifier(params: Params, quick: bool) -> list[dict]:
     """Faces per second through the classifier (preprocess + network) by batch size, real crops."""
-    import cv2
 
     from facemask.classifier import MaskClassifier
 
     clf = MaskClassifier.load(params.paths.models / "classifier.pt")
     table = pd.read_csv(params.paths.interim / "crops.csv", keep_default_na=False)
     names = table[table["crop"] != ""]["crop"].head(64)
-    crops = [cv2.imread(str(params.paths.crops / n)) for n in names]
+    crops = [read_image(params.paths.crops / n, params.data.max_image_pixels) for n in names]
     out = []
     for batch in (1, 8, 32, 64):
         faces = crops[:batch]
@@ -95,19 +95,17 @@ def bench_pipeline(params: Params, quick: bool) -> list[dict]:
     """Per-frame latency of the full pipeline on frames with 3 real faces, split by stage."""
     import os
 
-    import cv2
-
     from facemask.bench.latency import make_frame
     from facemask.pipeline import MaskPipeline
 
     folder = Path(os.environ.get("FACEMASK_MIRROR", "")) / "datasets/face-mask-2class/with_mask"
-    photos = sorted(p for p in folder.glob("*.jpg") if min(cv2.imread(str(p)).shape[:2]) >= 200)[:3]
+    photos = sorted(p for p in folder.glob("*.jpg") if min(image_file_size(p)) >= 200)[:3]
     if len(photos) < 3:
         raise FileNotFoundError(f"need 3 face photos of at least 200 px in {folder} (set FACEMASK_MIRROR)")
     pipe = MaskPipeline.from_params(params, params.paths.models / "classifier.pt")
     out = []
     for size in ((640, 480), (1280, 720)):
-        frame = make_frame(photos, 3, size)
+        frame = make_frame(photos, 3, params.data.max_image_pixels, size)
         faces = pipe.detect_faces(frame)
         repeats = 15 if quick else 50
         det = _median_ms(lambda f=frame: pipe.detect_faces(f), repeats)

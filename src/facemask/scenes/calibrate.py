@@ -63,7 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         params = validate(compose(args.overrides), "conf/ + overrides")
         scenes = load_scenes(evaluation_folder(params.scenes), params.scenes.source.label_map)
-        detections = detect_scenes(build_detector(params.detector), params.pipeline, scenes)
+        detections = detect_scenes(
+            build_detector(params.detector), params.pipeline, scenes, params.data.max_image_pixels
+        )
         fit, pairs = measure(scenes, detections, args.min_iou)
     except (ConfigError, FetchError, SceneError, FileNotFoundError, ValueError) as err:
         print(f"calibrate: {err}", file=sys.stderr)

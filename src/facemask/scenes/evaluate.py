@@ -30,6 +30,7 @@ class SceneRun:
     predictions: list[Prediction]
     detect_ms: np.ndarray
     classify_ms: np.ndarray
+    max_pixels: int  # the decoder's limit the scenes were read with
 
     @property
     def timing(self) -> dict[str, float]:
@@ -42,13 +43,13 @@ class SceneRun:
         }
 
 
-def run_pipeline(pipeline: MaskPipeline, scenes: list[Scene], desc: str = "scenes") -> SceneRun:
+def run_pipeline(pipeline: MaskPipeline, scenes: list[Scene], max_pixels: int, desc: str = "scenes") -> SceneRun:
     """The pipeline over every scene (one warm-up frame first), timed per stage."""
     preds, det_ms, cls_ms = [], [], []
     if scenes:
-        pipeline(read_image(scenes[0].image))
+        pipeline(read_image(scenes[0].image, max_pixels))
     for scene in tqdm(scenes, desc=desc, unit="scene"):
-        frame = read_image(scene.image)
+        frame = read_image(scene.image, max_pixels)
         t0 = time.perf_counter()
         faces = pipeline.detect_faces(frame)
         t1 = time.perf_counter()
@@ -67,13 +68,13 @@ def run_pipeline(pipeline: MaskPipeline, scenes: list[Scene], desc: str = "scene
                 ).reshape(-1, len(pipeline.labels)),
             )
         )
-    return SceneRun(scenes, preds, np.array(det_ms), np.array(cls_ms))
+    return SceneRun(scenes, preds, np.array(det_ms), np.array(cls_ms), max_pixels)
 
 
 def evaluate_scenes(pipeline: MaskPipeline, params: Params, desc: str = "scenes") -> tuple[SceneRun, dict]:
     cfg = params.scenes
     scenes = load_scenes(evaluation_folder(cfg), cfg.source.label_map)
-    run = run_pipeline(pipeline, scenes, desc)
+    run = run_pipeline(pipeline, scenes, params.data.max_image_pixels, desc)
     gts = [(s.boxes, s.labels) for s in scenes]
     result = scene_metrics(gts, run.predictions, pipeline.labels, cfg.iou_threshold, cfg.size_bins)
     result.update(run.timing, scenes=len(scenes), ignored_objects=sum(len(s.ignored) for s in scenes))
@@ -103,7 +104,7 @@ def gallery(run: SceneRun, table: pd.DataFrame, count: int, tile: int = 160) -> 
     """A grid of the `count` worst errors: the face with some context, and what went wrong."""
     tiles = []
     for row in table.head(count).itertuples():
-        image = read_image(run.scenes[row.scene].image)
+        image = read_image(run.scenes[row.scene].image, run.max_pixels)
         x1, y1, x2, y2 = row.box
         pad = 0.6 * max(x2 - x1, y2 - y1)
         h, w = image.shape[:2]

@@ -10,6 +10,7 @@ import pandas as pd
 
 from facemask.augment import build_augmentation, preview_grid, save_augmentation
 from facemask.config import Params
+from facemask.imageio import read_image
 from facemask.stages._runner import run_stage
 
 log = logging.getLogger("facemask.augment")
@@ -25,7 +26,7 @@ def augment(params: Params) -> None:
     sample = train.sample(frac=1.0, random_state=params.seed).groupby("label").head(per_label)
     images = []
     for name in sample["crop"]:
-        rgb = cv2.cvtColor(cv2.imread(str(params.paths.crops / name)), cv2.COLOR_BGR2RGB)
+        rgb = cv2.cvtColor(read_image(params.paths.crops / name, params.data.max_image_pixels), cv2.COLOR_BGR2RGB)
         images += [rgb, rgb]  # each crop twice: two draws of the pipeline side by side
     grid = preview_grid(pipeline, images, columns=8)
     preview = params.paths.reports / "augment_preview.png"

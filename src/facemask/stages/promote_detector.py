@@ -28,7 +28,7 @@ log = logging.getLogger("facemask.promote_detector")
 
 def score(params: Params, scenes: list[Scene], weights: Path) -> dict:
     cfg = params.detectors[params.detector_train.target]
-    detections = detect_scenes(build_detector(cfg, weights), params.pipeline, scenes)
+    detections = detect_scenes(build_detector(cfg, weights), params.pipeline, scenes, params.data.max_image_pixels)
     return detector_scores(scenes, detections, params.scenes.iou_threshold, params.scenes.size_bins, cfg.box_fit)
 
 

@@ -13,6 +13,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
+from facemask.imageio import read_image
 from facemask.preprocess import Preprocessor
 
 
@@ -27,18 +28,22 @@ def seed_augmentation(worker_id: int, base_seed: int) -> None:
 class CropDataset(Dataset):
     """Face crops with integer labels; `augment` (albumentations, RGB) applies before preprocessing."""
 
-    def __init__(self, files: list[Path], targets: list[int], preprocessor: Preprocessor, augment: A.Compose | None):
-        self.files, self.targets = files, targets
+    def __init__(
+        self,
+        files: list[Path],
+        targets: list[int],
+        preprocessor: Preprocessor,
+        augment: A.Compose | None,
+        max_pixels: int,
+    ):
+        self.files, self.targets, self.max_pixels = files, targets, max_pixels
         self.preprocessor, self.augment = preprocessor, augment
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        bgr = cv2.imread(str(self.files[i]))
-        if bgr is None:
-            raise OSError(f"cannot read crop {self.files[i]}")
-        rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        rgb = cv2.cvtColor(read_image(self.files[i], self.max_pixels), cv2.COLOR_BGR2RGB)
         if self.augment is not None:
             rgb = self.augment(image=rgb)["image"]
         return self.preprocessor(rgb), self.targets[i]
@@ -58,6 +63,7 @@ class CropDataModule(pl.LightningDataModule):
         seed: int = 0,
         epoch_samples: int | None = None,
         scene_share: float | None = None,
+        max_pixels: int = 1 << 20,  # crops are small; anything larger is not one of ours
     ):
         """`epoch_samples` crops are drawn per epoch (default: the train split's size), a share
         `scene_share` of them from annotated scenes (default: their natural share); `balance`
@@ -66,7 +72,7 @@ class CropDataModule(pl.LightningDataModule):
         self.crops_csv, self.crops_dir, self.labels = Path(crops_csv), Path(crops_dir), list(labels)
         self.preprocessor, self.augment = preprocessor, augment
         self.batch_size, self.num_workers, self.balance, self.seed = batch_size, num_workers, balance, seed
-        self.epoch_samples, self.scene_share = epoch_samples, scene_share
+        self.epoch_samples, self.scene_share, self.max_pixels = epoch_samples, scene_share, max_pixels
         self.frames: dict[str, pd.DataFrame] = {}
 
     def setup(self, stage: str | None = None) -> None:
@@ -125,7 +131,7 @@ class CropDataModule(pl.LightningDataModule):
         frame = self.frames[split]
         files = [self.crops_dir / name for name in frame["crop"]]
         targets = [self.labels.index(lb) for lb in frame["label"]]
-        return CropDataset(files, targets, self.preprocessor, self.augment if augment else None)
+        return CropDataset(files, targets, self.preprocessor, self.augment if augment else None, self.max_pixels)
 
     def _loader(self, split: str, train: bool) -> DataLoader:
         ds = self.dataset(split, augment=train)
