@@ -31,7 +31,7 @@ pipeline: ## dvc repro: ingest, crop, augment, train, evaluate, promote, scenes,
 	@if [ -n "$$FACEMASK_MIRROR" ]; then echo "data and weights from the offline mirror $$FACEMASK_MIRROR"; \
 	 else echo "FACEMASK_MIRROR is empty: downloading the public sources"; fi
 	$(RUN) dvc repro
-	$(RUN) python -m facemask.metrics reports/metrics.json
+	$(RUN) python -m facemask.classification_metrics reports/metrics.json
 
 run: setup pipeline serve ## set up, run the pipeline on the offline data, then serve the champion
 

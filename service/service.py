@@ -24,12 +24,11 @@ with bentoml.importing():
     import cv2
     import numpy as np
 
+    from facemask.draw import draw_faces
     from facemask.imageio import ImageError, decode_image, encode_jpeg
     from facemask.serving.decisions import gate_decision
-    from facemask.serving.draw import draw_faces
     from facemask.serving.guard import SUBPROTOCOL, Guard, GuardMiddleware, load_api_keys
     from facemask.serving.live import CameraLimitError, LiveStreams
-    from facemask.serving.metrics import LiveMetrics
     from facemask.serving.packaging import (
         CLASSIFIER_MODEL,
         DETECTOR_MODEL,
@@ -38,6 +37,7 @@ with bentoml.importing():
         load_stream_config,
     )
     from facemask.serving.pool import PipelinePool
+    from facemask.serving.prometheus import LiveMetrics
 
 ImageFile = Annotated[Path, ContentType("image/*")]
 live_app = FastAPI(title="facemask live", docs_url=None, redoc_url=None)

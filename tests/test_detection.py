@@ -12,9 +12,9 @@ from facemask.config import compose, validate
 from facemask.detection import Face, build_detector
 from facemask.detection.align import crop_face, roll_angle
 from facemask.detection.yunet import YuNetDetector
+from facemask.face_crops import choose_face
 from facemask.imageio import read_image
 from facemask.pipeline import detect_at
-from facemask.stages.crop import choose_face
 
 from .conftest import MAX_PIXELS, real_images
 

@@ -13,6 +13,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from facemask.config import compose, validate
+from facemask.data.voc import load_scenes
 from facemask.detection.retinaface_mnet import (
     RetinaFaceMobileNet,
     RetinaFaceMobileNetDetector,
@@ -28,7 +29,6 @@ from facemask.detector_training.multibox import build_targets, match_anchors, mu
 from facemask.detector_training.scene_data import SceneDataModule, collate, manifest_scenes
 from facemask.imageio import read_image
 from facemask.registry import detector_file, promote_detector
-from facemask.scenes.voc import load_scenes
 
 from .conftest import MAX_PIXELS, train_scene_stems
 from .test_registry import restore_tracking_uri  # noqa: F401  (fixture)

@@ -7,8 +7,9 @@ import shutil
 import numpy as np
 import pytest
 
-from facemask.scenes.metrics import Prediction, match, scene_metrics, size_bin
-from facemask.scenes.voc import SceneError, load_scenes
+from facemask.boxes import match
+from facemask.data.voc import SceneError, load_scenes
+from facemask.scenes.average_precision import Prediction, scene_metrics, size_bin
 
 LABELS = ["mask", "no_mask", "incorrect"]
 A = [10, 10, 50, 50]  # 40 px: medium
@@ -157,9 +158,9 @@ def test_calibration_recovers_a_known_box_convention():
     """Detections drawn from annotated boxes by a known shift and scale give that fit back, and the
     fit lifts recall at IoU 0.75 from what the raw boxes reach to every face."""
     from facemask.config import BoxFit
+    from facemask.data.voc import Scene
     from facemask.pipeline import fit_box
     from facemask.scenes.calibrate import measure, recall
-    from facemask.scenes.voc import Scene
 
     truth = BoxFit(scale_w=1.1, scale_h=0.8, shift_x=0.05, shift_y=0.2)
     rng = np.random.default_rng(0)
@@ -181,8 +182,8 @@ def test_calibration_recovers_a_known_box_convention():
 
 
 def test_calibration_without_any_overlap_is_an_error():
+    from facemask.data.voc import Scene
     from facemask.scenes.calibrate import measure
-    from facemask.scenes.voc import Scene
 
     scene = Scene(image="s.jpg", boxes=np.array([[0, 0, 10, 10]], np.float32), labels=["mask"])
     with pytest.raises(ValueError, match="nothing to calibrate"):

@@ -18,13 +18,13 @@ import torch
 
 from facemask.classifier import MaskClassifier
 from facemask.config import compose, validate, write_params
+from facemask.data.voc import SceneError, load_scenes
 from facemask.detection import build_detector
+from facemask.face_crops import process, scene_faces
 from facemask.imageio import read_image
 from facemask.pipeline import FaceFinder, MaskPipeline, fit_box, unfit_box
 from facemask.preprocess import Preprocessor
-from facemask.scenes.voc import SceneError, load_scenes
 from facemask.serving.decisions import gate_decision
-from facemask.stages.crop import process, scene_faces
 
 from .conftest import MAX_PIXELS, copy_scenes, dev_scene_stems, real_images, train_scene_stems
 

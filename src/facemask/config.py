@@ -11,10 +11,10 @@ import argparse
 import re
 import sys
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CONF_DIR = PROJECT_ROOT / "conf"
@@ -143,6 +143,10 @@ class BoxFit(_Strict):
 
 
 class Detector(_Strict):
+    """A face detector: `_target_` is the factory `hydra.utils.instantiate` calls with (cfg, weights)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, serialize_by_alias=True)
+    target: str = Field(alias="_target_", pattern=r"^[A-Za-z_][\w.]*$")
     name: DetectorName
     weights: Weights
     score_threshold: float = Field(gt=0, lt=1)
@@ -212,6 +216,16 @@ class Model(_Strict):
         return name
 
 
+def _instantiable(value: dict[str, Any]) -> dict[str, Any]:
+    if not isinstance(value.get("_target_"), str) or not value["_target_"].strip():
+        raise ValueError("needs a `_target_`: the dotted path hydra.utils.instantiate builds")
+    return value
+
+
+# Arguments of an object Hydra builds (`_target_` + keyword arguments), as in lightning-hydra-template.
+Instantiable = Annotated[dict[str, Any], AfterValidator(_instantiable)]
+
+
 class Trainer(_Strict):
     max_epochs: int = Field(ge=1)
     epoch_samples: int | None = Field(default=None, ge=1)  # crops drawn per epoch; null: the train split
@@ -221,12 +235,9 @@ class Trainer(_Strict):
     weight_decay: float = Field(ge=0)
     label_smoothing: float = Field(ge=0, lt=1)
     balance: Literal["class_weights", "sampler", "none"]
-    early_stopping_patience: int = Field(ge=1)
     num_workers: int = Field(ge=0)
-    accelerator: str
-    deterministic: bool
-    limit_train_batches: float = Field(gt=0)
-    limit_val_batches: float = Field(gt=0)
+    lightning: Instantiable  # pytorch_lightning.Trainer arguments
+    callbacks: dict[str, Instantiable] = Field(default_factory=dict)
 
 
 class Photometric(_Strict):
@@ -261,8 +272,8 @@ class DetectorTrain(_Strict):
     photometric: Photometric
     val_scenes: int | None = Field(default=None, ge=1)
     num_workers: int = Field(ge=0)
-    accelerator: str
-    deterministic: bool
+    lightning: Instantiable  # pytorch_lightning.Trainer arguments
+    callbacks: dict[str, Instantiable] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _scales(self) -> DetectorTrain:

@@ -6,10 +6,10 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from facemask.classification_metrics import face_macro_f1, split_digest
 from facemask.classifier import MaskClassifier
 from facemask.config import Params
 from facemask.imageio import read_image
-from facemask.metrics import face_macro_f1, split_digest
 
 
 def split_crops(params: Params, split: str) -> pd.DataFrame:

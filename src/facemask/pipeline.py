@@ -13,6 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from facemask.boxes import Box
 from facemask.classifier import MaskClassifier
 from facemask.config import BoxFit, Params, Pipeline
 from facemask.detection import Face, FaceDetector, build_detector
@@ -23,7 +24,7 @@ from facemask.detection.align import crop_face
 class FaceResult:
     """One face: box (x1, y1, x2, y2) in frame pixels, detector score, class and probabilities."""
 
-    box: tuple[float, float, float, float]
+    box: Box
     score: float
     label: str
     confidence: float

@@ -39,8 +39,8 @@ def bench_crop(params: Params, quick: bool) -> list[dict]:
     """The crop stage's per-image work (read, detect, crop, write) on real test images, one process."""
     import tempfile
 
+    from facemask.face_crops import process
     from facemask.pipeline import FaceFinder
-    from facemask.stages.crop import process
 
     rows = pd.read_csv(params.paths.interim / "manifest.csv", keep_default_na=False)
     rows = rows[rows["split"] == "test"]
@@ -129,7 +129,7 @@ def bench_training(params: Params, quick: bool) -> list[dict]:
     excluded) of some batches, times the batches of the full train split, plus one validation pass."""
     import pytorch_lightning as pl
 
-    from facemask.stages.train import build
+    from facemask.training.trainer import build_classifier_fit
 
     class StepTimer(pl.Callback):
         def __init__(self) -> None:
@@ -143,7 +143,7 @@ def bench_training(params: Params, quick: bool) -> list[dict]:
             self.val.append(time.perf_counter())
 
     pl.seed_everything(params.seed)
-    dm, module = build(params)
+    dm, module = build_classifier_fit(params)
     dm.setup("fit")
     total_batches, val_batches = len(dm.train_dataloader()), len(dm.val_dataloader())
     batches = min(total_batches, 8 if quick else 24)
@@ -156,7 +156,7 @@ def bench_training(params: Params, quick: bool) -> list[dict]:
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        accelerator=params.trainer.accelerator,
+        accelerator=params.trainer.lightning.get("accelerator", "auto"),
         callbacks=[timer],
     )
     trainer.fit(module, datamodule=dm)

@@ -21,8 +21,8 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
+from facemask.data.voc import load_scenes
 from facemask.imageio import ImageError, image_size
-from facemask.scenes.voc import load_scenes
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ class Face:
     right mouth corner, left mouth corner (the subject's right/left), or None.
     """
 
-    box: np.ndarray
+    box: np.ndarray  # (4,) float32, a facemask.boxes box
     score: float
     landmarks: np.ndarray | None = None
 
@@ -52,21 +52,15 @@ class FaceDetector(Protocol):
 
 
 def build_detector(cfg: DetectorConfig, weights: Path | None = None) -> FaceDetector:
-    """Instantiate the configured backend; `weights` defaults to the mirror copy or a cached download."""
-    if cfg.name == "yunet":
-        from facemask.detection.yunet import YuNetDetector
+    """The configured backend, built by Hydra from its `_target_` factory; `weights` defaults to the
+    mirror copy or a cached download. The factory's own errors (a missing weights file, a failed
+    download) come through unwrapped."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
 
-        return YuNetDetector.from_config(cfg, weights)
-    if cfg.name == "retinaface":
-        from facemask.detection.retinaface import RetinaFaceDetector
-
-        return RetinaFaceDetector.from_config(cfg)
-    if cfg.name == "retinaface_mnet":
-        from facemask.detection.retinaface_mnet import RetinaFaceMobileNetDetector
-
-        return RetinaFaceMobileNetDetector.from_config(cfg, weights)
-    if cfg.name == "retinaface_ft":
-        from facemask.detection.retinaface_mnet import RetinaFaceOnnxDetector
-
-        return RetinaFaceOnnxDetector.from_config(cfg, weights)
-    raise ValueError(f"detector.name: unknown backend {cfg.name!r}")
+    try:
+        return instantiate({"_target_": cfg.target}, cfg=cfg, weights=weights)
+    except InstantiationException as err:
+        if err.__cause__ is not None and not isinstance(err.__cause__, ImportError | AttributeError):
+            raise err.__cause__ from None
+        raise ValueError(f"detector._target_: cannot build {cfg.target!r} for {cfg.name!r}: {err}") from None

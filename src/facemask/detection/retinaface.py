@@ -29,7 +29,8 @@ class RetinaFaceDetector:
         self.min_face = min_face
 
     @classmethod
-    def from_config(cls, cfg: DetectorConfig) -> RetinaFaceDetector:
+    def from_config(cls, cfg: DetectorConfig, weights: None = None) -> RetinaFaceDetector:
+        """The package fetches and caches its own weights (`weights` must be None)."""
         return cls(cfg.score_threshold, cfg.min_face)
 
     def detect(self, image: np.ndarray) -> list[Face]:

@@ -13,13 +13,14 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
+from facemask.boxes import match
 from facemask.config import Detector, DetectorTrain, Pipeline
 from facemask.detection.retinaface_mnet import RetinaFaceMobileNet, RetinaFaceMobileNetDetector, prior_boxes
 from facemask.detector_training.multibox import build_targets, multibox_loss
 from facemask.detector_training.scene_data import BoxedScene
 from facemask.imageio import read_image
 from facemask.pipeline import detect_at
-from facemask.scenes.metrics import Prediction, average_precision, match
+from facemask.scenes.average_precision import Prediction, average_precision
 
 FACE = "face"
 

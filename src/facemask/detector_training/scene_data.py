@@ -19,9 +19,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from facemask.config import DetectorTrain
+from facemask.data.voc import SceneError
 from facemask.detection.retinaface_mnet import BGR_MEAN, preprocess
 from facemask.imageio import read_image
-from facemask.scenes.voc import SceneError
 
 
 @dataclass(frozen=True)

@@ -12,14 +12,14 @@ import logging
 import sys
 from pathlib import Path
 
-from facemask import tracking
+from facemask import mlflow_tracking
+from facemask.cli import write_json
 from facemask.config import ConfigError, compose, validate
 from facemask.data.fetch import FetchError
+from facemask.data.voc import SceneError
 from facemask.pipeline import MaskPipeline
+from facemask.scenes.average_precision import format_scene_table
 from facemask.scenes.evaluate import evaluate_scenes, summary, write_reports
-from facemask.scenes.metrics import format_scene_table
-from facemask.scenes.voc import SceneError
-from facemask.stages._runner import write_json
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,8 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         params = validate(compose(args.overrides), "conf/ + overrides")
         if "://" in args.classifier or args.classifier.startswith("models:/"):
-            tracking.setup(params.mlflow)
-        pipeline = MaskPipeline.from_params(params, tracking.classifier_file(args.classifier))
+            mlflow_tracking.setup(params.mlflow)
+        pipeline = MaskPipeline.from_params(params, mlflow_tracking.classifier_file(args.classifier))
         run, result = evaluate_scenes(pipeline, params)
     except (ConfigError, FetchError, SceneError, FileNotFoundError) as err:
         print(f"scenes: {err}", file=sys.stderr)

@@ -15,12 +15,12 @@ import sys
 
 import numpy as np
 
+from facemask.boxes import match
 from facemask.config import BoxFit, ConfigError, compose, validate
 from facemask.data.fetch import FetchError
+from facemask.data.voc import Scene, SceneError, evaluation_folder, load_scenes
 from facemask.detection import build_detector
 from facemask.scenes.detection import detect_scenes, detector_scores
-from facemask.scenes.metrics import match
-from facemask.scenes.voc import Scene, SceneError, evaluation_folder, load_scenes
 
 
 def measure(scenes: list[Scene], detections: list[np.ndarray], min_iou: float = 0.3) -> tuple[BoxFit, int]:

@@ -11,12 +11,13 @@ import hashlib
 import numpy as np
 from tqdm import tqdm
 
+from facemask.boxes import match
 from facemask.config import BoxFit, Pipeline
+from facemask.data.voc import Scene
 from facemask.detection import FaceDetector
 from facemask.imageio import read_image
 from facemask.pipeline import detect_at, fit_box
-from facemask.scenes.metrics import SIZES, match, size_bin
-from facemask.scenes.voc import Scene
+from facemask.scenes.average_precision import SIZES, size_bin
 
 
 def detect_scenes(detector: FaceDetector, settings: Pipeline, scenes: list[Scene], max_pixels: int) -> list[np.ndarray]:

@@ -16,12 +16,13 @@ import pandas as pd
 from tqdm import tqdm
 
 from facemask import plots
+from facemask.boxes import match
 from facemask.config import Params
+from facemask.data.voc import Scene, evaluation_folder, load_scenes
+from facemask.draw import COLOURS
 from facemask.imageio import read_image
 from facemask.pipeline import MaskPipeline
-from facemask.scenes.metrics import MISSED, SIZES, Prediction, match, scene_metrics
-from facemask.scenes.voc import Scene, evaluation_folder, load_scenes
-from facemask.serving.draw import COLOURS
+from facemask.scenes.average_precision import MISSED, SIZES, Prediction, scene_metrics
 
 
 @dataclass
@@ -199,3 +200,17 @@ def summary(result: dict) -> dict:
     out["recall"] = {lb: {s: v["recall"] for s, v in sizes.items()} for lb, sizes in result["recall_by_size"].items()}
     out["false_positives"] = result["false_positives"]
     return out
+
+
+def flat_metrics(result: dict, prefix: str = "scenes.") -> dict[str, float]:
+    """MLflow metric names for a scene evaluation."""
+    flat = {
+        f"{prefix}{k}": float(result[k])
+        for k in ("map", "map_top1", "detector_recall", "fps", "frame_ms_median")
+        if result.get(k) is not None
+    }
+    flat.update({f"{prefix}ap.{lb}": v for lb, v in result["ap"].items()})
+    flat.update({f"{prefix}ap_top1.{lb}": v for lb, v in result["ap_top1"].items()})
+    for label, sizes in result["recall_by_size"].items():
+        flat.update({f"{prefix}recall.{label}.{s}": c["recall"] for s, c in sizes.items() if c["recall"] is not None})
+    return flat

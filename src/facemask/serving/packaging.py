@@ -18,7 +18,7 @@ import bentoml
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from facemask import tracking
+from facemask import mlflow_tracking
 from facemask.classifier import MaskClassifier
 from facemask.config import ConfigError, Detector, Params, Pipeline, Serving, Stream
 from facemask.data.fetch import resolve_weights
@@ -33,11 +33,11 @@ DETECTOR_MODEL = "facemask-detector"
 
 def import_champion(params: Params) -> tuple[str, str]:
     """Champion classifier + detector into the BentoML store; returns their tags."""
-    tracking.setup(params.mlflow)
+    mlflow_tracking.setup(params.mlflow)
     name, alias = params.mlflow.registered_model, params.mlflow.champion_alias
     client = MlflowClient()
     version = client.get_model_version_by_alias(name, alias)
-    classifier = tracking.classifier_file(f"models:/{name}@{alias}")
+    classifier = mlflow_tracking.classifier_file(f"models:/{name}@{alias}")
     meta = {
         "mlflow_model": name,
         "mlflow_version": version.version,

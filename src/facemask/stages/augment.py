@@ -9,9 +9,9 @@ import cv2
 import pandas as pd
 
 from facemask.augment import build_augmentation, preview_grid, save_augmentation
+from facemask.cli import run_stage
 from facemask.config import Params
 from facemask.imageio import read_image
-from facemask.stages._runner import run_stage
 
 log = logging.getLogger("facemask.augment")
 

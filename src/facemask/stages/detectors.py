@@ -15,15 +15,14 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 
-from facemask import plots, tracking
+from facemask import mlflow_tracking, plots
 from facemask.classifier import MaskClassifier
+from facemask.cli import run_stage
 from facemask.config import ConfigError, Detector, Params
 from facemask.data.fetch import FetchError, resolve_weights
 from facemask.detection import build_detector
 from facemask.pipeline import MaskPipeline
-from facemask.scenes.evaluate import evaluate_scenes
-from facemask.stages._runner import run_stage
-from facemask.stages.scenes import flat_metrics
+from facemask.scenes.evaluate import evaluate_scenes, flat_metrics
 
 log = logging.getLogger("facemask.detectors")
 
@@ -44,8 +43,8 @@ def missing_weights(cfg: Detector) -> str | None:
 def compare(params: Params) -> None:
     paths = params.paths
     classifier = MaskClassifier.load(paths.models / "classifier.pt")
-    ref = tracking.read_run_ref(paths.models / "mlflow_run.json")
-    tracking.setup(params.mlflow)
+    ref = mlflow_tracking.read_run_ref(paths.models / "mlflow_run.json")
+    mlflow_tracking.setup(params.mlflow)
     rows = []
     for variant in params.scenes.compare:
         cfg = params.detectors[variant.detector]

@@ -13,12 +13,18 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from facemask import plots, tracking
+from facemask import mlflow_tracking, plots
+from facemask.classification_metrics import (
+    classification_metrics,
+    confusion_rows,
+    face_macro_f1,
+    pr_curve_frames,
+    split_digest,
+)
 from facemask.classifier import MaskClassifier
+from facemask.cli import run_stage, write_json
 from facemask.config import Params
 from facemask.crop_scoring import predict_crops, split_crops
-from facemask.metrics import classification_metrics, confusion_rows, face_macro_f1, pr_curve_frames, split_digest
-from facemask.stages._runner import run_stage, write_json
 
 log = logging.getLogger("facemask.evaluate")
 
@@ -65,8 +71,8 @@ def evaluate(params: Params) -> None:
     for name, fig in figures.items():
         fig.savefig(paths.reports / "figures" / name, dpi=110)
 
-    ref = tracking.read_run_ref(paths.models / "mlflow_run.json")
-    tracking.setup(params.mlflow)
+    ref = mlflow_tracking.read_run_ref(paths.models / "mlflow_run.json")
+    mlflow_tracking.setup(params.mlflow)
     with mlflow.start_run(run_id=ref["run_id"]):
         flat = {
             "test.accuracy": result["accuracy"],

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from facemask.cli import run_stage, write_json
 from facemask.config import ConfigError, Params
 from facemask.data import manifest as mf
 from facemask.data.fetch import resolve_source
-from facemask.scenes.voc import evaluation_folder, load_scenes
-from facemask.stages._runner import run_stage, write_json
+from facemask.data.voc import evaluation_folder, load_scenes
 
 log = logging.getLogger("facemask.ingest")
 

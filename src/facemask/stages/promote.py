@@ -8,24 +8,24 @@ import sys
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from facemask import tracking
+from facemask import mlflow_tracking
 from facemask.classifier import MaskClassifier
+from facemask.cli import run_stage, write_json
 from facemask.config import Params
 from facemask.crop_scoring import face_score
 from facemask.registry import promote
-from facemask.stages._runner import run_stage, write_json
 
 
 def promote_stage(params: Params) -> None:
     paths, cfg = params.paths, params.mlflow
-    ref = tracking.read_run_ref(paths.models / "mlflow_run.json")
+    ref = mlflow_tracking.read_run_ref(paths.models / "mlflow_run.json")
     metrics = json.loads((paths.reports / "metrics.json").read_text())
-    tracking.setup(cfg)
+    mlflow_tracking.setup(cfg)
     client = MlflowClient()
 
     def rescore(version: str) -> float:
         """The champion's face macro-F1 on this pipeline's test split."""
-        path = tracking.classifier_file(f"models:/{cfg.registered_model}/{version}")
+        path = mlflow_tracking.classifier_file(f"models:/{cfg.registered_model}/{version}")
         return face_score(MaskClassifier.load(path), params)[0]
 
     decision = promote(

@@ -16,12 +16,12 @@ from pathlib import Path
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from facemask import registry, tracking
+from facemask import mlflow_tracking, registry
+from facemask.cli import run_stage, write_json
 from facemask.config import Params
+from facemask.data.voc import Scene, evaluation_folder, load_scenes
 from facemask.detection import build_detector
 from facemask.scenes.detection import detect_scenes, detector_scores, scenes_digest
-from facemask.scenes.voc import Scene, evaluation_folder, load_scenes
-from facemask.stages._runner import run_stage, write_json
 
 log = logging.getLogger("facemask.promote_detector")
 
@@ -35,11 +35,11 @@ def score(params: Params, scenes: list[Scene], weights: Path) -> dict:
 def promote_detector(params: Params) -> None:
     paths, ml = params.paths, params.mlflow
     out = paths.models / "detector"
-    ref = tracking.read_run_ref(out / "mlflow_run.json")
+    ref = mlflow_tracking.read_run_ref(out / "mlflow_run.json")
     scenes = load_scenes(evaluation_folder(params.scenes), params.scenes.source.label_map)
     digest = scenes_digest(scenes)
     result = score(params, scenes, out / "detector.onnx")
-    tracking.setup(ml)
+    mlflow_tracking.setup(ml)
     client = MlflowClient()
 
     def rescore(version: str) -> dict[str, float]:

@@ -11,28 +11,14 @@ import sys
 
 import mlflow
 
-from facemask import tracking
+from facemask import mlflow_tracking
+from facemask.cli import run_stage, write_json
 from facemask.config import Params
 from facemask.pipeline import MaskPipeline
-from facemask.scenes.evaluate import evaluate_scenes, summary, write_reports
-from facemask.scenes.metrics import format_scene_table
-from facemask.stages._runner import run_stage, write_json
+from facemask.scenes.average_precision import format_scene_table
+from facemask.scenes.evaluate import evaluate_scenes, flat_metrics, summary, write_reports
 
 log = logging.getLogger("facemask.scenes")
-
-
-def flat_metrics(result: dict, prefix: str = "scenes.") -> dict[str, float]:
-    """MLflow metric names for a scene evaluation."""
-    flat = {
-        f"{prefix}{k}": float(result[k])
-        for k in ("map", "map_top1", "detector_recall", "fps", "frame_ms_median")
-        if result.get(k) is not None
-    }
-    flat.update({f"{prefix}ap.{lb}": v for lb, v in result["ap"].items()})
-    flat.update({f"{prefix}ap_top1.{lb}": v for lb, v in result["ap_top1"].items()})
-    for label, sizes in result["recall_by_size"].items():
-        flat.update({f"{prefix}recall.{label}.{s}": c["recall"] for s, c in sizes.items() if c["recall"] is not None})
-    return flat
 
 
 def scenes(params: Params) -> None:
@@ -43,8 +29,8 @@ def scenes(params: Params) -> None:
     figures = write_reports(run, result, pipeline.labels, out, params.scenes.gallery_size, params.scenes.iou_threshold)
     write_json(out / "metrics.json", summary(result))
 
-    ref = tracking.read_run_ref(paths.models / "mlflow_run.json")
-    tracking.setup(params.mlflow)
+    ref = mlflow_tracking.read_run_ref(paths.models / "mlflow_run.json")
+    mlflow_tracking.setup(params.mlflow)
     with mlflow.start_run(run_id=ref["run_id"]):
         mlflow.log_metrics(flat_metrics(result))
         for name, fig in figures.items():

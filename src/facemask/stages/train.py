@@ -17,72 +17,40 @@ import pandas as pd
 import pytorch_lightning as pl
 import timm
 import torch
-from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 from pytorch_lightning.loggers import MLFlowLogger
 
-from facemask import plots, tracking
-from facemask.augment import load_augmentation
+from facemask import mlflow_tracking, plots
 from facemask.classifier import save_classifier
-from facemask.config import Params
-from facemask.preprocess import Preprocessor
-from facemask.stages._runner import run_stage, write_json
-from facemask.training.datamodule import CropDataModule
+from facemask.cli import run_stage, write_json
+from facemask.config import ConfigError, Params
 from facemask.training.history import History
-from facemask.training.module import MaskClassifierModule
+from facemask.training.trainer import build_classifier_fit, build_trainer
 
 log = logging.getLogger("facemask.train")
-MONITOR = "val/macro_f1"
-
-
-def build(params: Params) -> tuple[CropDataModule, MaskClassifierModule]:
-    """The data module and the Lightning module of a training run (also used by `make bench`)."""
-    tp, paths, labels = params.trainer, params.paths, params.classifier_labels
-    dm = CropDataModule(
-        paths.interim / "crops.csv",
-        paths.crops,
-        labels,
-        Preprocessor.from_config(params.model),
-        load_augmentation(paths.models / "augment.json"),
-        batch_size=tp.batch_size,
-        num_workers=tp.num_workers,
-        balance=tp.balance,
-        seed=params.seed,
-        epoch_samples=tp.epoch_samples,
-        scene_share=tp.scene_share,
-    )
-    weights = dm.class_weights() if tp.balance == "class_weights" else None
-    return dm, MaskClassifierModule(params.model, len(labels), tp.lr, tp.weight_decay, tp.label_smoothing, weights)
 
 
 def train(params: Params) -> None:
     pl.seed_everything(params.seed, workers=True)
     tp, paths, labels = params.trainer, params.paths, params.classifier_labels
-    dm, module = build(params)
+    dm, module = build_classifier_fit(params)
 
-    experiment_id = tracking.setup(params.mlflow)
+    experiment_id = mlflow_tracking.setup(params.mlflow)
     ckpt_dir = paths.models / "checkpoints"
     shutil.rmtree(ckpt_dir, ignore_errors=True)
     history = History()
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"train-{params.model.backbone}") as run:
-        mlflow.log_params(tracking.flatten(params.model_dump(mode="json")))
+        mlflow.log_params(mlflow_tracking.flatten(params.model_dump(mode="json")))
         mlflow.log_params({"data.train_counts": dict(zip(labels, dm.class_counts().tolist(), strict=True))})
         drawn = dm.drawn_class_counts().round().astype(int).tolist()
         mlflow.log_params({"data.drawn_per_epoch": dict(zip(labels, drawn, strict=True))})
         mlflow.set_tags({"stage": "train", "backbone": params.model.backbone, "detector": params.detector.name})
-        uri = tracking.tracking_uri(params.mlflow)
+        uri = mlflow_tracking.tracking_uri(params.mlflow)
         logger = MLFlowLogger(experiment_name=params.mlflow.experiment, tracking_uri=uri, run_id=run.info.run_id)
-        checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=MONITOR, mode="max", save_top_k=1)
-        trainer = pl.Trainer(
-            max_epochs=tp.max_epochs,
-            accelerator=tp.accelerator,
-            deterministic=tp.deterministic,
-            logger=logger,
-            callbacks=[checkpoint, EarlyStopping(MONITOR, mode="max", patience=tp.early_stopping_patience), history],
-            limit_train_batches=tp.limit_train_batches,
-            limit_val_batches=tp.limit_val_batches,
-            enable_model_summary=False,
-            log_every_n_steps=10,
+        trainer, checkpoint = build_trainer(
+            tp.lightning, tp.callbacks, logger=logger, checkpoint_dir=ckpt_dir, extra_callbacks=[history]
         )
+        if checkpoint is None:
+            raise ConfigError("trainer.callbacks: a ModelCheckpoint is needed (its best epoch is the model)")
         started = time.perf_counter()
         trainer.fit(module, datamodule=dm)
         seconds = time.perf_counter() - started
@@ -122,7 +90,7 @@ def train(params: Params) -> None:
             "seconds_per_epoch": round(float(frame["seconds"].median()), 2) if len(frame) else None,
         }
         mlflow.log_metrics({f"train_summary.{k}": v for k, v in summary.items() if v is not None})
-        tracking.write_run_ref(
+        mlflow_tracking.write_run_ref(
             paths.models / "mlflow_run.json", run.info.run_id, experiment_id, uri, model_info.model_uri
         )
     write_json(paths.reports / "train.json", summary)

@@ -19,21 +19,20 @@ import onnx
 import pandas as pd
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import MLFlowLogger
 
-from facemask import plots, tracking
-from facemask.config import Params
+from facemask import mlflow_tracking, plots
+from facemask.cli import run_stage, write_json
+from facemask.config import ConfigError, Params
 from facemask.data.fetch import resolve_weights
 from facemask.detection.retinaface_mnet import RetinaFaceMobileNet, load_state
 from facemask.detector_training.export import export_onnx
 from facemask.detector_training.module import DetectorModule
 from facemask.detector_training.scene_data import SceneDataModule
-from facemask.stages._runner import run_stage, write_json
 from facemask.training.history import History
+from facemask.training.trainer import build_trainer
 
 log = logging.getLogger("facemask.train_detector")
-MONITOR = "val/ap"
 
 
 def build(params: Params) -> tuple[SceneDataModule, DetectorModule]:
@@ -62,27 +61,21 @@ def train_detector(params: Params) -> None:
     dm, module = build(params)
     log.info("%d training scenes, %d validation scenes", len(dm.train_scenes), len(dm.val_scenes))
 
-    experiment_id = tracking.setup(params.mlflow)
+    experiment_id = mlflow_tracking.setup(params.mlflow)
     ckpt_dir = out / "checkpoints"
     shutil.rmtree(ckpt_dir, ignore_errors=True)
     history = History()
     with mlflow.start_run(experiment_id=experiment_id, run_name="train-detector") as run:
-        mlflow.log_params(tracking.flatten({"detector_train": params.detector_train.model_dump(mode="json")}))
+        mlflow.log_params(mlflow_tracking.flatten({"detector_train": params.detector_train.model_dump(mode="json")}))
         mlflow.log_params({"data.train_scenes": len(dm.train_scenes), "data.val_scenes": len(dm.val_scenes)})
         mlflow.set_tags({"stage": "train_detector", "facemask.kind": "detector", "init": cfg.init})
-        uri = tracking.tracking_uri(params.mlflow)
+        uri = mlflow_tracking.tracking_uri(params.mlflow)
         logger = MLFlowLogger(experiment_name=params.mlflow.experiment, tracking_uri=uri, run_id=run.info.run_id)
-        checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=MONITOR, mode="max", save_top_k=1)
-        trainer = pl.Trainer(
-            max_epochs=cfg.max_epochs,
-            accelerator=cfg.accelerator,
-            deterministic=cfg.deterministic,
-            logger=logger,
-            callbacks=[checkpoint, history],
-            enable_model_summary=False,
-            num_sanity_val_steps=0,
-            log_every_n_steps=10,
+        trainer, checkpoint = build_trainer(
+            cfg.lightning, cfg.callbacks, logger=logger, checkpoint_dir=ckpt_dir, extra_callbacks=[history]
         )
+        if checkpoint is None:
+            raise ConfigError("detector_train.callbacks: a ModelCheckpoint is needed (its best epoch is the model)")
         started = time.perf_counter()
         trainer.fit(module, datamodule=dm)
         seconds = time.perf_counter() - started
@@ -112,7 +105,9 @@ def train_detector(params: Params) -> None:
             "device": str(trainer.strategy.root_device),
         }
         mlflow.log_metrics({f"summary.{k}": v for k, v in summary.items() if isinstance(v, int | float)})
-        tracking.write_run_ref(out / "mlflow_run.json", run.info.run_id, experiment_id, uri, model_info.model_uri)
+        mlflow_tracking.write_run_ref(
+            out / "mlflow_run.json", run.info.run_id, experiment_id, uri, model_info.model_uri
+        )
     write_json(reports / "train.json", summary)
     log.info(
         "best val AP %.4f (recall %s) after %d epochs (%.0f s)",

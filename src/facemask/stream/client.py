@@ -21,8 +21,8 @@ import cv2
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 from websockets.sync.client import ClientConnection, connect
 
+from facemask.draw import draw_tracks
 from facemask.imageio import encode_jpeg
-from facemask.serving.draw import draw_tracks
 
 log = logging.getLogger("facemask.client")
 BANNER_S = 3.0

@@ -10,9 +10,8 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
-from torchvision.ops import box_iou
 
+from facemask.boxes import Box, match
 from facemask.config import Stream
 from facemask.pipeline import FaceResult
 
@@ -20,7 +19,7 @@ from facemask.pipeline import FaceResult
 @dataclass
 class Track:
     id: int
-    box: tuple[float, float, float, float]
+    box: Box
     first_seen: float
     last_seen: float
     labels: deque = field(default_factory=deque)
@@ -45,7 +44,8 @@ class Track:
 
 
 class Tracker:
-    """IoU tracker: each face joins the overlapping live track with the highest IoU, or starts one."""
+    """IoU tracker: each face, most confident first, joins the unclaimed live track it overlaps most
+    (`boxes.match`, IoU >= `iou_match`), or starts one."""
 
     def __init__(self, cfg: Stream, labels: list[str]):
         self.cfg, self.labels = cfg, labels
@@ -57,14 +57,10 @@ class Tracker:
         live = list(self.tracks.values())
         assigned: dict[int, Track] = {}
         if live and faces:
-            iou = box_iou(torch.tensor([f.box for f in faces]), torch.tensor([t.box for t in live])).numpy()
-            for flat in np.argsort(-iou, axis=None):
-                i, j = np.unravel_index(flat, iou.shape)
-                if iou[i, j] < self.cfg.iou_match:
-                    break
-                if i in assigned or any(t is live[j] for t in assigned.values()):
-                    continue
-                assigned[int(i)] = live[j]
+            pairs = match(
+                [t.box for t in live], [f.box for f in faces], np.array([f.score for f in faces]), self.cfg.iou_match
+            )
+            assigned = {face: live[track] for track, face in pairs.items()}
         seen = []
         for i, face in enumerate(faces):
             track = assigned.get(i)

@@ -12,7 +12,7 @@ from typing import Any
 
 from facemask.config import ConfigError, Params, load_params
 from facemask.data.fetch import FetchError
-from facemask.scenes.voc import SceneError
+from facemask.data.voc import SceneError
 
 
 def write_json(path: Path, payload: Any) -> None:

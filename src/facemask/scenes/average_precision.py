@@ -18,7 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torchmetrics.detection import MeanAveragePrecision
-from torchvision.ops import box_iou
+
+from facemask.boxes import match
 
 SIZES = ("small", "medium", "large")
 MISSED = "missed"
@@ -52,19 +53,6 @@ class Prediction:
             scores=self.scores[face],
             confidences=self.probabilities[face, cls].astype(np.float32),
         )
-
-
-def match(gt: np.ndarray, pred: np.ndarray, order: np.ndarray, iou_threshold: float) -> dict[int, int]:
-    """Greedy one-to-one matching, best-ranked prediction first: {gt index: prediction index}."""
-    if len(gt) == 0 or len(pred) == 0:
-        return {}
-    iou = box_iou(torch.as_tensor(pred, dtype=torch.float32), torch.as_tensor(gt, dtype=torch.float32)).numpy()
-    pairs: dict[int, int] = {}
-    for p in np.argsort(-order, kind="stable"):
-        candidates = np.where((iou[p] >= iou_threshold) & ~np.isin(np.arange(len(gt)), list(pairs)))[0]
-        if len(candidates):
-            pairs[int(candidates[iou[p, candidates].argmax()])] = int(p)
-    return pairs
 
 
 def size_bin(box: np.ndarray, bins: tuple[int, int]) -> str:
