@@ -1,0 +1,101 @@
+"""The package's layers, and a check that imports only go down them.
+
+Each top-level module or subpackage of `facemask` is a unit; a unit may import units of lower layers
+only. `python -m facemask.import_graph` prints the unit graph and every import that goes up or
+sideways (exit 1 if any); the tests run it. Imports inside functions count too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+# Lowest first. docs/architecture.md describes what each holds.
+LAYERS: list[list[str]] = [
+    ["config"],
+    ["imageio", "boxes", "plots", "mlflow_tracking"],
+    ["data"],
+    ["cli"],
+    ["detection", "preprocess", "augment"],
+    ["classifier"],
+    ["pipeline", "classification_metrics"],
+    ["draw", "face_crops", "crop_scoring", "registry"],
+    ["scenes", "training", "stream"],
+    ["detector_training", "serving"],
+    ["stages", "bench", "import_graph"],
+]
+RANK = {unit: rank for rank, units in enumerate(LAYERS) for unit in units}
+# Units whose modules stand alone: one DVC stage script never imports another.
+STANDALONE = {"stages"}
+PACKAGE = "facemask"
+
+
+def unit_of(module: str) -> str | None:
+    """`facemask.scenes.evaluate` -> `scenes`; None outside the package (or the package itself)."""
+    parts = module.split(".")
+    return parts[1] if parts[0] == PACKAGE and len(parts) > 1 else None
+
+
+def imports(root: Path) -> dict[tuple[str, str], set[str]]:
+    """{(importing unit, imported unit): the importing modules} for every import between units."""
+    edges: dict[tuple[str, str], set[str]] = defaultdict(set)
+    for path in sorted(root.rglob("*.py")):
+        module = ".".join((PACKAGE, *path.relative_to(root).with_suffix("").parts)).removesuffix(".__init__")
+        source = unit_of(module)
+        if source is None:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            targets: list[str] = []
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                # `from facemask import plots` imports the unit `plots`
+                targets = [f"{node.module}.{a.name}" for a in node.names] if node.module == PACKAGE else [node.module]
+            for target in targets:
+                dest = unit_of(target)
+                if dest is not None and dest != source:
+                    edges[(source, dest)].add(module)
+                elif dest == source and source in STANDALONE and target.startswith(f"{PACKAGE}.{source}."):
+                    edges[(module, target)].add(module)  # a sibling import: reported by `violations`
+    return edges
+
+
+def violations(edges: dict[tuple[str, str], set[str]]) -> list[str]:
+    """Each import that is not strictly downward, or involves a unit no layer names."""
+    out = []
+    for (source, dest), modules in sorted(edges.items()):
+        if "." in source:
+            out.append(f"{source} imports {dest}: modules of {source.split('.')[1]} stand alone")
+            continue
+        unknown = [u for u in (source, dest) if u not in RANK]
+        if unknown:
+            out.append(f"{source} -> {dest}: no layer names {', '.join(unknown)} (add it to LAYERS)")
+        elif RANK[dest] >= RANK[source]:
+            out.append(f"{source} -> {dest} goes up or sideways (in {', '.join(sorted(modules))})")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--root", type=Path, default=Path(__file__).resolve().parent, help="the package folder")
+    args = parser.parse_args(argv)
+    edges = imports(args.root)
+    graph: dict[str, set[str]] = defaultdict(set)
+    for source, dest in edges:
+        if "." not in source:
+            graph[source].add(dest)
+    for rank, units in enumerate(LAYERS):
+        for unit in units:
+            print(f"{rank:2d} {unit:22s} -> {', '.join(sorted(graph.get(unit, ()))) or '-'}")
+    problems = violations(edges)
+    for line in problems:
+        print(f"layer violation: {line}", file=sys.stderr)
+    print(f"{len(edges)} imports between {len(RANK)} units; {len(problems)} violations")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
