@@ -201,6 +201,29 @@ def test_second_repro_does_nothing(project):
         assert f"Stage '{stage}' didn't change" in output
 
 
+def test_touching_plots_py_invalidates_exactly_its_users_and_a_moved_path_needs_no_dvc_yaml_edit(project):
+    """A code change reaches exactly the stages that import the file: touching `plots.py` makes
+    `dvc status` list train_detector, train, evaluate, scenes and detectors, nothing else. A path
+    changed in conf/ reaches dvc.yaml through params.yaml (templating): the stages' outputs move
+    with it, dvc.yaml untouched. The project is restored either way."""
+    root, env, _ = project
+    plots, params = root / "src/facemask/plots.py", root / "params.yaml"
+    code, composed, dvc_yaml = plots.read_text(), params.read_text(), (root / "dvc.yaml").read_text()
+    try:
+        plots.write_text(code + "\n# a comment: the bytes changed\n")
+        status = json.loads(dvc(root, "status", "--json", env=env).strip().splitlines()[-1])
+        assert set(status) == {"train_detector", "train", "evaluate", "scenes", "detectors"}
+        plots.write_text(code)
+        write_params(compose([*OVERRIDES, "paths.reports=reports_elsewhere"]), params)
+        stages = dvc(root, "stage", "list", env=env)
+        assert "reports_elsewhere/ingest.json" in stages and "reports/ingest.json" not in stages
+        assert (root / "dvc.yaml").read_text() == dvc_yaml
+    finally:
+        plots.write_text(code)
+        params.write_text(composed)
+    assert json.loads(dvc(root, "status", "--json", env=env).strip().splitlines()[-1]) == {}
+
+
 def test_augment_change_reruns_only_downstream_and_a_killed_stage_runs_again(project):
     """An augmentation change re-runs augment and what follows it, nothing upstream. That `dvc repro`
     is killed (SIGKILL, the whole process tree) while `train` runs: nothing of the half-run stage is

@@ -10,9 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from facemask.config import ConfigError, Params, load_params
-from facemask.data.fetch import FetchError
-from facemask.data.voc import SceneError
+from facemask.config import Params, load_params
+from facemask.errors import FacemaskError
 
 
 def write_json(path: Path, payload: Any) -> None:
@@ -31,7 +30,7 @@ def run_stage(name: str, body: Callable[[Params], None], argv: list[str] | None 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         body(load_params(args.params))
-    except (ConfigError, FetchError, SceneError, FileNotFoundError) as err:
+    except (FacemaskError, FileNotFoundError) as err:
         print(f"{name}: {err}", file=sys.stderr)
         return 2
     except Exception as err:

@@ -13,8 +13,10 @@ import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from facemask.errors import FacemaskError
 
-class ImageError(ValueError):
+
+class ImageError(FacemaskError, ValueError):
     """The bytes are not a decodable image of acceptable size."""
 
 

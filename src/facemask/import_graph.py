@@ -15,6 +15,7 @@ from pathlib import Path
 
 # Lowest first. docs/architecture.md describes what each holds.
 LAYERS: list[list[str]] = [
+    ["errors"],
     ["config"],
     ["imageio", "boxes", "plots", "mlflow_tracking"],
     ["data"],
@@ -61,6 +62,39 @@ def imports(root: Path) -> dict[tuple[str, str], set[str]]:
                 elif dest == source and source in STANDALONE and target.startswith(f"{PACKAGE}.{source}."):
                     edges[(module, target)].add(module)  # a sibling import: reported by `violations`
     return edges
+
+
+def _module_path(root: Path, module: str) -> Path | None:
+    rel = Path(*module.split(".")[1:])
+    for candidate in (root / rel.with_suffix(".py"), root / rel / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def closure(root: Path, modules: list[str]) -> set[Path]:
+    """The files of `modules` and of every facemask module they import, transitively (a package's
+    `__init__.py` included, as Python runs it): what a DVC stage running them depends on."""
+    seen: set[Path] = set()
+    todo = list(modules)
+    while todo:
+        module = todo.pop()
+        parts = module.split(".")
+        for i in range(1, len(parts) + 1):  # facemask.a.b runs facemask/__init__, a/__init__, then b
+            path = _module_path(root, ".".join(parts[:i])) if i > 1 else root / "__init__.py"
+            if path is None or path in seen:
+                continue
+            seen.add(path)
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if isinstance(node, ast.Import):
+                    todo += [a.name for a in node.names if a.name.startswith(f"{PACKAGE}.")]
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    if node.module == PACKAGE:
+                        todo += [f"{PACKAGE}.{a.name}" for a in node.names]
+                    elif node.module.startswith(f"{PACKAGE}."):
+                        todo.append(node.module)
+                        todo += [f"{node.module}.{a.name}" for a in node.names]  # submodules imported by name
+    return seen
 
 
 def violations(edges: dict[tuple[str, str], set[str]]) -> list[str]:

@@ -20,6 +20,7 @@ import requests
 from tqdm import tqdm
 
 from facemask.config import ConfigError, Source, Weights
+from facemask.errors import FacemaskError
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,7 @@ MIRROR_ENV = "FACEMASK_MIRROR"
 CACHE_ENV = "FACEMASK_CACHE"
 
 
-class FetchError(RuntimeError):
+class FetchError(FacemaskError, RuntimeError):
     """A download failed or its checksum did not match."""
 
 

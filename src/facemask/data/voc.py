@@ -10,10 +10,11 @@ import numpy as np
 
 from facemask.config import Scenes
 from facemask.data.fetch import resolve_source
+from facemask.errors import FacemaskError
 from facemask.imageio import ImageError, image_file_size
 
 
-class SceneError(ValueError):
+class SceneError(FacemaskError, ValueError):
     """A scene folder or annotation file is malformed; the message names the file."""
 
 

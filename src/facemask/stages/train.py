@@ -39,7 +39,10 @@ def train(params: Params) -> None:
     shutil.rmtree(ckpt_dir, ignore_errors=True)
     history = History()
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"train-{params.model.backbone}") as run:
-        mlflow.log_params(mlflow_tracking.flatten(params.model_dump(mode="json")))
+        dump = params.model_dump(mode="json")  # the sections this stage declares in dvc.yaml, no more
+        read = {k: dump[k] for k in ("seed", "crop", "model", "trainer")}
+        read |= {"data": {"labels": dump["data"]["labels"]}, "detector": {"name": dump["detector"]["name"]}}
+        mlflow.log_params(mlflow_tracking.flatten(read))
         mlflow.log_params({"data.train_counts": dict(zip(labels, dm.class_counts().tolist(), strict=True))})
         drawn = dm.drawn_class_counts().round().astype(int).tolist()
         mlflow.log_params({"data.drawn_per_epoch": dict(zip(labels, drawn, strict=True))})
