@@ -40,15 +40,26 @@ class Paths(_Strict):
 
 
 class Source(_Strict):
-    """An image source. `kind: folders`: one subfolder per label; `kind: scenes`: PASCAL VOC scenes
-    (images/ + annotations/), every boxed face a sample. `url` may list several archives (merged)."""
+    """An image source. `kind: folders`: one subfolder per label (upstream archives that label by
+    file-name suffix instead name the folder each suffix goes to in `suffix_folders`); `kind: scenes`:
+    PASCAL VOC scenes (images/ + annotations/), every boxed face a sample. `url` may list several
+    archives (merged). `auth: kaggle`: the download needs a Kaggle API token."""
 
     kind: Literal["folders", "scenes"] = "folders"
     url: str | list[str] | None = None
     sha256: str | list[str | None] | None = None
     mirror_dir: str
     label_map: dict[str, str] = Field(min_length=1)
+    suffix_folders: dict[str, str] | None = None
+    auth: Literal["none", "kaggle"] = "none"
     licence: str | None = None
+
+    @model_validator(mode="after")
+    def _suffixes(self) -> Source:
+        unknown = set((self.suffix_folders or {}).values()) - set(self.label_map)
+        if unknown:
+            raise ValueError(f"suffix_folders names folders {sorted(unknown)} that label_map does not map")
+        return self
 
     @model_validator(mode="after")
     def _checksums(self) -> Source:

@@ -105,4 +105,4 @@ def evaluation_folder(cfg: Scenes) -> Path:
         if not Path(cfg.dir).is_dir():
             raise FileNotFoundError(f"scenes.dir: {cfg.dir} is not a folder")
         return Path(cfg.dir)
-    return resolve_source("scenes", cfg.source, key="scenes.source", markers={"images", "annotations"})
+    return resolve_source("scenes", cfg.source, key="scenes.source")
