@@ -94,7 +94,8 @@ audit: ## pip-audit of the locked dependencies (the PyPI advisory database; need
 bench-latency: ## detect latency table (1/3/8 faces, 640x480), in-process; URL=http://... adds HTTP
 	$(RUN) python -m facemask.bench.latency $(if $(URL),--url $(URL),)
 
-mlflow-ui: ## open the MLflow UI on http://127.0.0.1:5000 (runs, metrics, plots, models)
+mlflow-ui: ## open the MLflow UI on http://127.0.0.1:5000 (runs, metrics, plots, models); prints the runs page
+	@$(RUN) python -m facemask.mlflow_tracking --ui http://127.0.0.1:5000
 	$(RUN) mlflow ui --backend-store-uri $${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db} --host 127.0.0.1 --port 5000
 
 clean: ## remove pipeline outputs (keeps the MLflow store and the DVC cache)

@@ -22,7 +22,7 @@ from mlflow.tracking import MlflowClient
 
 from facemask.config import compose, write_params
 
-from .conftest import BIN, REPO
+from .conftest import BIN, REPO, chromium_binary
 
 pytestmark = pytest.mark.slow
 STAGES = [
@@ -358,3 +358,29 @@ def test_fine_tuned_detector_packaged_from_the_registry(project, tmp_path, monke
     canvas[112:368, 220:420] = cv2.resize(cv2.imread(str(photo)), (200, 256))
     faces = pipe.detect_faces(canvas)
     assert len(faces) >= 1 and all(180 < (f.box[0] + f.box[2]) / 2 < 460 for f in faces)
+
+
+def test_mlflow_ui_opens_on_the_training_runs(project):
+    """The experiment is tagged as model development, and the link `make mlflow-ui` prints opens
+    the real MLflow UI (headless Chromium) on the table of training runs, this run among them."""
+    from playwright.sync_api import sync_playwright
+
+    root, env, _ = project
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    experiment = MlflowClient(env["MLFLOW_TRACKING_URI"]).get_experiment_by_name(params["mlflow"]["experiment"])
+    assert experiment.tags.get("mlflow.experimentKind") == "custom_model_development"
+    printed = subprocess.run(
+        [str(BIN / "python"), "-m", "facemask.mlflow_tracking", "--ui", env["MLFLOW_TRACKING_URI"]],
+        cwd=root, env=env, capture_output=True, text=True, timeout=120, check=True,
+    ).stdout  # fmt: skip
+    url = printed.strip().rsplit(" ", 1)[-1]
+    run_name = f"train-{params['model']['backbone']}"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium_binary(), headless=True, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page.goto(url)
+        page.get_by_text(run_name).first.wait_for(timeout=60_000)
+        landed, text = page.url, page.inner_text("body")
+        browser.close()
+    assert f"/experiments/{experiment.experiment_id}/runs" in landed and "workflowType=machine_learning" in landed
+    assert "Run Name" in text and "Traces\n0" not in text

@@ -12,8 +12,8 @@ import io
 import json
 import os
 import re
-import shutil
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -25,7 +25,7 @@ import requests
 import yaml
 from PIL import Image
 
-from .conftest import API_KEY, BIN, FPS, REPO, entrance_frames, entrance_video
+from .conftest import API_KEY, BIN, FPS, REPO, chromium_binary, entrance_frames, entrance_video
 
 KEY = {"X-API-Key": API_KEY}
 
@@ -59,14 +59,16 @@ def test_bento_pins_requirements_and_carries_both_models(bento, bento_env):
 
 
 @pytest.mark.parametrize(("label", "expected"), [("mask", "mask"), ("no_mask", "no_mask")])
-def test_detect_classifies_held_out_faces(server, shared, label, expected):
+def test_detect_classifies_held_out_faces(server, shared, bento_env, label, expected):
+    """The served model is the one this pipeline run trained (packaged by version, not by alias), so
+    the manifest's test photos are truly held out from it."""
     images = held_out(shared, label, 12)
     right = 0
     for data in images:
         resp = post(server, "detect", data)
         assert resp.status_code == 200, resp.text
         body = resp.json()
-        assert body["model_version"].startswith("facemask-classifier/v")
+        assert body["model_version"] == f"facemask-classifier/v{bento_env['FACEMASK_TEST_MODEL_VERSION']}"
         if body["faces"]:
             top = max(body["faces"], key=lambda f: (f["box"][2] - f["box"][0]) * (f["box"][3] - f["box"][1]))
             assert abs(sum(top["probabilities"].values()) - 1) < 1e-3
@@ -183,7 +185,7 @@ def test_live_stream_over_websocket(server, shared, bento_env):
     assert answers[-1]["compliance"] is not None and 0.5 < answers[-1]["compliance"] < 1.0
 
     events = [json.loads(line) for line in Path(bento_env["FACEMASK_EVENTS"]).read_text().splitlines()]
-    assert [e["track"] for e in events if e["type"] == "alert"] == [alerts[0]["track"]]
+    assert [e["track"] for e in events if e["type"] == "alert" and e["camera"] == "door"] == [alerts[0]["track"]]
     metrics = requests.get(f"{server}/metrics", timeout=10, headers=KEY).text
     fired = re.findall(r'^facemask_alerts_total\{[^}]*camera="door"[^}]*\} (\S+)$', metrics, re.M)
     assert sum(float(v) for v in fired) == 1.0
@@ -192,6 +194,35 @@ def test_live_stream_over_websocket(server, shared, bento_env):
     assert re.search(r'^facemask_bad_frames_total\{camera="door"\} 1\.0$', metrics, re.M)
     shares = re.findall(r'^facemask_masked_share\{[^}]*camera="door"[^}]*\} (\S+)$', metrics, re.M)
     assert shares and 0.5 < float(shares[-1]) < 1.0, [ln for ln in metrics.splitlines() if "masked_share" in ln]
+
+
+def test_the_camera_client_streams_a_video_file_to_the_served_bento(server, shared, bento_env, tmp_path):
+    """`make stream`'s client, as a user runs it: the entrance video at its own frame rate to the
+    real served Bento, with the API key from the environment. Every frame is answered, the unmasked
+    visitor raises one alert (in the event file, under this camera), and the annotated video holds
+    every frame."""
+    video = entrance_video(shared, tmp_path / "entrance.mp4")
+    url = server.replace("http://", "ws://") + "/live/ws/client-door"
+    env = {**bento_env, "FACEMASK_API_KEY": API_KEY}
+    proc = subprocess.run(
+        [str(BIN / "python"), "-m", "facemask.stream.client", str(video), "--url", url, "--realtime",
+         "--out", str(tmp_path / "annotated.mp4"), "--max-wait", "20"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["frames"] == 8 * FPS and summary["refused"] == 0 and summary["reconnects"] == 0
+    assert summary["alerts"] == 1, proc.stderr[-2000:]
+    events = [json.loads(line) for line in Path(bento_env["FACEMASK_EVENTS"]).read_text().splitlines()]
+    assert sum(e["type"] == "alert" and e["camera"] == "client-door" for e in events) == 1
+    annotated = cv2.VideoCapture(str(tmp_path / "annotated.mp4"))
+    assert int(annotated.get(cv2.CAP_PROP_FRAME_COUNT)) == 8 * FPS
+    annotated.release()
+    wrong = subprocess.run(
+        [str(BIN / "python"), "-m", "facemask.stream.client", str(video), "--url", url, "--max-frames", "1"],
+        env={**bento_env, "FACEMASK_API_KEY": "not-the-key"}, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert wrong.returncode == 2 and "refused the stream" in wrong.stderr
 
 
 def test_live_stream_refuses_a_bad_camera_name(server):
@@ -205,13 +236,6 @@ def test_live_stream_refuses_a_bad_camera_name(server):
         ws.recv(timeout=10)
     assert err.value.rcvd.code == 1008
     assert requests.get(f"{server}/readyz", timeout=10).status_code == 200
-
-
-def chromium_binary() -> str:
-    for candidate in ("/usr/lib/chromium/chromium", shutil.which("chromium") or ""):
-        if candidate and Path(candidate).is_file():
-            return candidate
-    pytest.fail("Debian's chromium is missing: `make browser` (part of `make test`) installs it")
 
 
 def test_camera_page_in_headless_chromium(server, shared, tmp_path):
@@ -327,9 +351,21 @@ def test_past_its_capacity_the_service_answers_503_at_once(server, shared):
         resp = post(server, "detect", image)
         return resp.status_code, resp.headers.get("retry-after"), time.perf_counter() - start
 
-    with ThreadPoolExecutor(40) as pool:
+    def probe(stop: threading.Event) -> list[int]:
+        seen = []
+        while not stop.is_set():
+            seen.append(requests.get(f"{server}/readyz", timeout=10).status_code)
+            time.sleep(0.02)
+        return seen
+
+    stop = threading.Event()
+    with ThreadPoolExecutor(41) as pool:
+        readiness = pool.submit(probe, stop)
         results = list(pool.map(one, range(40)))
+        stop.set()
     codes = [c for c, _, _ in results]
+    assert 503 in readiness.result() and 200 in readiness.result()  # full: not ready; with room: ready
+    assert requests.get(f"{server}/readyz", timeout=10).status_code == 200
     assert set(codes) <= {200, 503}, codes
     assert codes.count(200) >= capacity and codes.count(503) >= 1
     assert all(r == "1" for c, r, _ in results if c == 503)

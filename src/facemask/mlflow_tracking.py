@@ -18,16 +18,48 @@ def tracking_uri(cfg: MlflowConfig) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking_uri
 
 
+# MLflow 3's UI opens an experiment by its kind: without this tag it guesses "GenAI" (a traces page
+# and a pop-up) for an experiment with no runs yet; model development opens on the runs table.
+EXPERIMENT_KIND_TAG, MODEL_DEVELOPMENT = "mlflow.experimentKind", "custom_model_development"
+
+
 def setup(cfg: MlflowConfig) -> str:
-    """Point MLflow at the tracking server and make sure the experiment exists; returns its id."""
+    """Point MLflow at the tracking server and make sure the experiment exists, tagged as model
+    development (so the UI opens on its runs); returns its id."""
     mlflow.set_tracking_uri(tracking_uri(cfg))
     experiment = mlflow.get_experiment_by_name(cfg.experiment)
-    if experiment is not None:
-        return experiment.experiment_id
-    location = cfg.artifact_location
-    if "://" not in location:
-        location = Path(location).resolve().as_uri()
-    return mlflow.create_experiment(cfg.experiment, artifact_location=location)
+    if experiment is None:
+        location = cfg.artifact_location
+        if "://" not in location:
+            location = Path(location).resolve().as_uri()
+        return mlflow.create_experiment(
+            cfg.experiment, artifact_location=location, tags={EXPERIMENT_KIND_TAG: MODEL_DEVELOPMENT}
+        )
+    if experiment.tags.get(EXPERIMENT_KIND_TAG) != MODEL_DEVELOPMENT:  # made before the tag existed
+        mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, MODEL_DEVELOPMENT)
+    return experiment.experiment_id
+
+
+def runs_url(ui: str, experiment_id: str) -> str:
+    """The UI page of the experiment's training runs. MLflow 3.17's UI opens an experiment's root
+    on its GenAI overview in a browser that never chose "Model training", whatever the kind tag
+    says (checked in Chromium); the link names the page and the workflow."""
+    return f"{ui.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m facemask.mlflow_tracking --ui URL`: tag the experiment and print its runs page."""
+    import argparse
+
+    from facemask.config import load_params
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--ui", default="http://127.0.0.1:5000", help="where the UI is (or will be) served")
+    args = parser.parse_args(argv)
+    experiment_id = setup(load_params(args.params).mlflow)
+    print(f"the training runs: {runs_url(args.ui, experiment_id)}")
+    return 0
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -69,3 +101,7 @@ def classifier_file(model: str | Path) -> Path:
     if not found:
         raise FileNotFoundError(f"{model} carries no classifier.pt (logged before extra_files?)")
     return found[0]
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -31,13 +31,19 @@ CLASSIFIER_MODEL = "facemask-classifier"
 DETECTOR_MODEL = "facemask-detector"
 
 
-def import_champion(params: Params) -> tuple[str, str]:
-    """Champion classifier + detector into the BentoML store; returns their tags."""
+def import_champion(params: Params, classifier_version: str | None = None) -> tuple[str, str]:
+    """Champion classifier + detector into the BentoML store; returns their tags. `classifier_version`
+    imports that registered version instead of the champion (a test that judges quality on held-out
+    photos serves the model whose split it knows)."""
     mlflow_tracking.setup(params.mlflow)
     name, alias = params.mlflow.registered_model, params.mlflow.champion_alias
     client = MlflowClient()
-    version = client.get_model_version_by_alias(name, alias)
-    classifier = mlflow_tracking.classifier_file(f"models:/{name}@{alias}")
+    if classifier_version is None:
+        version = client.get_model_version_by_alias(name, alias)
+        classifier = mlflow_tracking.classifier_file(f"models:/{name}@{alias}")
+    else:
+        version = client.get_model_version(name, classifier_version)
+        classifier = mlflow_tracking.classifier_file(f"models:/{name}/{classifier_version}")
     meta = {
         "mlflow_model": name,
         "mlflow_version": version.version,
@@ -45,7 +51,8 @@ def import_champion(params: Params) -> tuple[str, str]:
         METRIC_TAG: version.tags.get(METRIC_TAG, ""),  # BentoML metadata takes no None
         SPLIT_TAG: version.tags.get(SPLIT_TAG, ""),
     }
-    with bentoml.models.create(CLASSIFIER_MODEL, labels={"alias": alias}, metadata=meta) as model:
+    label = alias if classifier_version is None else f"version-{classifier_version}"
+    with bentoml.models.create(CLASSIFIER_MODEL, labels={"alias": label}, metadata=meta) as model:
         shutil.copy(classifier, Path(model.path) / "classifier.pt")
     clf_tag = str(model.tag)
 
@@ -130,10 +137,11 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--classifier-version", help="a registered version to serve instead of the champion")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        clf, det = import_champion(load_params(args.params))
+        clf, det = import_champion(load_params(args.params), args.classifier_version)
     except (ConfigError, FileNotFoundError, mlflow.exceptions.MlflowException) as err:
         print(f"cannot import the champion: {err}", file=sys.stderr)
         return 2

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import cv2
+import numpy as np
 import torch
 
 from facemask.pipeline import MaskPipeline
@@ -22,6 +23,8 @@ class PipelinePool:
         torch.set_num_threads(threads)
         cv2.setNumThreads(threads)
         self.pipelines = [build() for _ in range(size)]
+        for pipeline in self.pipelines:  # one real frame each: a broken backend fails here, not on a user
+            pipeline(np.full((480, 640, 3), 114, np.uint8))
         self._free: queue.Queue[MaskPipeline] = queue.Queue()
         for pipeline in self.pipelines:
             self._free.put(pipeline)

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import cv2
+from tenacity import Retrying, before_sleep_log, retry_if_exception, stop_after_delay, wait_exponential
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 from websockets.sync.client import ClientConnection, connect
 
@@ -43,6 +44,11 @@ def open_source(source: str) -> cv2.VideoCapture:
     return cap
 
 
+def _transient(err: BaseException) -> bool:
+    """Worth retrying: the service is down or restarting (not an HTTP refusal of the handshake)."""
+    return isinstance(err, OSError | InvalidHandshake | TimeoutError) and not isinstance(err, InvalidStatus)
+
+
 class StreamClient:
     """One connection per camera; `ask()` sends a frame and waits for its answer, reconnecting."""
 
@@ -53,21 +59,28 @@ class StreamClient:
         self.reconnects = 0
 
     def _connect(self) -> ClientConnection:
-        delay, waited = 0.5, 0.0
-        while True:
-            try:
-                return connect(self.url, open_timeout=self.timeout_s, max_size=2**22, additional_headers=self.headers)
-            except InvalidStatus as err:
-                if err.response.status_code == 403:  # refused, not down: waiting will not help
-                    raise ConnectionError(f"the service refused the stream: {err} (API key? FACEMASK_API_KEY)") from err
-                raise
-            except (OSError, InvalidHandshake, TimeoutError) as err:
-                if waited >= self.max_wait_s:
-                    raise ConnectionError(f"service at {self.url} unreachable for {waited:.0f} s: {err}") from err
-                log.warning("cannot reach %s (%s); retrying in %.1f s", self.url, err, delay)
-                time.sleep(delay)
-                waited += delay
-                delay = min(delay * 2, 5.0)
+        """A connection, retried with exponential back-off (tenacity) while the service is down, for
+        at most `max_wait_s`; a refusal (403: the API key) is final at once."""
+        retrying = Retrying(
+            retry=retry_if_exception(_transient),
+            wait=wait_exponential(multiplier=0.5, max=5.0),
+            stop=stop_after_delay(self.max_wait_s),
+            before_sleep=before_sleep_log(log, logging.WARNING),
+            reraise=True,
+        )
+        try:
+            for attempt in retrying:
+                with attempt:
+                    return connect(
+                        self.url, open_timeout=self.timeout_s, max_size=2**22, additional_headers=self.headers
+                    )
+        except InvalidStatus as err:
+            if err.response.status_code == 403:  # refused, not down: waiting will not help
+                raise ConnectionError(f"the service refused the stream: {err} (API key? FACEMASK_API_KEY)") from err
+            raise
+        except (OSError, InvalidHandshake, TimeoutError) as err:
+            raise ConnectionError(f"service at {self.url} unreachable for {self.max_wait_s:.0f} s: {err}") from err
+        raise AssertionError("unreachable")  # pragma: no cover (Retrying either returns or raises)
 
     def ask(self, jpeg: bytes) -> dict:
         """The answer to one frame; reconnects while the service comes back within `max_wait_s`."""

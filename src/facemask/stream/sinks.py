@@ -3,7 +3,7 @@
 Every event gets an `id` and is appended (flushed and fsynced) to the event log before anything
 else is tried, so a failing webhook loses nothing. The log rotates to `<name>.<UTC time>.jsonl` at a
 size or at the first event of a new UTC day, and rotated files past the retention are deleted.
-The webhook posts from a background thread with a timeout and backoff; its in-memory queue is
+The webhook posts from a background thread; its session retries with backoff (urllib3 `Retry`); its in-memory queue is
 bounded, and what cannot be posted (or does not fit) waits in `<events>.pending.jsonl`, which is
 retried while running, read back as a stream, and kept on shutdown for the next start.
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import logging.handlers
 import os
 import queue
 import threading
@@ -22,6 +23,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
 
 from facemask.config import Sinks
 
@@ -75,34 +78,62 @@ def read_events(path: Path) -> Iterator[dict]:
         yield from iter_jsonl(f)
 
 
-class EventLog:
-    """The append-only event file, rotated by size or UTC day; safe to share between threads."""
+class EventFileHandler(logging.handlers.BaseRotatingHandler):
+    """The event file as a `logging` handler: one JSON line per record, flushed and fsynced, under
+    the handler's lock. It rotates to `<name>.<UTC time>.jsonl` when a line would take it past
+    `max_bytes` or at the first event of a new UTC day (`shouldRollover`); rotated files older than
+    the retention are deleted. A failed write raises: an event is never dropped silently."""
 
-    def __init__(self, path: Path, rotate_bytes: int, retention_days: float):
-        self.path, self.rotate_bytes, self.retention_s = Path(path), rotate_bytes, retention_days * 86400
-        self._lock = threading.Lock()
+    def __init__(self, path: Path, max_bytes: int, retention_s: float):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        super().__init__(str(path), mode="a", encoding="utf-8", delay=True)
+        self.max_bytes, self.retention_s = max_bytes, retention_s
+        self.terminator = ""  # the message is a whole line already
 
-    def append(self, event: dict) -> None:
-        line = to_line(event)  # serialised once: its size decides the rotation, then it is written
-        with self._lock:
-            self._maybe_rotate(len(line.encode("utf-8")))
-            append_lines(self.path, [line])
-
-    def _maybe_rotate(self, incoming: int) -> None:
+    def shouldRollover(self, record: logging.LogRecord) -> bool:
         try:
-            stat = self.path.stat()
+            stat = os.stat(self.baseFilename)
         except FileNotFoundError:
-            return
+            return False
         day = datetime.fromtimestamp(stat.st_mtime, UTC).date()
-        if stat.st_size + incoming <= self.rotate_bytes and day == datetime.now(UTC).date():
-            return
+        incoming = len(record.getMessage().encode("utf-8"))
+        return stat.st_size > 0 and (stat.st_size + incoming > self.max_bytes or day != datetime.now(UTC).date())
+
+    def doRollover(self) -> None:
+        if self.stream:
+            self.stream.close()
+            self.stream = None
+        path = Path(self.baseFilename)
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
-        os.replace(self.path, self.path.with_name(f"{self.path.stem}.{stamp}{self.path.suffix}"))  # atomic
+        self.rotate(self.baseFilename, self.rotation_filename(str(path.with_name(f"{path.stem}.{stamp}{path.suffix}"))))
         cutoff = time.time() - self.retention_s
-        for old in event_files(self.path):
-            if old != self.path and old.stat().st_mtime < cutoff:
+        for old in event_files(path):
+            if old != path and old.stat().st_mtime < cutoff:
                 old.unlink(missing_ok=True)
                 log.info("deleted %s (older than the retention)", old)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        super().emit(record)
+        self.stream.flush()
+        os.fsync(self.stream.fileno())
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        raise
+
+
+class EventLog:
+    """The append-only event file (`EventFileHandler`); safe to share between threads."""
+
+    def __init__(self, path: Path, rotate_bytes: int, retention_days: float):
+        self.path = Path(path)
+        self.handler = EventFileHandler(self.path, rotate_bytes, retention_days * 86400)
+
+    def append(self, event: dict) -> None:
+        record = logging.LogRecord("facemask.events", logging.INFO, __file__, 0, to_line(event), None, None)
+        self.handler.handle(record)
+
+    def close(self) -> None:
+        self.handler.close()
 
 
 class Webhook:
@@ -111,6 +142,16 @@ class Webhook:
     def __init__(self, url: str, pending: Path, cfg):
         self.url, self.pending, self.cfg = url, pending, cfg
         self.delivered = 0
+        retry = Retry(
+            total=cfg.retries,
+            backoff_factor=cfg.backoff_s,
+            status_forcelist=(429, 500, 502, 503, 504),
+            allowed_methods=None,  # POST too: an event carries its id, so a repeat is recognisable
+            raise_on_status=False,
+        )
+        self.session = requests.Session()
+        self.session.mount("http://", HTTPAdapter(max_retries=retry))
+        self.session.mount("https://", HTTPAdapter(max_retries=retry))
         self._queue: queue.Queue[dict] = queue.Queue(maxsize=cfg.max_queue)
         self._file_lock = threading.Lock()
         self._stop = threading.Event()
@@ -128,18 +169,18 @@ class Webhook:
             append_jsonl(self.pending, events)
 
     def _post(self, event: dict) -> bool:
-        for attempt in range(self.cfg.retries + 1):
-            try:
-                response = requests.post(self.url, json=event, timeout=self.cfg.timeout_s)
-                if response.status_code < 300:
-                    return True
-                reason = f"HTTP {response.status_code}"
-            except requests.RequestException as err:
-                reason = type(err).__name__
-            log.warning("webhook %s: attempt %d failed (%s)", self.url, attempt + 1, reason)
-            if self._stop.wait(self.cfg.backoff_s * 2**attempt):
-                break
-        return False
+        """One delivery: the session retries connection errors and 429/5xx answers itself."""
+        try:
+            response = self.session.post(self.url, json=event, timeout=self.cfg.timeout_s)
+        except requests.RequestException as err:
+            log.warning(
+                "webhook %s: not delivered after %d retries (%s)", self.url, self.cfg.retries, type(err).__name__
+            )
+            return False
+        if response.status_code >= 300:
+            log.warning("webhook %s: not delivered (HTTP %d)", self.url, response.status_code)
+            return False
+        return True
 
     def _replay_pending(self) -> bool:
         """Post the pending file's events in order, streaming it; True when it is empty after."""
@@ -217,3 +258,4 @@ class EventSinks:
     def close(self) -> None:
         if self.webhook is not None:
             self.webhook.close()
+        self.events.close()
