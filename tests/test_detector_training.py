@@ -153,7 +153,9 @@ def test_fine_tuning_lowers_the_loss_on_real_scenes(shared, scene_project):
     assert after["box"] + after["cls"] < 0.85 * (before["box"] + before["cls"]), (before, after)
     assert after["landmarks"] < 20, after
     assert {"val/recall", "val/precision", "val/ap", "train/loss"} <= set(trainer.callback_metrics)
-    assert 0 < float(trainer.callback_metrics["val/recall"]) <= 1
+    recall, ap = float(trainer.callback_metrics["val/recall"]), float(trainer.callback_metrics["val/ap"])
+    assert recall >= 0.6 and ap >= 0.5, (recall, ap)  # measured 0.80 / 0.79: the pretrained net finds most faces
+    assert ap <= recall + 1e-6  # AP integrates precision (<= 1) over recall up to the recall reached
 
 
 def test_exported_network_agrees_with_pytorch(shared, tmp_path):
