@@ -11,18 +11,22 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pandas as pd
+import psutil
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
 from facemask.config import compose, write_params
 
-from .conftest import BIN, REPO, chromium_binary
+from .conftest import BIN, REPO, chromium_binary, start_mlflow, stop
 
 pytestmark = pytest.mark.slow
 STAGES = [
@@ -235,18 +239,24 @@ def test_touching_plots_py_invalidates_exactly_its_users_and_a_moved_path_needs_
     assert json.loads(dvc(root, "status", "--json", env=env).strip().splitlines()[-1]) == {}
 
 
-def test_augment_change_reruns_only_downstream_and_a_killed_stage_runs_again(project):
+def test_augment_change_reruns_only_downstream_and_a_killed_stage_runs_again(project, tmp_path):
     """An augmentation change re-runs augment and what follows it, nothing upstream. That `dvc repro`
     is killed (SIGKILL, the whole process tree) while `train` runs: nothing of the half-run stage is
     taken as done (dvc.lock keeps its old entry, `dvc status` reports it), and the next `dvc repro`
-    runs it again from `train` on and ends up to date."""
-    import signal
-    import threading
-    import time
+    runs it again from `train` on and ends up to date. It works on a copy of the project logging to
+    a server of its own, so the shared project and registry stay as the first run left them."""
+    shared_root, shared_env, _ = project
+    root = tmp_path / "copy"
+    shutil.copytree(shared_root, root, symlinks=True)
+    mlflow_proc, mlflow_url = start_mlflow(tmp_path / "mlflow-copy")
+    env = {**shared_env, "MLFLOW_TRACKING_URI": mlflow_url}
+    try:
+        _augment_change_and_kill(root, env)
+    finally:
+        stop(mlflow_proc)
 
-    import psutil
 
-    root, env, _ = project
+def _augment_change_and_kill(root, env) -> None:
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["augment"]["transforms"][0]["p"] = 0.4
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
