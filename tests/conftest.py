@@ -4,19 +4,18 @@ Bento and served (with an API key and small upload limits)."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import requests
+
+from facemask.subprocesses import free_port, stop, wait_ready
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -100,12 +99,6 @@ def mini_mirror(shared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_mirror(shared, tmp_path_factory.mktemp("mirror"), per_folder=24)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_mlflow(root: Path, port: int | None = None) -> tuple[subprocess.Popen, str]:
     """A real `mlflow server` (sqlite backend, local artifacts in `root`), waited for until healthy."""
     port = port or free_port()
@@ -117,34 +110,16 @@ def start_mlflow(root: Path, port: int | None = None) -> tuple[subprocess.Popen,
     log = (root / "server.log").open("a")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=root, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
-    while time.time() < deadline:
-        try:
-            if requests.get(f"{url}/health", timeout=1).ok:
-                return proc, url
-        except requests.ConnectionError:
-            pass
-        assert proc.poll() is None, (root / "server.log").read_text()
-        time.sleep(0.5)
-    os.killpg(proc.pid, signal.SIGKILL)
-    pytest.fail(f"mlflow server did not start: {(root / 'server.log').read_text()[-2000:]}")
-
-
-def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
-    """Signal a server and every process it started (BentoML's workers run in sessions of their
-    own: a signal to the main process's group alone leaves them serving), and wait for it."""
-    import psutil
-
-    children = []
-    with contextlib.suppress(psutil.NoSuchProcess):
-        children = psutil.Process(proc.pid).children(recursive=True)
-    for child in children:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            child.send_signal(sig)
-    with contextlib.suppress(ProcessLookupError):  # gone already
-        os.killpg(proc.pid, sig)
-    proc.wait(timeout=60)
-    psutil.wait_procs(children, timeout=60)
+    try:
+        wait_ready(
+            proc,
+            lambda: requests.get(f"{url}/health", timeout=1).ok,
+            90,
+            lambda: (root / "server.log").read_text()[-2000:],
+        )
+    except RuntimeError as err:
+        pytest.fail(f"mlflow server: {err}")
+    return proc, url
 
 
 @pytest.fixture(scope="session")
@@ -217,18 +192,16 @@ def start_bento(bento: str, env: dict, log: Path, port: int | None = None) -> tu
             cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            pytest.fail("the Bento exited at start:\n" + log.read_text()[-3000:])
-        try:
-            if requests.get(f"{url}/readyz", timeout=5).status_code == 200:
-                return proc, url
-        except requests.RequestException:  # not listening yet, or busy loading the models
-            pass
-        time.sleep(1)
-    os.killpg(proc.pid, signal.SIGKILL)
-    pytest.fail("the Bento did not become ready:\n" + log.read_text()[-3000:])
+    try:
+        wait_ready(
+            proc,
+            lambda: requests.get(f"{url}/readyz", timeout=5).status_code == 200,
+            180,
+            lambda: log.read_text()[-3000:],
+        )
+    except RuntimeError as err:
+        pytest.fail(f"the Bento: {err}")
+    return proc, url
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,7 @@ from pathlib import Path
 LAYERS: list[list[str]] = [
     ["errors"],
     ["config"],
-    ["imageio", "boxes", "plots", "mlflow_tracking"],
+    ["imageio", "boxes", "plots", "mlflow_tracking", "subprocesses"],
     ["data"],
     ["cli"],
     ["detection", "preprocess", "augment"],

@@ -15,12 +15,9 @@ import argparse
 import csv
 import os
 import secrets
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import cv2
@@ -29,15 +26,10 @@ import requests
 from facemask.bench.stream import load_clip
 from facemask.config import load_params
 from facemask.imageio import encode_jpeg, read_image
+from facemask.subprocesses import free_port, stop, wait_ready
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def serve(workdir: Path, key: str) -> tuple[subprocess.Popen, str]:
@@ -50,25 +42,9 @@ def serve(workdir: Path, key: str) -> tuple[subprocess.Popen, str]:
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 180
-    while time.time() < deadline and proc.poll() is None:
-        try:
-            if requests.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return proc, url
-        except requests.RequestException:
-            pass
-        time.sleep(1)
-    os.killpg(proc.pid, signal.SIGKILL)
-    raise RuntimeError(f"the service did not start: {(workdir / 'serve.log').read_text()[-2000:]}")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    import psutil
-
-    children = psutil.Process(proc.pid).children(recursive=True)
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=60)
-    psutil.wait_procs(children, timeout=30)
+    tail = lambda: (workdir / "serve.log").read_text()[-2000:]  # noqa: E731
+    wait_ready(proc, lambda: requests.get(f"{url}/readyz", timeout=2).status_code == 200, 180, tail)
+    return proc, url
 
 
 def locust(url: str, user: str, users: int, seconds: int, env: dict, prefix: Path) -> dict:
