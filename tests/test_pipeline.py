@@ -248,6 +248,7 @@ def test_augment_change_reruns_only_downstream_and_a_killed_stage_runs_again(pro
     shared_root, shared_env, _ = project
     root = tmp_path / "copy"
     shutil.copytree(shared_root, root, symlinks=True)
+    (tmp_path / "mlflow-copy").mkdir()
     mlflow_proc, mlflow_url = start_mlflow(tmp_path / "mlflow-copy")
     env = {**shared_env, "MLFLOW_TRACKING_URI": mlflow_url}
     try:
