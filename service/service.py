@@ -92,10 +92,7 @@ class FaceMask:
         GUARD.configure(self.limits, keys)
 
     def __is_ready__(self) -> bool:
-        """Ready for a request now: the pipelines are loaded and warmed up (the guard is configured
-        last in __init__), and the door has a free place (a load balancer sends the next request to
-        another replica while this one is full)."""
-        return GUARD.cfg is not None and GUARD.in_flight < GUARD.capacity
+        return GUARD.ready  # loaded, warmed up, and a free place at the door
 
     @bentoml.on_shutdown
     def flush(self) -> None:

@@ -75,3 +75,18 @@ def test_packaged_limits_with_deployment_overrides(limits, tmp_path):
     with pytest.raises(ConfigError, match="max_frame_bytes"):  # over what uvicorn lets through
         load_serving_config(tmp_path, {"FACEMASK_MAX_FRAME_BYTES": str(64 * 2**20)})
     assert json.loads((tmp_path / "serving.json").read_text())["pipelines"] == limits.pipelines
+
+
+def test_ready_only_when_configured_and_with_a_free_place(limits):
+    """What /readyz answers: not before the service configured the guard (models loaded and warmed
+    up), and not while every pipeline and waiting place is taken."""
+    guard = Guard()
+    assert not guard.ready
+    guard.configure(limits, [KEY])
+    assert guard.ready and guard.capacity == limits.pipelines + limits.max_waiting
+    guard.in_flight = guard.capacity - 1
+    assert guard.ready
+    guard.in_flight = guard.capacity
+    assert not guard.ready
+    guard.in_flight -= 1
+    assert guard.ready

@@ -72,6 +72,13 @@ class Guard:
         return any([hmac.compare_digest(digest, d) for d in self._digests])  # no early exit
 
     @property
+    def ready(self) -> bool:
+        """Ready for a request now: configured (the service configures the guard last, once its
+        pipelines are loaded and warmed up) and a free place at the door (a load balancer sends the
+        next request to another replica while this one is full)."""
+        return self.cfg is not None and self.in_flight < self.capacity
+
+    @property
     def capacity(self) -> int:
         """API calls admitted at once: one per pipeline running, `max_waiting` queued."""
         assert self.cfg is not None
