@@ -18,6 +18,7 @@ import pytorch_lightning as pl
 import timm
 import torch
 from pytorch_lightning.loggers import MLFlowLogger
+from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from facemask import mlflow_tracking, plots
 from facemask.classifier import save_classifier
@@ -33,6 +34,10 @@ def train(params: Params) -> None:
     pl.seed_everything(params.seed, workers=True)
     tp, paths, labels = params.trainer, params.paths, params.classifier_labels
     dm, module = build_classifier_fit(params)
+    if rank_zero_only.rank != 0:  # a DDP process Lightning or torchrun started: it trains, rank zero records
+        trainer, _ = build_trainer(tp.lightning, tp.callbacks, checkpoint_dir=paths.models / "checkpoints")
+        trainer.fit(module, datamodule=dm)
+        return
 
     experiment_id = mlflow_tracking.setup(params.mlflow)
     ckpt_dir = paths.models / "checkpoints"

@@ -33,7 +33,7 @@ class MaskClassifierModule(pl.LightningModule):
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], _: int) -> torch.Tensor:
         x, y = batch
         loss = self.loss(self(x), y)
-        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
+        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y), sync_dist=True)
         return loss
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], _: int) -> None:
@@ -41,9 +41,9 @@ class MaskClassifierModule(pl.LightningModule):
         logits = self(x)
         self.val_f1.update(logits, y)
         self.val_acc.update(logits, y)
-        self.log("val/loss", self.loss(logits, y), on_epoch=True, prog_bar=False, batch_size=len(y))
+        self.log("val/loss", self.loss(logits, y), on_epoch=True, prog_bar=False, batch_size=len(y), sync_dist=True)
 
-    def on_validation_epoch_end(self) -> None:
+    def on_validation_epoch_end(self) -> None:  # torchmetrics gathers every DDP process's counts
         self.log("val/macro_f1", self.val_f1.compute(), prog_bar=True)
         self.log("val/accuracy", self.val_acc.compute())
         self.val_f1.reset()
