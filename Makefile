@@ -41,7 +41,11 @@ browser: ## Debian's chromium for the web-page test (apt-get; root or sudo)
 	@command -v chromium >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
-test: setup browser pipeline ## set up, bring the pipeline up to date (the service tests serve its champion), run all tests
+postgres: ## Debian's PostgreSQL server for the team tracking server and its test (apt-get; root or sudo)
+	@command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; }
+
+test: setup browser postgres pipeline ## set up, bring the pipeline up to date (the service tests serve its champion), run all tests
 	$(RUN) pytest -q
 
 test-fast: ## the tests without the slow end-to-end ones (no pipeline run needed)
@@ -93,6 +97,9 @@ audit: ## pip-audit of the locked dependencies (the PyPI advisory database; need
 
 bench-latency: ## detect latency table (1/3/8 faces, 640x480), in-process; URL=http://... adds HTTP
 	$(RUN) python -m facemask.bench.latency $(if $(URL),--url $(URL),)
+
+mlflow-server: postgres ## the team tracking server: MLflow on PostgreSQL, artifacts proxied, in mlflow-server/ (PORT=5000)
+	$(RUN) python -m facemask.tracking_server --root mlflow-server --host $${HOST:-127.0.0.1} --port $${PORT:-5000}
 
 mlflow-ui: ## open the MLflow UI on http://127.0.0.1:5000 (runs, metrics, plots, models); prints the runs page
 	@$(RUN) python -m facemask.mlflow_tracking --ui http://127.0.0.1:5000

@@ -16,6 +16,7 @@ import pytest
 import requests
 
 from facemask.subprocesses import free_port, stop, wait_ready
+from facemask.tracking_server import tracking_server
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -123,11 +124,17 @@ def start_mlflow(root: Path, port: int | None = None) -> tuple[subprocess.Popen,
 
 
 @pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory: pytest.TempPathFactory):
-    """A real MLflow tracking server on a free loopback port, for the whole session."""
-    proc, url = start_mlflow(tmp_path_factory.mktemp("mlflow"))
-    yield url
-    stop(proc)
+def team_tracking_server(tmp_path_factory: pytest.TempPathFactory):
+    """The team set-up `make mlflow-server` starts: a real MLflow server on a free loopback port,
+    its backend store a real PostgreSQL cluster (loopback, password), artifacts proxied over HTTP.
+    The whole pipeline test and the registry gates run against it."""
+    with tracking_server(tmp_path_factory.mktemp("mlflow-team")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(team_tracking_server) -> str:
+    return team_tracking_server.url
 
 
 API_KEY = "test-key-" + "0123456789abcdef"  # the served Bento's key in the tests

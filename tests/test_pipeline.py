@@ -1,4 +1,5 @@
-"""The real DVC pipeline on a small slice of the real data, logging to a real MLflow server.
+"""The real DVC pipeline on a small slice of the real data, logging over HTTP to the team
+tracking server (MLflow on PostgreSQL, artifacts proxied).
 
 One module-scoped project: `dvc repro` from nothing, a no-op second repro, then a changed
 augmentation parameter that must re-run exactly what depends on it.
@@ -208,12 +209,83 @@ def test_first_model_becomes_champion(project):
     assert champion.tags["test_split"] == json.loads((root / "reports/metrics.json").read_text())["test_split"]
 
 
+def test_runs_registry_and_artifacts_live_in_the_team_server(project, team_tracking_server):
+    """The pipeline and both registry gates talked to the server over HTTP only: the runs and the
+    champion aliases are rows of its PostgreSQL database, the models files in its artifact store,
+    and nothing was written beside the project."""
+    import psycopg2
+
+    root, env, _ = project
+    assert env["MLFLOW_TRACKING_URI"] == team_tracking_server.url
+    classifier = json.loads((root / "reports/promotion.json").read_text())
+    detector = json.loads((root / "reports/detector/promotion.json").read_text())
+    db = team_tracking_server.db
+    conn = psycopg2.connect(host="127.0.0.1", port=db.port, user="mlflow", password=db.password, dbname="mlflow")
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT name, version FROM registered_model_aliases WHERE alias = 'champion'")
+            champions = dict(cur.fetchall())
+            cur.execute("SELECT run_uuid, artifact_uri FROM runs")
+            runs = dict(cur.fetchall())
+    finally:
+        conn.close()
+    assert champions[classifier["model"]] == int(classifier["candidate_version"])
+    assert champions[detector["model"]] == int(detector["candidate_version"])
+    run_id = json.loads((root / "models/mlflow_run.json").read_text())["run_id"]
+    assert runs[run_id].startswith("mlflow-artifacts:/"), runs[run_id]  # proxied, not a client path
+    store = team_tracking_server.db.root / "artifacts"
+    assert (store / runs[run_id].removeprefix("mlflow-artifacts:/") / "evaluation/metrics.json").is_file()
+    assert len(list(store.rglob("MLmodel"))) >= 2, "the classifier and the detector models are in the server's store"
+    assert not (root / "mlruns").exists() and not (root / "mlartifacts").exists() and not (root / "mlflow.db").exists()
+
+
 def test_second_repro_does_nothing(project):
     root, env, _ = project
     output = dvc(root, "repro", env=env)
     assert ran(output) == []
     for stage in STAGES:
         assert f"Stage '{stage}' didn't change" in output
+
+
+def test_dvc_push_then_pull_in_a_second_clone_makes_repro_a_no_op(project, tmp_path_factory):
+    """The repository's own remote (.dvc/config: a folder beside the clones): `dvc push` here, then a
+    second clone that holds what git gives it (code, conf, params.yaml, dvc.lock, the uncached
+    metrics and plots) pulls the data and models, and `dvc repro` there has nothing to do."""
+    from dvc.repo import Repo
+
+    root, env, _ = project
+    shutil.copy(REPO / ".dvc/config", root / ".dvc/config")
+    dvc(root, "config", "core.no_scm", "true", env=env)  # this copy has no git
+    pushed = dvc(root, "push", env=env)
+    assert re.search(r"\d+ files? pushed", pushed), pushed
+    remote = root.parent / "facemask-dvc-remote"  # ../../facemask-dvc-remote from .dvc/
+    assert any(remote.rglob("*")), f"nothing pushed to {remote}"
+
+    clone = tmp_path_factory.mktemp("clone")
+    for item in ("src", "conf"):
+        shutil.copytree(root / item, clone / item, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("dvc.yaml", "dvc.lock", "params.yaml", ".dvc/config"):
+        (clone / name).parent.mkdir(exist_ok=True)
+        shutil.copy(root / name, clone / name)
+    cached = []
+    for out in Repo(str(root)).index.outs:  # git holds the uncached outputs, the remote the rest
+        src, dest = root / out.def_path, clone / out.def_path
+        if out.use_cache:
+            cached.append(out.def_path)
+            assert not dest.exists()
+        elif src.is_dir():
+            shutil.copytree(src, dest)
+        else:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(src, dest)
+    assert "models/classifier.pt" in cached and "data/crops" in cached
+
+    dvc(clone, "pull", env=env)
+    for path in cached:
+        assert (clone / path).exists(), f"{path} was not pulled"
+    assert (clone / "models/classifier.pt").read_bytes() == (root / "models/classifier.pt").read_bytes()
+    assert "up to date" in dvc(clone, "status", env=env)
+    assert ran(dvc(clone, "repro", env=env)) == []
 
 
 def test_touching_plots_py_invalidates_exactly_its_users_and_a_moved_path_needs_no_dvc_yaml_edit(project):

@@ -17,8 +17,8 @@ from pathlib import Path
 LAYERS: list[list[str]] = [
     ["errors"],
     ["config"],
-    ["imageio", "boxes", "plots", "mlflow_tracking", "subprocesses"],
-    ["data"],
+    ["imageio", "boxes", "plots", "mlflow_tracking", "subprocesses", "compute"],
+    ["data", "tracking_server"],
     ["cli"],
     ["detection", "preprocess", "augment"],
     ["classifier"],

@@ -26,11 +26,14 @@ EXPERIMENT_KIND_TAG, MODEL_DEVELOPMENT = "mlflow.experimentKind", "custom_model_
 def setup(cfg: MlflowConfig) -> str:
     """Point MLflow at the tracking server and make sure the experiment exists, tagged as model
     development (so the UI opens on its runs); returns its id."""
-    mlflow.set_tracking_uri(tracking_uri(cfg))
+    uri = tracking_uri(cfg)
+    mlflow.set_tracking_uri(uri)
     experiment = mlflow.get_experiment_by_name(cfg.experiment)
     if experiment is None:
-        location = cfg.artifact_location
-        if "://" not in location:
+        location: str | None = cfg.artifact_location
+        if uri.startswith(("http://", "https://")):
+            location = None  # a tracking server keeps the artifacts (proxied), not this client's disk
+        elif "://" not in location:
             location = Path(location).resolve().as_uri()
         return mlflow.create_experiment(
             cfg.experiment, artifact_location=location, tags={EXPERIMENT_KIND_TAG: MODEL_DEVELOPMENT}
