@@ -181,6 +181,16 @@ class Background(_Strict):
     max_per_scene: int = Field(default=3, ge=0)
 
 
+class Engine(_Strict):
+    """Where the crop stage's per-image work runs (facemask.compute): `dask`, a local cluster of
+    `crop.workers` processes or the running cluster at `scheduler`; `pool`, a process pool here."""
+
+    kind: Literal["dask", "pool"] = "dask"
+    scheduler: str | None = Field(default=None, pattern=r"^(tcp|tls|ucx|inproc)://\S+$")
+    in_flight: int = Field(default=16, ge=1)  # tasks submitted ahead of the next result (memory bound)
+    batch: int = Field(default=8, ge=1)  # images per task
+
+
 class Crop(_Strict):
     min_score: float = Field(ge=0, lt=1)
     size: int = Field(ge=16, le=1024)
@@ -190,6 +200,7 @@ class Crop(_Strict):
     match_iou: float = Field(default=0.4, gt=0, lt=1)
     background: Background = Field(default_factory=Background)
     workers: int = Field(ge=1)
+    engine: Engine = Field(default_factory=Engine)
     jpeg_quality: int = Field(ge=10, le=100)
 
 

@@ -13,8 +13,9 @@ the scene report: matched, missed by the detector, false faces).
 
 from __future__ import annotations
 
+import csv
 import logging
-import multiprocessing as mp
+import os
 import shutil
 import sys
 from collections.abc import Iterator
@@ -26,45 +27,87 @@ import torch
 from tqdm import tqdm
 
 from facemask.cli import run_stage, write_json
+from facemask.compute import ordered_map
 from facemask.config import Params
 from facemask.data.fetch import resolve_weights
+from facemask.errors import FacemaskError
 from facemask.face_crops import process
 from facemask.pipeline import FaceFinder
 
 log = logging.getLogger("facemask.crop")
 FOUND = ("ok", "multi_face_largest", "matched", "missed")
+META = ["id", "label", "split", "source", "kind"]
+COLUMNS = [*META, "status", "score", "x1", "y1", "x2", "y2", "n_faces", "crop", "false_faces", "error"]
+CHUNK_ROWS = 4096  # manifest rows read at a time
 
-_worker: dict = {}
+
+def images(manifest: Path, raw: Path) -> Iterator[tuple[str, list[dict]]]:
+    """(image path, its manifest rows) for each image, streamed from the manifest in chunks. The
+    manifest is sorted by id and a scene's faces share its id's stem, so an image's rows are
+    adjacent; rows of one image that come apart are an error."""
+    key, rows, done = None, [], set()
+    for chunk in pd.read_csv(manifest, chunksize=CHUNK_ROWS):
+        if "kind" not in chunk:
+            chunk["kind"] = "photo"
+        for row in chunk.to_dict("records"):
+            k = (row["source"], row["relpath"])
+            if k != key:
+                if rows:
+                    yield str(raw / key[0] / key[1]), rows
+                if hash(k) in done:
+                    raise FacemaskError(f"{manifest}: the rows of {k[0]}/{k[1]} are apart; re-run the ingest stage")
+                if key is not None:
+                    done.add(hash(key))
+                key, rows = k, []
+            rows.append(row)
+    if rows:
+        yield str(raw / key[0] / key[1]), rows
 
 
-def _init_worker(params: Params, weights: Path | None, out_dir: Path) -> None:
-    cv2.setNumThreads(1)
+def count_images(manifest: Path) -> int:
+    n, last = 0, None
+    for chunk in pd.read_csv(manifest, usecols=["source", "relpath"], chunksize=CHUNK_ROWS * 4):
+        keys = chunk["source"] + "/" + chunk["relpath"]
+        n += int((keys != keys.shift(fill_value=last)).sum())
+        last = keys.iloc[-1]
+    return n
+
+
+def build_finder(spec: tuple[Params, Path | None, Path]) -> tuple[FaceFinder, Params, Path]:
+    """Once per worker process: the detector and crop function the service uses."""
+    from facemask.detection import build_detector
+
+    params, weights, out_dir = spec
+    cv2.setNumThreads(1)  # one image per process at a time: the processes are the parallelism
     torch.set_num_threads(1)
-    _worker.update(params=params, weights=weights, out_dir=out_dir, finder=None)
+    return FaceFinder.from_params(params, build_detector(params.detector, weights)), params, out_dir
 
 
-def _work(item: tuple[str, list[dict]]) -> list[dict]:
+def crop_image(context: tuple[FaceFinder, Params, Path], item: tuple[str, list[dict]]) -> list[dict]:
+    """The rows of one image: its samples' outcomes (manifest columns included) and background crops."""
+    finder, params, out_dir = context
     path, samples = item
-    params: Params = _worker["params"]
-    if _worker["finder"] is None:  # built lazily so that a failure reaches the parent, not a respawn loop
-        from facemask.detection import build_detector
+    meta = {s["id"]: {k: s[k] for k in META} for s in samples}
+    scene = {"split": samples[0]["split"], "source": samples[0]["source"], "kind": "scene"}
+    background = {**scene, "label": params.crop.background.label}
+    rows = []
+    for row in process(finder, Path(path), samples, out_dir, params):
+        rows.append({**(meta.get(row["id"]) or background), **row})
+    return rows
 
-        _worker["finder"] = FaceFinder.from_params(params, build_detector(params.detector, _worker["weights"]))
-    return process(_worker["finder"], Path(path), samples, _worker["out_dir"], params)
 
-
-def run_all(params: Params, items: list[tuple[str, list[dict]]], out_dir: Path) -> Iterator[list[dict]]:
-    """Process items (one per image) over `crop.workers` processes (in-process when 1), with a progress bar."""
+def run_all(params: Params, manifest: Path, out_dir: Path) -> Iterator[list[dict]]:
+    """Every image's rows, in manifest order, over `crop.workers` processes of `crop.engine`."""
     weights = resolve_weights(params.detector.weights) if params.detector.name != "retinaface" else None
-    workers = min(params.crop.workers, max(1, len(items)))
-    bar = dict(total=len(items), desc=f"crop faces ({params.detector.name})", unit="img")
-    if workers == 1:
-        _init_worker(params, weights, out_dir)
-        yield from tqdm(map(_work, items), **bar)
-        return
-    ctx = mp.get_context("spawn")
-    with ctx.Pool(workers, initializer=_init_worker, initargs=(params, weights, out_dir)) as pool:
-        yield from tqdm(pool.imap(_work, items, chunksize=8), **bar)
+    total = count_images(manifest)
+    workers = min(params.crop.workers, max(1, total))
+    where = params.crop.engine.scheduler or f"{params.crop.engine.kind}, {workers} processes"
+    bar = dict(total=total, desc=f"crop faces ({params.detector.name}; {where})", unit="img")
+    yield from tqdm(
+        ordered_map(crop_image, images(manifest, params.paths.raw), build_finder, (params, weights, out_dir),
+                    workers, params.crop.engine),
+        **bar,
+    )  # fmt: skip
 
 
 def detection_report(rows: pd.DataFrame) -> dict:
@@ -103,34 +146,25 @@ def detection_report(rows: pd.DataFrame) -> dict:
 
 
 def crop(params: Params) -> None:
-    manifest = pd.read_csv(params.paths.interim / "manifest.csv")
-    if "kind" not in manifest:
-        manifest["kind"] = "photo"
-    out_dir = params.paths.crops
-    tmp_dir = out_dir.with_name(out_dir.name + ".tmp")
+    out_dir, table = params.paths.crops, params.paths.interim / "crops.csv"
+    tmp_dir, tmp_table = out_dir.with_name(out_dir.name + ".tmp"), table.with_name(table.name + ".tmp")
     shutil.rmtree(tmp_dir, ignore_errors=True)
     tmp_dir.mkdir(parents=True)
-    items = []
-    for (source, relpath), part in manifest.groupby(["source", "relpath"], sort=True):
-        path = str(params.paths.raw / source / relpath)
-        items.append((path, part.sort_values("id").to_dict("records")))
-    results = pd.DataFrame([row for rows in run_all(params, items, tmp_dir) for row in rows])
-    meta = manifest[["id", "label", "split", "source", "kind"]]
-    rows = meta.merge(results, on="id", how="left")
-    background = results[results["status"] == "background"].copy()
-    if len(background):
-        scene_of = manifest.assign(base=manifest["id"].str.rsplit("-f", n=1).str[0]).drop_duplicates("base")
-        scene_of = scene_of.set_index("base")[["split", "source"]]
-        base = background["id"].str.rsplit("-b", n=1).str[0]
-        background["split"] = scene_of.loc[base, "split"].to_numpy()
-        background["source"] = scene_of.loc[base, "source"].to_numpy()
-        background["label"], background["kind"] = params.crop.background.label, "scene"
-        rows = pd.concat([rows, background[rows.columns.intersection(background.columns)]], ignore_index=True)
-    rows["crop"] = rows["crop"].fillna("") if "crop" in rows else ""
+    try:  # rows are written as they come: memory stays flat however large the manifest
+        with tmp_table.open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, COLUMNS, restval="", extrasaction="raise")
+            writer.writeheader()
+            for rows in run_all(params, params.paths.interim / "manifest.csv", tmp_dir):
+                writer.writerows(rows)
+    except BaseException:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        tmp_table.unlink(missing_ok=True)
+        raise
     shutil.rmtree(out_dir, ignore_errors=True)
     tmp_dir.replace(out_dir)
-    rows.to_csv(params.paths.interim / "crops.csv", index=False)
-    report = detection_report(rows)
+    os.replace(tmp_table, table)
+    used = ["status", "label", "split", "source", "kind", "score", "false_faces"]
+    report = detection_report(pd.read_csv(table, usecols=used))
     write_json(params.paths.reports / "crop.json", report)
     log.info("crops: %d of %d samples (rate %.3f)", report["crops"], report["samples"], report["detection_rate"])
     log.info("detection rate per source: %s", report["detection_rate_per_source"])

@@ -1,0 +1,118 @@
+"""Crop-stage scaling: images/s and peak memory of the whole stage (manifest streaming, detection,
+crops written, report) at 1x and 10x a slice of the data, process pool vs Dask local cluster.
+
+    python -m facemask.bench.crop_scale [--images 400] [--factors 1 10] [--workers 2] [--out reports/bench]
+
+The slice is the first `--images` images of the pipeline's manifest (`--images 0`: all of it);
+10x repeats it ten times under other ids and source folders (symlinks to the same files), so the
+work per image is the same and only the length grows. Each run is a fresh child process; its peak
+memory is the largest resident set of its whole process tree (workers included), sampled every
+0.2 s. Needs the ingest stage's manifest and the detector weights (mirror or download).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+import psutil
+
+from facemask.config import compose, validate
+
+ENGINES = ("pool", "dask")
+
+
+def scaled_project(tmp: Path, images: int, factor: int) -> Path:
+    """A manifest of `images` images repeated `factor` times, raw folders linked per repetition."""
+    params = validate(compose())
+    manifest = pd.read_csv(params.paths.interim / "manifest.csv", keep_default_na=False)
+    keys = manifest[["source", "relpath"]].drop_duplicates()
+    if images:
+        keys = keys.head(images)
+    part = manifest.merge(keys, on=["source", "relpath"])
+    (tmp / "raw").mkdir(parents=True)
+    copies = []
+    for k in range(factor):
+        for source in part["source"].unique():
+            (tmp / "raw" / f"r{k}~{source}").symlink_to((params.paths.raw / source).resolve())
+        copies.append(part.assign(id=f"r{k}-" + part["id"], source=f"r{k}~" + part["source"]))
+    (tmp / "interim").mkdir()
+    pd.concat(copies).sort_values("id").to_csv(tmp / "interim/manifest.csv", index=False)
+    return tmp
+
+
+def run_child(root: Path, engine: str, workers: int) -> dict:
+    """One crop stage in a child process; (seconds, peak tree RSS)."""
+    overrides = [
+        f"paths.raw={root / 'raw'}", f"paths.interim={root / 'interim'}", f"paths.crops={root / 'crops'}",
+        f"paths.reports={root / 'reports'}", f"crop.engine.kind={engine}", f"crop.workers={workers}",
+    ]  # fmt: skip
+    params_file = root / "params.yaml"
+    from facemask.config import write_params
+
+    write_params(compose(overrides), params_file)
+    cmd = [sys.executable, "-m", "facemask.stages.crop", "--params", str(params_file)]
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    peak, done = 0, threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        top = psutil.Process(proc.pid)
+        while not done.is_set():
+            try:
+                tree = [top, *top.children(recursive=True)]
+                peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
+            except psutil.Error:
+                pass
+            time.sleep(0.2)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    _, err = proc.communicate()
+    seconds = time.perf_counter() - start
+    done.set()
+    sampler.join()
+    if proc.returncode != 0:
+        raise RuntimeError(f"crop stage failed ({engine}):\n{err[-3000:]}")
+    images = int(pd.read_csv(root / "interim/manifest.csv", usecols=["source", "relpath"]).drop_duplicates().shape[0])
+    return {"images": images, "seconds": round(seconds, 1), "images_per_s": round(images / seconds, 2),
+            "peak_rss_mib": round(peak / 2**20)}  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=int, default=400, help="images in the 1x slice; 0: the whole manifest")
+    parser.add_argument("--factors", type=int, nargs="+", default=[1, 10])
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--engines", nargs="+", choices=ENGINES, default=list(ENGINES))
+    parser.add_argument("--out", type=Path, default=Path("reports/bench"))
+    args = parser.parse_args(argv)
+    rows = []
+    for factor in args.factors:
+        for engine in args.engines:
+            with tempfile.TemporaryDirectory(prefix="crop-scale-") as tmp:
+                root = scaled_project(Path(tmp), args.images, factor)
+                row = {"data": f"{factor}x", "engine": engine, "workers": args.workers,
+                       **run_child(root, engine, args.workers)}  # fmt: skip
+            rows.append(row)
+            print(json.dumps(row), file=sys.stderr, flush=True)
+    table = pd.DataFrame(rows)
+    print(table.to_string(index=False))
+    args.out.mkdir(parents=True, exist_ok=True)
+    record = {"machine": {"cpus": os.cpu_count(), "memory_gib": round(psutil.virtual_memory().total / 2**30)},
+              "slice_images": args.images, "rows": rows}  # fmt: skip
+    (args.out / "crop_scale.json").write_text(json.dumps(record, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,150 @@
+"""Where the per-image work runs (facemask.compute) and the crop stage on it: a real Dask local
+cluster and a real process pool give the same ordered results, build each worker's context once,
+keep a bounded number of items in flight, pass a failing item's error on, and name a scheduler
+that cannot be reached. The crop stage streams its manifest and writes the same crops and table
+on either engine, from real photos and scenes."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from facemask.compute import EngineError, ordered_map
+from facemask.config import Engine, compose, write_params
+from facemask.errors import FacemaskError
+from facemask.stages.crop import count_images, images
+
+from .conftest import BIN, REPO, copy_scenes, dev_scene_stems, real_images, train_scene_stems
+
+
+def build(spec: str) -> dict:
+    return {"spec": spec, "pid": os.getpid(), "built": time.monotonic_ns()}
+
+
+def work(context: dict, item: int) -> tuple[int, int, int]:
+    if item == 13 and context["spec"] == "fail":
+        raise ValueError("item 13 is bad")
+    time.sleep(random.random() / 100)  # finishing out of order
+    return item * item, context["pid"], context["built"]
+
+
+@pytest.mark.parametrize("kind", ["dask", "pool"])
+def test_ordered_map_keeps_order_builds_once_per_worker_and_bounds_what_is_in_flight(kind):
+    pulled: list[int] = []
+
+    def items():
+        for i in range(60):
+            pulled.append(i)
+            yield i
+
+    engine = Engine(kind=kind, in_flight=3, batch=2)
+    results = ordered_map(work, items(), build, "ok", 2, engine)
+    first = next(results)
+    assert len(pulled) <= 3 * 2 + 2, "more items were taken than the window holds"  # one batch being filled
+    rest = list(results)
+    assert [r[0] for r in [first, *rest]] == [i * i for i in range(60)]
+    workers = {pid: built for _, pid, built in [first, *rest]}
+    assert len(workers) == 2 and os.getpid() not in workers
+    for pid, built in workers.items():  # one context per process, reused for every item it ran
+        assert {b for _, p, b in [first, *rest] if p == pid} == {built}
+
+
+@pytest.mark.parametrize("kind", ["dask", "pool"])
+def test_a_failing_item_raises_its_error(kind):
+    with pytest.raises(ValueError, match="item 13 is bad"):
+        list(ordered_map(work, range(40), build, "fail", 2, Engine(kind=kind)))
+
+
+def test_one_worker_runs_in_this_process():
+    results = list(ordered_map(work, range(5), build, "ok", 1, Engine()))
+    assert [r[0] for r in results] == [0, 1, 4, 9, 16] and {r[1] for r in results} == {os.getpid()}
+
+
+def test_an_unreachable_scheduler_is_named():
+    engine = Engine(scheduler="tcp://127.0.0.1:9")  # the discard port: nothing listens
+    with pytest.raises(EngineError, match=r"tcp://127.0.0.1:9"):
+        list(ordered_map(work, range(3), build, "ok", 2, engine))
+
+
+def test_a_scheduler_that_is_no_address_is_refused_by_the_config():
+    with pytest.raises(FacemaskError, match=r"crop\.engine\.scheduler"):
+        from facemask.config import validate
+
+        validate(compose(["crop.engine.scheduler=my-cluster"]))
+
+
+def test_manifest_streaming_groups_an_image_and_refuses_rows_apart(tmp_path):
+    rows = [
+        {"id": "a-1", "source": "s", "relpath": "x.jpg", "kind": "scene"},
+        {"id": "a-2", "source": "s", "relpath": "x.jpg", "kind": "scene"},
+        {"id": "b", "source": "s", "relpath": "y.jpg", "kind": "photo"},
+    ]
+    path = tmp_path / "manifest.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    got = list(images(path, tmp_path / "raw"))
+    assert [(Path(p).name, [r["id"] for r in rs]) for p, rs in got] == [("x.jpg", ["a-1", "a-2"]), ("y.jpg", ["b"])]
+    assert count_images(path) == 2
+    pd.DataFrame([*rows, {"id": "c", "source": "s", "relpath": "x.jpg", "kind": "scene"}]).to_csv(path, index=False)
+    with pytest.raises(FacemaskError, match=r"s/x\.jpg are apart"):
+        list(images(path, tmp_path / "raw"))
+
+
+@pytest.fixture(scope="module")
+def ingested(tmp_path_factory, shared):
+    """Real photos of every label folder and 12 real training scenes, ingested."""
+    root = tmp_path_factory.mktemp("crop-engines")
+    mirror = root / "mirror"
+    for source, folder in (("face-mask-2class", "with_mask"), ("face-mask-2class", "without_mask"),
+                           ("maskedface-net-sample", "correct"), ("maskedface-net-sample", "incorrect")):  # fmt: skip
+        (mirror / "datasets" / source / folder).mkdir(parents=True)
+        for f in real_images(shared, f"{source}/{folder}", 8):
+            shutil.copy(f, mirror / "datasets" / source / folder / f.name)
+    copy_scenes(shared / "datasets/face-mask-scenes-train", mirror / "datasets/face-mask-scenes-train",
+                train_scene_stems(shared, 12))  # fmt: skip
+    copy_scenes(shared / "datasets/face-mask-scenes-dev", mirror / "datasets/face-mask-scenes-dev", dev_scene_stems(4))
+    (mirror / "models").symlink_to(shared / "models")
+    env = {**os.environ, "FACEMASK_MIRROR": str(mirror), "FACEMASK_CACHE": str(root / "cache")}
+    paths = [f"paths.{k}={root / k}" for k in ("raw", "interim", "models", "reports")]
+    write_params(compose(paths), root / "params.yaml")
+    stage(root / "params.yaml", "ingest", env)
+    return root, env, paths
+
+
+def stage(params: Path, name: str, env: dict) -> None:
+    proc = subprocess.run([str(BIN / "python"), "-m", f"facemask.stages.{name}", "--params", str(params)],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_crop_stage_writes_the_same_crops_on_dask_and_on_a_process_pool(ingested):
+    root, env, paths = ingested
+    out = {}
+    for kind in ("pool", "dask"):
+        params = root / f"params-{kind}.yaml"
+        overrides = [f"paths.crops={root / kind}", f"paths.interim={root / kind}-i", f"crop.engine.kind={kind}",
+                     "crop.workers=2", "crop.engine.batch=3"]  # fmt: skip
+        write_params(compose([*paths, *overrides]), params)
+        (root / f"{kind}-i").mkdir()
+        shutil.copy(root / "interim/manifest.csv", root / f"{kind}-i/manifest.csv")
+        stage(params, "crop", env)
+        out[kind] = pd.read_csv(root / f"{kind}-i/crops.csv", keep_default_na=False)
+    manifest = pd.read_csv(root / "interim/manifest.csv")
+    pool, dask = out["pool"], out["dask"]
+    assert pool.equals(dask)
+    assert set(manifest["id"]) <= set(pool["id"]) and (pool["status"] == "background").any()
+    assert list(pool["id"][pool["status"] != "background"]) == sorted(manifest["id"])  # manifest order
+    written = sorted(p.name for p in (root / "pool").iterdir())
+    assert written == sorted(p.name for p in (root / "dask").iterdir()) == sorted(pool["crop"][pool["crop"] != ""])
+    for name in written[:: max(1, len(written) // 10)]:
+        assert (root / "pool" / name).read_bytes() == (root / "dask" / name).read_bytes()
+    report = json.loads((root / "reports/crop.json").read_text())
+    assert report["samples"] == len(manifest) and report["crops"] == len(written) - report["scenes"]["background_crops"]
