@@ -478,32 +478,3 @@ def test_mlflow_ui_opens_on_the_training_runs(project):
         browser.close()
     assert f"/experiments/{experiment.experiment_id}/runs" in landed and "workflowType=machine_learning" in landed
     assert "Run Name" in text and "Traces\n0" not in text
-
-
-def test_two_process_ddp_training_logs_one_run(project, tmp_path):
-    """conf/trainer/ddp.yaml on this CPU: Lightning starts a second process, the two train over gloo
-    on halves of each epoch, and rank zero alone logs the MLflow run and writes the model. (That it
-    matches one process's test macro-F1 needs a slice a model can learn: issue 13.)"""
-    from facemask.classifier import MaskClassifier
-
-    shared_root, shared_env, _ = project
-    root = tmp_path / "copy"
-    shutil.copytree(shared_root, root, symlinks=True)
-    (tmp_path / "mlflow-ddp").mkdir()
-    mlflow_proc, mlflow_url = start_mlflow(tmp_path / "mlflow-ddp")
-    try:
-        write_params(compose([*OVERRIDES, "trainer=ddp", "trainer.max_epochs=2"]), root / "ddp.yaml")
-        proc = subprocess.run(
-            [str(BIN / "python"), "-m", "facemask.stages.train", "--params", "ddp.yaml"],
-            cwd=root, env={**shared_env, "MLFLOW_TRACKING_URI": mlflow_url}, capture_output=True, text=True,
-            timeout=600,
-        )  # fmt: skip
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        client = MlflowClient(mlflow_url)
-        runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
-        assert len(runs) == 1 and runs[0].data.params["trainer.lightning.strategy"] == "ddp"
-        assert len(client.get_metric_history(runs[0].info.run_id, "val/macro_f1")) == 2  # per epoch, once
-    finally:
-        stop(mlflow_proc)
-    assert json.loads((root / "reports/train.json").read_text())["epochs"] == 2
-    assert MaskClassifier.load(root / "models/classifier.pt").labels[:3] == ["mask", "no_mask", "incorrect"]

@@ -133,8 +133,17 @@ class CropDataModule(pl.LightningDataModule):
         targets = [self.labels.index(lb) for lb in frame["label"]]
         return CropDataset(files, targets, self.preprocessor, self.augment if augment else None, self.max_pixels)
 
+    def per_process_batch(self) -> int:
+        """`batch_size` is the global batch: under DDP each of the processes takes an equal share,
+        so a step sees as many crops, and an epoch takes as many steps, as in one process."""
+        world = self.trainer.world_size if self.trainer is not None else 1
+        if self.batch_size % world:
+            raise ValueError(f"trainer.batch_size {self.batch_size} does not divide among {world} DDP processes")
+        return self.batch_size // world
+
     def _loader(self, split: str, train: bool) -> DataLoader:
         ds = self.dataset(split, augment=train)
+        batch_size = self.per_process_batch()
         sampler, shuffle = None, train
         if train and (self.balance == "sampler" or self.epoch_samples or self.scene_share is not None):
             gen = torch.Generator().manual_seed(self.seed)
@@ -143,13 +152,13 @@ class CropDataModule(pl.LightningDataModule):
             shuffle = False
         return DataLoader(
             ds,
-            batch_size=self.batch_size,
+            batch_size=batch_size,
             shuffle=shuffle,
             sampler=sampler,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             worker_init_fn=functools.partial(seed_augmentation, base_seed=self.seed) if train else None,
-            drop_last=train and (self.epoch_samples or len(ds)) > self.batch_size,
+            drop_last=train and (self.epoch_samples or len(ds)) > batch_size,
         )
 
     def train_dataloader(self) -> DataLoader:
