@@ -69,7 +69,7 @@ def test_one_worker_runs_in_this_process():
 
 
 def test_an_unreachable_scheduler_is_named():
-    engine = Engine(scheduler="tcp://127.0.0.1:9")  # the discard port: nothing listens
+    engine = Engine(scheduler="tcp://127.0.0.1:9", connect_timeout_s=3)  # the discard port: nothing listens
     with pytest.raises(EngineError, match=r"tcp://127.0.0.1:9"):
         list(ordered_map(work, range(3), build, "ok", 2, engine))
 

@@ -91,7 +91,7 @@ def _dask(engine: Engine, workers: int) -> tuple[Callable, Callable]:
     stack = contextlib.ExitStack()
     try:
         if engine.scheduler:
-            client = stack.enter_context(Client(engine.scheduler, timeout="30s"))
+            client = stack.enter_context(Client(engine.scheduler, timeout=f"{engine.connect_timeout_s}s"))
         else:
             cluster = stack.enter_context(
                 LocalCluster(

@@ -189,6 +189,7 @@ class Engine(_Strict):
     scheduler: str | None = Field(default=None, pattern=r"^(tcp|tls|ucx|inproc)://\S+$")
     in_flight: int = Field(default=16, ge=1)  # tasks submitted ahead of the next result (memory bound)
     batch: int = Field(default=8, ge=1)  # images per task
+    connect_timeout_s: float = Field(default=30, gt=0)  # to reach `scheduler`
 
 
 class Crop(_Strict):
