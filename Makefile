@@ -12,7 +12,7 @@ FACEMASK_MIRROR ?= $(if $(wildcard ../shared/datasets),$(abspath ../shared),)
 export FACEMASK_MIRROR
 OVERRIDES ?=
 
-.PHONY: help setup params check-params pipeline run test test-fast lint format mlflow-ui clean bento-models serve bento bench-latency scenes bench browser stream compliance bench-stream loadtest api-key audit
+.PHONY: help setup params check-params pipeline run test test-fast lint format mlflow-ui mlflow-server postgres proxy container clean bento-models serve bento bench-latency scenes bench browser stream compliance bench-stream loadtest api-key audit
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -45,7 +45,11 @@ postgres: ## Debian's PostgreSQL server for the team tracking server and its tes
 	@command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; }
 
-test: setup browser postgres pipeline ## set up, bring the pipeline up to date (the service tests serve its champion), run all tests
+proxy: ## Debian's nginx for the two-replica proxy test (apt-get; root or sudo)
+	@command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || { $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx; }
+
+test: setup browser postgres proxy pipeline ## set up, bring the pipeline up to date (the service tests serve its champion), run all tests
 	$(RUN) pytest -q
 
 test-fast: ## the tests without the slow end-to-end ones (no pipeline run needed)
@@ -69,6 +73,11 @@ bento: bento-models ## build a Bento (pinned requirements, classifier and detect
 	$(UV) export --frozen --no-dev --no-hashes --no-emit-project -o service/requirements.txt -q
 	$(UV) build --wheel -o dist -q
 	$(RUN) bentoml build -f service/bentofile.yaml .
+
+container: bento ## the Bento's OCI image facemask:latest (bentoml containerize; needs a running Docker engine)
+	@docker info >/dev/null 2>&1 || { echo "no container engine answers (docker info failed): start Docker, or see docs/deploy.md"; exit 2; }
+	@# Debian's docker.io has no buildx: its classic builder builds this Dockerfile as well
+	$(if $(shell docker buildx version >/dev/null 2>&1 || echo no),DOCKER_BUILDKIT=0 )$(RUN) bentoml containerize facemask:latest -t facemask:latest
 
 scenes: ## evaluate a model on annotated scenes: OVERRIDES="scenes.dir=/path detector=..." CLASSIFIER=path|models:/...
 	$(RUN) python -m facemask.scenes $(OVERRIDES) $(if $(CLASSIFIER),--classifier $(CLASSIFIER),)
