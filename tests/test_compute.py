@@ -69,7 +69,8 @@ def test_one_worker_runs_in_this_process():
 
 
 def test_an_unreachable_scheduler_is_named():
-    engine = Engine(scheduler="tcp://127.0.0.1:9", connect_timeout_s=3)  # the discard port: nothing listens
+    # the discard port: nothing listens there
+    engine = Engine(kind="dask", scheduler="tcp://127.0.0.1:9", connect_timeout_s=3)
     with pytest.raises(EngineError, match=r"tcp://127.0.0.1:9"):
         list(ordered_map(work, range(3), build, "ok", 2, engine))
 
@@ -79,6 +80,8 @@ def test_a_scheduler_that_is_no_address_is_refused_by_the_config():
         from facemask.config import validate
 
         validate(compose(["crop.engine.scheduler=my-cluster"]))
+    with pytest.raises(FacemaskError, match="needs kind: dask"):
+        validate(compose(["crop.engine.scheduler=tcp://10.0.0.5:8786", "crop.engine.kind=pool"]))
 
 
 def test_manifest_streaming_groups_an_image_and_refuses_rows_apart(tmp_path):

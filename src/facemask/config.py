@@ -182,14 +182,20 @@ class Background(_Strict):
 
 
 class Engine(_Strict):
-    """Where the crop stage's per-image work runs (facemask.compute): `dask`, a local cluster of
-    `crop.workers` processes or the running cluster at `scheduler`; `pool`, a process pool here."""
+    """Where the crop stage's per-image work runs (facemask.compute): `pool`, a process pool here;
+    `dask`, a local Dask cluster of `crop.workers` processes, or the running cluster at `scheduler`."""
 
-    kind: Literal["dask", "pool"] = "dask"
+    kind: Literal["dask", "pool"] = "pool"
     scheduler: str | None = Field(default=None, pattern=r"^(tcp|tls|ucx|inproc)://\S+$")
     in_flight: int = Field(default=16, ge=1)  # tasks submitted ahead of the next result (memory bound)
     batch: int = Field(default=8, ge=1)  # images per task
     connect_timeout_s: float = Field(default=30, gt=0)  # to reach `scheduler`
+
+    @model_validator(mode="after")
+    def _scheduler_is_dask(self) -> Engine:
+        if self.scheduler and self.kind != "dask":
+            raise ValueError("a scheduler address needs kind: dask")
+        return self
 
 
 class Crop(_Strict):
