@@ -22,7 +22,7 @@ from facemask.config import Engine, compose, write_params
 from facemask.errors import FacemaskError
 from facemask.stages.crop import count_images, images
 
-from .conftest import BIN, REPO, copy_scenes, dev_scene_stems, real_images, train_scene_stems
+from .conftest import BIN, REPO, make_mirror
 
 
 def build(spec: str) -> dict:
@@ -104,16 +104,7 @@ def test_manifest_streaming_groups_an_image_and_refuses_rows_apart(tmp_path):
 def ingested(tmp_path_factory, shared):
     """Real photos of every label folder and 12 real training scenes, ingested."""
     root = tmp_path_factory.mktemp("crop-engines")
-    mirror = root / "mirror"
-    for source, folder in (("face-mask-2class", "with_mask"), ("face-mask-2class", "without_mask"),
-                           ("maskedface-net-sample", "correct"), ("maskedface-net-sample", "incorrect")):  # fmt: skip
-        (mirror / "datasets" / source / folder).mkdir(parents=True)
-        for f in real_images(shared, f"{source}/{folder}", 8):
-            shutil.copy(f, mirror / "datasets" / source / folder / f.name)
-    copy_scenes(shared / "datasets/face-mask-scenes-train", mirror / "datasets/face-mask-scenes-train",
-                train_scene_stems(shared, 12))  # fmt: skip
-    copy_scenes(shared / "datasets/face-mask-scenes-dev", mirror / "datasets/face-mask-scenes-dev", dev_scene_stems(4))
-    (mirror / "models").symlink_to(shared / "models")
+    mirror = make_mirror(shared, root / "mirror", per_folder=8, scene_count=4, train_scenes=12)
     env = {**os.environ, "FACEMASK_MIRROR": str(mirror), "FACEMASK_CACHE": str(root / "cache")}
     paths = [f"paths.{k}={root / k}" for k in ("raw", "interim", "models", "reports")]
     write_params(compose(paths), root / "params.yaml")
