@@ -2,7 +2,7 @@
 cluster and a real process pool give the same ordered results, build each worker's context once,
 keep a bounded number of items in flight, pass a failing item's error on, and name a scheduler
 that cannot be reached. The crop stage streams its manifest and writes the same crops and table
-on either engine, from real photos and scenes."""
+on either engine, from real photos and scenes, and the scene evaluation predicts the same on both."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -22,7 +23,7 @@ from facemask.config import Engine, compose, write_params
 from facemask.errors import FacemaskError
 from facemask.stages.crop import count_images, images
 
-from .conftest import BIN, REPO, make_mirror
+from .conftest import BIN, REPO, copy_scenes, dev_scene_stems, make_mirror
 
 
 def build(spec: str) -> dict:
@@ -76,12 +77,12 @@ def test_an_unreachable_scheduler_is_named():
 
 
 def test_a_scheduler_that_is_no_address_is_refused_by_the_config():
-    with pytest.raises(FacemaskError, match=r"crop\.engine\.scheduler"):
+    with pytest.raises(FacemaskError, match=r"engine\.scheduler"):
         from facemask.config import validate
 
-        validate(compose(["crop.engine.scheduler=my-cluster"]))
+        validate(compose(["engine.scheduler=my-cluster"]))
     with pytest.raises(FacemaskError, match="needs kind: dask"):
-        validate(compose(["crop.engine.scheduler=tcp://10.0.0.5:8786", "crop.engine.kind=pool"]))
+        validate(compose(["engine.scheduler=tcp://10.0.0.5:8786", "engine.kind=pool"]))
 
 
 def test_manifest_streaming_groups_an_image_and_refuses_rows_apart(tmp_path):
@@ -124,8 +125,8 @@ def test_crop_stage_writes_the_same_crops_on_dask_and_on_a_process_pool(ingested
     out = {}
     for kind in ("pool", "dask"):
         params = root / f"params-{kind}.yaml"
-        overrides = [f"paths.crops={root / kind}", f"paths.interim={root / kind}-i", f"crop.engine.kind={kind}",
-                     "crop.workers=2", "crop.engine.batch=3"]  # fmt: skip
+        overrides = [f"paths.crops={root / kind}", f"paths.interim={root / kind}-i", f"engine.kind={kind}",
+                     "crop.workers=2", "engine.batch=3"]  # fmt: skip
         write_params(compose([*paths, *overrides]), params)
         (root / f"{kind}-i").mkdir()
         shutil.copy(root / "interim/manifest.csv", root / f"{kind}-i/manifest.csv")
@@ -142,3 +143,30 @@ def test_crop_stage_writes_the_same_crops_on_dask_and_on_a_process_pool(ingested
         assert (root / "pool" / name).read_bytes() == (root / "dask" / name).read_bytes()
     report = json.loads((root / "reports/crop.json").read_text())
     assert report["samples"] == len(manifest) and report["crops"] == len(written) - report["scenes"]["background_crops"]
+
+
+@pytest.mark.slow
+def test_scene_evaluation_predicts_the_same_in_process_on_a_pool_and_on_dask(tmp_path, shared):
+    """The `scenes` stage's per-scene work on the engine: 16 real dev scenes, the pipeline's own
+    classifier (`make test` trains it first), the same detections and classes wherever they ran."""
+    from facemask.config import validate
+    from facemask.scenes.evaluate import evaluate_scenes
+
+    classifier = REPO / "models/classifier.pt"
+    assert classifier.is_file(), "run `make test` (it trains the classifier first)"
+    copy_scenes(shared / "datasets/face-mask-scenes-dev", tmp_path / "scenes", dev_scene_stems(16))
+    runs = {}
+    for kind, workers in (("pool", 1), ("pool", 2), ("dask", 2)):
+        params = validate(compose([f"scenes.dir={tmp_path / 'scenes'}", f"scenes.workers={workers}",
+                                   f"engine.kind={kind}", "engine.batch=3"]))  # fmt: skip
+        runs[kind, workers], result = evaluate_scenes(params, classifier)
+        assert result["scenes"] == 16 and result["faces"] > 30
+    one = runs["pool", 1]
+    assert len(one.predictions) == 16 and sum(len(p.labels) for p in one.predictions) > 0
+    for key, run in runs.items():
+        assert [s.name for s in run.scenes] == [s.name for s in one.scenes], key
+        assert (run.detect_ms > 0).all() and len(run.detect_ms) == 16, key
+        for a, b in zip(one.predictions, run.predictions, strict=True):
+            assert a.labels == b.labels, key
+            assert np.allclose(a.boxes, b.boxes, atol=0.5) and np.allclose(a.scores, b.scores, atol=1e-3), key
+            assert np.allclose(a.probabilities, b.probabilities, atol=1e-3), key

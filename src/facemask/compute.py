@@ -1,5 +1,5 @@
-"""Where per-item work runs: a process pool on this host, or a Dask cluster (a local one, or a
-running scheduler named in config) to go past one host.
+"""Where per-item work runs (config `engine`): a process pool on this host, or a Dask cluster (a
+local one, or a running scheduler named in config) to go past one host.
 
 `ordered_map` streams: it takes items from an iterator, keeps at most `in_flight` of them
 submitted, and yields results in input order, so memory stays flat however long the input is and
@@ -65,7 +65,7 @@ def ordered_map(
     engine: Engine,
 ) -> Iterator[Any]:
     """`work(context, item)` for every item, in order, on `workers` processes of `engine`
-    (in this process when `workers` is 1 and no scheduler is named); `context = build(spec)` once
+    (in this process when `workers` is 1 and the engine is the pool); `context = build(spec)` once
     per process. A failing item raises its exception here."""
     run = uuid.uuid4().hex
     batches = _batches(items, engine.batch)

@@ -182,8 +182,9 @@ class Background(_Strict):
 
 
 class Engine(_Strict):
-    """Where the crop stage's per-image work runs (facemask.compute): `pool`, a process pool here;
-    `dask`, a local Dask cluster of `crop.workers` processes, or the running cluster at `scheduler`."""
+    """Where per-image work runs (facemask.compute), the crop stage's and the scene evaluation's:
+    `pool`, a process pool here; `dask`, a local Dask cluster of the stage's `workers` processes,
+    or the running cluster at `scheduler`."""
 
     kind: Literal["dask", "pool"] = "pool"
     scheduler: str | None = Field(default=None, pattern=r"^(tcp|tls|ucx|inproc)://\S+$")
@@ -207,7 +208,6 @@ class Crop(_Strict):
     match_iou: float = Field(default=0.4, gt=0, lt=1)
     background: Background = Field(default_factory=Background)
     workers: int = Field(ge=1)
-    engine: Engine = Field(default_factory=Engine)
     jpeg_quality: int = Field(ge=10, le=100)
 
 
@@ -344,6 +344,7 @@ class Scenes(_Strict):
     dir: Path | None = None
     iou_threshold: float = Field(gt=0, lt=1)
     size_bins: tuple[int, int]
+    workers: int = Field(default=1, ge=1)
     gallery_size: int = Field(ge=0, le=400)
     compare: list[Variant] = Field(default_factory=list)
 
@@ -431,6 +432,7 @@ class Params(_Strict):
     data: Data
     detector: Detector
     crop: Crop
+    engine: Engine = Field(default_factory=Engine)
     augment: Augment
     model: Model
     trainer: Trainer

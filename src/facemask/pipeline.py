@@ -86,6 +86,11 @@ class FaceFinder:
         return [crop_face(frame, f, self.crop_size, self.margin, self.align) for f in faces]
 
 
+def face_labels(classifier: MaskClassifier) -> list[str]:
+    """The face classes a pipeline with this classifier answers (its rejection class never is one)."""
+    return [lb for lb in classifier.labels if lb != classifier.meta.get("reject_label")]
+
+
 class MaskPipeline:
     """Finds every face in a BGR frame and classifies its mask, all faces in one batch."""
 
@@ -147,7 +152,7 @@ class MaskPipeline:
     @property
     def labels(self) -> list[str]:
         """The face classes the pipeline answers (a rejection class is never an answer)."""
-        return [self.classifier.labels[i] for i in self.face_index]
+        return face_labels(self.classifier)
 
     def detect_faces(self, frame: np.ndarray) -> list[Face]:
         """Faces in frame coordinates (kept apart from `classify` so callers can reuse detections).

@@ -7,12 +7,14 @@ The slice is the first `--images` images of the pipeline's manifest (`--images 0
 10x repeats it ten times under other ids and source folders (symlinks to the same files), so the
 work per image is the same and only the length grows. Each run is a fresh child process; its peak
 memory is the largest resident set of its whole process tree (workers included), sampled every
-0.2 s. Needs the ingest stage's manifest and the detector weights (mirror or download).
+0.2 s, and `cpu_s` the CPU seconds its processes used (as last sampled: a lower bound). Needs
+the ingest stage's manifest and the detector weights (mirror or download).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -50,10 +52,10 @@ def scaled_project(tmp: Path, images: int, factor: int) -> Path:
 
 
 def run_child(root: Path, engine: str, workers: int) -> dict:
-    """One crop stage in a child process; (seconds, peak tree RSS)."""
+    """One crop stage in a child process: its images/s, CPU seconds and peak tree RSS."""
     overrides = [
         f"paths.raw={root / 'raw'}", f"paths.interim={root / 'interim'}", f"paths.crops={root / 'crops'}",
-        f"paths.reports={root / 'reports'}", f"crop.engine.kind={engine}", f"crop.workers={workers}",
+        f"paths.reports={root / 'reports'}", f"engine.kind={engine}", f"crop.workers={workers}",
     ]  # fmt: skip
     params_file = root / "params.yaml"
     from facemask.config import write_params
@@ -63,6 +65,7 @@ def run_child(root: Path, engine: str, workers: int) -> dict:
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     peak, done = 0, threading.Event()
+    cpu: dict[int, float] = {}  # CPU seconds last seen per process of the tree
 
     def sample() -> None:
         nonlocal peak
@@ -70,7 +73,13 @@ def run_child(root: Path, engine: str, workers: int) -> dict:
         while not done.is_set():
             try:
                 tree = [top, *top.children(recursive=True)]
-                peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
+                rss = 0
+                for p in tree:
+                    with contextlib.suppress(psutil.Error):
+                        rss += p.memory_info().rss
+                        times = p.cpu_times()
+                        cpu[p.pid] = times.user + times.system
+                peak = max(peak, rss)
             except psutil.Error:
                 pass
             time.sleep(0.2)
@@ -85,7 +94,7 @@ def run_child(root: Path, engine: str, workers: int) -> dict:
         raise RuntimeError(f"crop stage failed ({engine}):\n{err[-3000:]}")
     images = int(pd.read_csv(root / "interim/manifest.csv", usecols=["source", "relpath"]).drop_duplicates().shape[0])
     return {"images": images, "seconds": round(seconds, 1), "images_per_s": round(images / seconds, 2),
-            "peak_rss_mib": round(peak / 2**20)}  # fmt: skip
+            "cpu_s": round(sum(cpu.values()), 1), "peak_rss_mib": round(peak / 2**20)}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

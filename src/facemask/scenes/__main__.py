@@ -17,7 +17,6 @@ from facemask.cli import write_json
 from facemask.config import ConfigError, compose, validate
 from facemask.data.fetch import FetchError
 from facemask.data.voc import SceneError
-from facemask.pipeline import MaskPipeline
 from facemask.scenes.average_precision import format_scene_table
 from facemask.scenes.evaluate import evaluate_scenes, summary, write_reports
 
@@ -39,15 +38,14 @@ def main(argv: list[str] | None = None) -> int:
         params = validate(compose(args.overrides), "conf/ + overrides")
         if "://" in args.classifier or args.classifier.startswith("models:/"):
             mlflow_tracking.setup(params.mlflow)
-        pipeline = MaskPipeline.from_params(params, mlflow_tracking.classifier_file(args.classifier))
-        run, result = evaluate_scenes(pipeline, params)
+        run, result = evaluate_scenes(params, mlflow_tracking.classifier_file(args.classifier))
     except (ConfigError, FetchError, SceneError, FileNotFoundError) as err:
         print(f"scenes: {err}", file=sys.stderr)
         return 2
-    write_reports(run, result, pipeline.labels, args.out, params.scenes.gallery_size, params.scenes.iou_threshold)
+    write_reports(run, result, run.labels, args.out, params.scenes.gallery_size, params.scenes.iou_threshold)
     write_json(args.out / "metrics.json", summary(result))
     print(f"{result['scenes']} scenes, {result['faces']} faces; reports in {args.out}")
-    print(format_scene_table(result, pipeline.labels))
+    print(format_scene_table(result, run.labels))
     print(f"median {result['frame_ms_median']:.1f} ms/frame ({result['fps']:.1f} fps)")
     return 0
 

@@ -13,15 +13,18 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pandas as pd
+import torch
 from tqdm import tqdm
 
 from facemask import plots
 from facemask.boxes import match
+from facemask.classifier import MaskClassifier
+from facemask.compute import ordered_map
 from facemask.config import Params
 from facemask.data.voc import Scene, evaluation_folder, load_scenes
 from facemask.draw import COLOURS
 from facemask.imageio import read_image
-from facemask.pipeline import MaskPipeline
+from facemask.pipeline import MaskPipeline, face_labels
 from facemask.scenes.average_precision import MISSED, SIZES, Prediction, scene_metrics
 
 
@@ -29,6 +32,7 @@ from facemask.scenes.average_precision import MISSED, SIZES, Prediction, scene_m
 class SceneRun:
     scenes: list[Scene]
     predictions: list[Prediction]
+    labels: list[str]  # the pipeline's face classes
     detect_ms: np.ndarray
     classify_ms: np.ndarray
     max_pixels: int  # the decoder's limit the scenes were read with
@@ -44,40 +48,72 @@ class SceneRun:
         }
 
 
-def run_pipeline(pipeline: MaskPipeline, scenes: list[Scene], max_pixels: int, desc: str = "scenes") -> SceneRun:
-    """The pipeline over every scene (one warm-up frame first), timed per stage."""
-    preds, det_ms, cls_ms = [], [], []
-    if scenes:
-        pipeline(read_image(scenes[0].image, max_pixels))
-    for scene in tqdm(scenes, desc=desc, unit="scene"):
-        frame = read_image(scene.image, max_pixels)
-        t0 = time.perf_counter()
-        faces = pipeline.detect_faces(frame)
-        t1 = time.perf_counter()
-        results = pipeline.classify(frame, faces)
-        t2 = time.perf_counter()
-        det_ms.append((t1 - t0) * 1000)
-        cls_ms.append((t2 - t1) * 1000)
-        preds.append(
-            Prediction(
-                boxes=np.array([r.box for r in results], dtype=np.float32).reshape(-1, 4),
-                labels=[r.label for r in results],
-                scores=np.array([r.score for r in results], dtype=np.float32),
-                confidences=np.array([r.confidence for r in results], dtype=np.float32),
-                probabilities=np.array(
-                    [[r.probabilities[lb] for lb in pipeline.labels] for r in results], dtype=np.float32
-                ).reshape(-1, len(pipeline.labels)),
-            )
-        )
-    return SceneRun(scenes, preds, np.array(det_ms), np.array(cls_ms), max_pixels)
+@dataclass(frozen=True)
+class PipelineSpec:
+    """What a process needs to build the pipeline it runs over scenes (sent to engine workers)."""
+
+    params: Params
+    classifier: Path
+    warm_up: Path | None  # a frame run once before the timed ones
+    one_thread: bool  # a worker among several: one thread each, the processes are the parallelism
 
 
-def evaluate_scenes(pipeline: MaskPipeline, params: Params, desc: str = "scenes") -> tuple[SceneRun, dict]:
+def build_pipeline(spec: PipelineSpec) -> MaskPipeline:
+    if spec.one_thread:
+        cv2.setNumThreads(1)
+        torch.set_num_threads(1)
+    pipeline = MaskPipeline.from_params(spec.params, spec.classifier)
+    if spec.warm_up is not None:
+        pipeline(read_image(spec.warm_up, spec.params.data.max_image_pixels))
+    return pipeline
+
+
+def predict_scene(pipeline: MaskPipeline, item: tuple[Path, int]) -> tuple[Prediction, float, float]:
+    """One scene through the pipeline: (its prediction, detection ms, classification ms)."""
+    image, max_pixels = item
+    frame = read_image(image, max_pixels)
+    t0 = time.perf_counter()
+    faces = pipeline.detect_faces(frame)
+    t1 = time.perf_counter()
+    results = pipeline.classify(frame, faces)
+    t2 = time.perf_counter()
+    prediction = Prediction(
+        boxes=np.array([r.box for r in results], dtype=np.float32).reshape(-1, 4),
+        labels=[r.label for r in results],
+        scores=np.array([r.score for r in results], dtype=np.float32),
+        confidences=np.array([r.confidence for r in results], dtype=np.float32),
+        probabilities=np.array(
+            [[r.probabilities[lb] for lb in pipeline.labels] for r in results], dtype=np.float32
+        ).reshape(-1, len(pipeline.labels)),
+    )
+    return prediction, (t1 - t0) * 1000, (t2 - t1) * 1000
+
+
+def run_pipeline(params: Params, classifier: Path, scenes: list[Scene], desc: str = "scenes") -> SceneRun:
+    """The pipeline over every scene, timed per stage, on `scenes.workers` processes of the engine
+    (one: in this process, whose timings are the figures a single pipeline gets on this host)."""
+    max_pixels = params.data.max_image_pixels
+    workers = min(params.scenes.workers, max(1, len(scenes)))
+    warm_up = scenes[0].image if scenes else None
+    spec = PipelineSpec(params, Path(classifier), warm_up, one_thread=workers > 1 or params.engine.kind != "pool")
+    items = ((scene.image, max_pixels) for scene in scenes)
+    labels = face_labels(MaskClassifier.load(classifier))
+    outputs = list(tqdm(ordered_map(predict_scene, items, build_pipeline, spec, workers, params.engine),
+                        total=len(scenes), desc=desc, unit="scene"))  # fmt: skip
+    preds = [p for p, _, _ in outputs]
+    det_ms = np.array([d for _, d, _ in outputs])
+    cls_ms = np.array([c for _, _, c in outputs])
+    return SceneRun(scenes, preds, labels, det_ms, cls_ms, max_pixels)
+
+
+def evaluate_scenes(params: Params, classifier: Path, desc: str = "scenes") -> tuple[SceneRun, dict]:
+    """The pipeline `params` describes, with this classifier, over the configured scenes: the
+    run and its figures (mAP, AP per class, recall by size, timing)."""
     cfg = params.scenes
     scenes = load_scenes(evaluation_folder(cfg), cfg.source.label_map)
-    run = run_pipeline(pipeline, scenes, params.data.max_image_pixels, desc)
+    run = run_pipeline(params, classifier, scenes, desc)
     gts = [(s.boxes, s.labels) for s in scenes]
-    result = scene_metrics(gts, run.predictions, pipeline.labels, cfg.iou_threshold, cfg.size_bins)
+    result = scene_metrics(gts, run.predictions, run.labels, cfg.iou_threshold, cfg.size_bins)
     result.update(run.timing, scenes=len(scenes), ignored_objects=sum(len(s.ignored) for s in scenes))
     return run, result
 

@@ -97,15 +97,15 @@ def crop_image(context: tuple[FaceFinder, Params, Path], item: tuple[str, list[d
 
 
 def run_all(params: Params, manifest: Path, out_dir: Path) -> Iterator[list[dict]]:
-    """Every image's rows, in manifest order, over `crop.workers` processes of `crop.engine`."""
+    """Every image's rows, in manifest order, over `crop.workers` processes of the engine (`engine`)."""
     weights = resolve_weights(params.detector.weights) if params.detector.name != "retinaface" else None
     total = count_images(manifest)
     workers = min(params.crop.workers, max(1, total))
-    where = params.crop.engine.scheduler or f"{params.crop.engine.kind}, {workers} processes"
+    where = params.engine.scheduler or f"{params.engine.kind}, {workers} processes"
     bar = dict(total=total, desc=f"crop faces ({params.detector.name}; {where})", unit="img")
     yield from tqdm(
         ordered_map(crop_image, images(manifest, params.paths.raw), build_finder, (params, weights, out_dir),
-                    workers, params.crop.engine),
+                    workers, params.engine),
         **bar,
     )  # fmt: skip
 

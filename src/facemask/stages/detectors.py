@@ -16,12 +16,9 @@ import mlflow
 import pandas as pd
 
 from facemask import mlflow_tracking, plots
-from facemask.classifier import MaskClassifier
 from facemask.cli import run_stage
 from facemask.config import ConfigError, Detector, Params
 from facemask.data.fetch import FetchError, resolve_weights
-from facemask.detection import build_detector
-from facemask.pipeline import MaskPipeline
 from facemask.scenes.evaluate import evaluate_scenes, flat_metrics
 
 log = logging.getLogger("facemask.detectors")
@@ -42,7 +39,6 @@ def missing_weights(cfg: Detector) -> str | None:
 
 def compare(params: Params) -> None:
     paths = params.paths
-    classifier = MaskClassifier.load(paths.models / "classifier.pt")
     ref = mlflow_tracking.read_run_ref(paths.models / "mlflow_run.json")
     mlflow_tracking.setup(params.mlflow)
     rows = []
@@ -53,14 +49,9 @@ def compare(params: Params) -> None:
             log.warning("skipping %s: %s", variant.name, reason)
             rows.append({"variant": variant.name, "status": f"skipped: {reason}"})
             continue
-        pipeline = MaskPipeline.from_classifier(
-            build_detector(cfg),
-            classifier,
-            params.crop.model_dump(),
-            params.pipeline.model_copy(update={"detect_long_side": variant.detect_long_side}),
-            cfg.box_fit,
-        )
-        _, result = evaluate_scenes(pipeline, params, desc=variant.name)
+        settings = params.pipeline.model_copy(update={"detect_long_side": variant.detect_long_side})
+        variant_params = params.model_copy(update={"detector": cfg, "pipeline": settings})
+        _, result = evaluate_scenes(variant_params, paths.models / "classifier.pt", desc=variant.name)
         metrics = flat_metrics(result, prefix="")
         with (
             mlflow.start_run(run_id=ref["run_id"]),

@@ -14,7 +14,6 @@ import mlflow
 from facemask import mlflow_tracking
 from facemask.cli import run_stage, write_json
 from facemask.config import Params
-from facemask.pipeline import MaskPipeline
 from facemask.scenes.average_precision import format_scene_table
 from facemask.scenes.evaluate import evaluate_scenes, flat_metrics, summary, write_reports
 
@@ -23,10 +22,9 @@ log = logging.getLogger("facemask.scenes")
 
 def scenes(params: Params) -> None:
     paths = params.paths
-    pipeline = MaskPipeline.from_params(params, paths.models / "classifier.pt")
-    run, result = evaluate_scenes(pipeline, params)
+    run, result = evaluate_scenes(params, paths.models / "classifier.pt")
     out = paths.reports / "scenes"
-    figures = write_reports(run, result, pipeline.labels, out, params.scenes.gallery_size, params.scenes.iou_threshold)
+    figures = write_reports(run, result, run.labels, out, params.scenes.gallery_size, params.scenes.iou_threshold)
     write_json(out / "metrics.json", summary(result))
 
     ref = mlflow_tracking.read_run_ref(paths.models / "mlflow_run.json")
@@ -41,7 +39,7 @@ def scenes(params: Params) -> None:
         f"\n{result['scenes']} scenes, {result['faces']} faces, "
         f"{params.detector.name} at long side {params.pipeline.detect_long_side or 'native'}"
     )
-    print(format_scene_table(result, pipeline.labels))
+    print(format_scene_table(result, run.labels))
     print(f"median {result['frame_ms_median']:.1f} ms/frame ({result['fps']:.1f} fps)")
 
 
