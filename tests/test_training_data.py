@@ -1,38 +1,69 @@
-"""Training data: augmentation is reproducible across runs and differs between loader workers."""
+"""Training data: a sample's augmentation follows its draw (reproducible, the same in any loader
+worker or DDP process), transforms draw independently, and an epoch's draw follows its config."""
 
 from __future__ import annotations
 
-import functools
-
+import albumentations as A
+import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from facemask.augment import build_augmentation
+from facemask.augment import build_augmentation, reseed
 from facemask.config import compose, validate
 from facemask.preprocess import Preprocessor
-from facemask.training.datamodule import CropDataset, seed_augmentation
+from facemask.training.datamodule import CropDataset, EpochDraw
 
 from .conftest import real_images
 
 
-def _batches(files, seed: int) -> list[torch.Tensor]:
+def _batches(files, keys: list[tuple[int, int]], workers: int) -> list[torch.Tensor]:
     params = validate(compose())
     ds = CropDataset(files, [0] * len(files), Preprocessor.from_config(params.model),
                      build_augmentation(params.augment.transforms), params.data.max_image_pixels)  # fmt: skip
-    loader = DataLoader(ds, batch_size=2, num_workers=2,
-                        worker_init_fn=functools.partial(seed_augmentation, base_seed=seed))  # fmt: skip
-    return [x for x, _ in loader]
+    return [x for x, _ in DataLoader(ds, batch_size=2, sampler=keys, num_workers=workers)]
 
 
-def test_augmented_batches_are_reproducible_and_differ_per_worker(shared):
+def test_a_samples_augmentation_follows_its_draw_in_any_worker(shared):
     # the same image eight times: any difference between samples is the augmentation's doing
     files = real_images(shared, "face-mask-2class/without_mask", 1) * 8
-    first, again, other = _batches(files, 7), _batches(files, 7), _batches(files, 8)
-    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+    keys = list(EpochDraw(None, 8, seed=7))
+    first, in_workers = _batches(files, keys, 0), _batches(files, keys, 2)
+    assert all(torch.equal(a, b) for a, b in zip(first, in_workers, strict=True))
+    other = _batches(files, list(EpochDraw(None, 8, seed=8)), 0)
     assert not all(torch.equal(a, b) for a, b in zip(first, other, strict=True))
-    # batches 0 and 1 come from workers 0 and 1: their augmentations must not repeat each other
-    assert not torch.equal(first[0], first[1])
+    samples = torch.cat(first)
+    assert len({tuple(x.flatten()[:64].tolist()) for x in samples}) == 8  # no two alike
+
+
+def test_reseeded_transforms_draw_independently():
+    """albumentations seeds every transform alike; `reseed` gives each its own stream, so two
+    p=0.5 flips on a reseeded sample come out in all four combinations."""
+    image = np.arange(4 * 4 * 3, dtype=np.uint8).reshape(4, 4, 3)
+    pipeline = A.Compose([A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5)])
+    flips = {(False, False): image, (True, False): image[:, ::-1], (False, True): image[::-1],
+             (True, True): image[::-1, ::-1]}  # fmt: skip
+    seen = set()
+    for seed in range(64):
+        reseed(pipeline, seed)
+        out = pipeline(image=image)["image"]
+        seen.add(next(k for k, flipped in flips.items() if np.array_equal(out, flipped)))
+        reseed(pipeline, seed)
+        assert np.array_equal(pipeline(image=image)["image"], out)  # a seed is one outcome
+    assert len(seen) == 4, seen
+
+
+def test_every_ddp_process_gets_its_share_of_one_draw():
+    """Two processes' shares, dealt as Lightning's distributed wrapper deals them, make up one
+    process's draw: each step's global batch is the one a single process would take."""
+    from lightning_fabric.utilities.distributed import DistributedSamplerWrapper
+
+    weights = np.linspace(1, 2, 50)
+    one = list(EpochDraw(weights / weights.sum(), 40, seed=3))
+    shares = [list(DistributedSamplerWrapper(EpochDraw(weights / weights.sum(), 40, seed=3), num_replicas=2,
+                                             rank=r, shuffle=False)) for r in (0, 1)]  # fmt: skip
+    assert shares[0] == one[0::2] and shares[1] == one[1::2]
+    assert list(EpochDraw(weights / weights.sum(), 40, seed=3)) == one  # the same seed, the same draw
 
 
 def test_epoch_draw_follows_the_scene_share_and_epoch_size(tmp_path, shared):
@@ -56,7 +87,7 @@ def test_epoch_draw_follows_the_scene_share_and_epoch_size(tmp_path, shared):
     assert weights[90:].sum() == pytest.approx(0.5) and weights[:90].sum() == pytest.approx(0.5)
     assert dm.drawn_class_counts().round().tolist() == [1000, 1000]  # ten scene crops weigh as much as 90 photos
     assert torch.allclose(dm.class_weights(), torch.ones(2))
-    drawn = list(dm.train_dataloader().sampler)
+    drawn = [i for i, _ in dm.train_dataloader().sampler]
     assert len(drawn) == 2000 and 900 < sum(i >= 90 for i in drawn) < 1100
     natural = CropDataModule(
         tmp_path / "crops.csv", photo.parent, ["mask", "no_mask"], Preprocessor.from_config(params.model), None,

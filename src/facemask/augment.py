@@ -25,6 +25,20 @@ def build_augmentation(transforms: list[dict[str, Any]], seed: int | None = None
     return A.Compose(steps, seed=seed)
 
 
+def reseed(pipeline: A.BaseCompose, seed: int) -> None:
+    """Seed the pipeline and each of its transforms from independent streams of `seed`.
+
+    albumentations' own `set_random_seed` gives every transform the same seed, so their first
+    draws (whether each applies) would move together on every reseeded sample."""
+    pipeline.set_random_seed(seed)
+    streams = np.random.SeedSequence(seed).generate_state(len(pipeline.transforms))
+    for transform, stream in zip(pipeline.transforms, streams, strict=True):
+        if isinstance(transform, A.BaseCompose):
+            reseed(transform, int(stream))
+        else:
+            transform.set_random_seed(int(stream))
+
+
 def save_augmentation(pipeline: A.Compose, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     A.save(pipeline, str(path), data_format="json")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import functools
+from collections.abc import Iterator
 from pathlib import Path
 
 import albumentations as A
@@ -11,22 +11,40 @@ import numpy as np
 import pandas as pd
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
+from facemask.augment import reseed
 from facemask.imageio import read_image
 from facemask.preprocess import Preprocessor
 
 
-def seed_augmentation(worker_id: int, base_seed: int) -> None:
-    """DataLoader worker_init_fn: albumentations keeps its own RNG, so seed it per worker (reproducible
-    runs, and different augmentations in each worker)."""
-    info = torch.utils.data.get_worker_info()
-    if info is not None and info.dataset.augment is not None:
-        info.dataset.augment.set_random_seed(base_seed + worker_id)
+class EpochDraw(Sampler[tuple[int, int]]):
+    """Each epoch `size` train crops, drawn by `weights` with replacement (None: a shuffle of all),
+    each with its own augmentation seed, so a sample looks the same whichever loader worker or DDP
+    process prepares it. Seeded once: every DDP process draws the same list and Lightning's
+    distributed wrapper deals it out (process r takes positions r, r + world, ...), so each step's
+    global batch is the one a single process would take."""
+
+    def __init__(self, weights: np.ndarray | None, size: int, seed: int):
+        self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.float64)
+        self.size = size
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        if self.weights is None:
+            index = torch.randperm(self.size, generator=self.generator)
+        else:
+            index = torch.multinomial(self.weights, self.size, replacement=True, generator=self.generator)
+        seeds = torch.randint(0, 2**31 - 1, (self.size,), generator=self.generator)
+        return zip(index.tolist(), seeds.tolist(), strict=True)
 
 
 class CropDataset(Dataset):
-    """Face crops with integer labels; `augment` (albumentations, RGB) applies before preprocessing."""
+    """Face crops with integer labels; `augment` (albumentations, RGB) applies before preprocessing,
+    seeded by the key's draw seed (`EpochDraw` yields (index, seed) keys)."""
 
     def __init__(
         self,
@@ -42,9 +60,12 @@ class CropDataset(Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
+        i, seed = key if isinstance(key, tuple) else (key, None)
         rgb = cv2.cvtColor(read_image(self.files[i], self.max_pixels), cv2.COLOR_BGR2RGB)
         if self.augment is not None:
+            if seed is not None:
+                reseed(self.augment, seed)
             rgb = self.augment(image=rgb)["image"]
         return self.preprocessor(rgb), self.targets[i]
 
@@ -78,8 +99,6 @@ class CropDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.frames:
             return
-        if self.augment is not None:
-            self.augment.set_random_seed(self.seed)  # in-process loading (num_workers=0)
         table = pd.read_csv(self.crops_csv, keep_default_na=False)
         table = table[table["crop"] != ""]
         for split in ("train", "val", "test"):
@@ -144,21 +163,18 @@ class CropDataModule(pl.LightningDataModule):
     def _loader(self, split: str, train: bool) -> DataLoader:
         ds = self.dataset(split, augment=train)
         batch_size = self.per_process_batch()
-        sampler, shuffle = None, train
-        if train and (self.balance == "sampler" or self.epoch_samples or self.scene_share is not None):
-            gen = torch.Generator().manual_seed(self.seed)
-            n = self.epoch_samples or len(ds)
-            sampler = WeightedRandomSampler(self.sample_weights().tolist(), n, replacement=True, generator=gen)
-            shuffle = False
+        sampler = None
+        if train:
+            draw = self.balance == "sampler" or self.epoch_samples or self.scene_share is not None
+            weights = self.sample_weights() if draw else None
+            sampler = EpochDraw(weights, (self.epoch_samples or len(ds)) if draw else len(ds), self.seed)
         return DataLoader(
             ds,
             batch_size=batch_size,
-            shuffle=shuffle,
             sampler=sampler,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
-            worker_init_fn=functools.partial(seed_augmentation, base_seed=self.seed) if train else None,
-            drop_last=train and (self.epoch_samples or len(ds)) > batch_size,
+            drop_last=train and len(sampler) > batch_size,
         )
 
     def train_dataloader(self) -> DataLoader:
