@@ -30,6 +30,8 @@ class EngineError(FacemaskError):
     """The compute engine could not be started or reached."""
 
 
+ONE_THREAD = {"OMP_NUM_THREADS": 1, "MKL_NUM_THREADS": 1, "OPENBLAS_NUM_THREADS": 1}
+
 # One context per worker process, built on first use from the spec the run sent (keyed by run).
 _context: dict[str, Any] = {}
 
@@ -65,11 +67,11 @@ def ordered_map(
     engine: Engine,
 ) -> Iterator[Any]:
     """`work(context, item)` for every item, in order, on `workers` processes of `engine`
-    (in this process when `workers` is 1 and the engine is the pool); `context = build(spec)` once
+    (in this process when `workers` is 1 and no scheduler is named); `context = build(spec)` once
     per process. A failing item raises its exception here."""
     run = uuid.uuid4().hex
     batches = _batches(items, engine.batch)
-    if workers == 1 and engine.kind == "pool":
+    if workers == 1 and not engine.scheduler:  # nothing to spread over: no cluster, no pool
         context = build(spec)
         for batch in batches:
             yield from (work(context, item) for item in batch)
@@ -95,15 +97,12 @@ def _dask(engine: Engine, workers: int) -> tuple[Callable, Callable, Callable]:
     from distributed import Client, LocalCluster
 
     stack = contextlib.ExitStack()
-    # the workers' statistical profiler samples every thread's stack each 10 ms: measurable on 2 cores
-    stack.enter_context(
-        dask.config.set(
-            {
-                "distributed.worker.profile.enabled": False,
-                "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": 2**28,
-            }
-        )
-    )
+    # Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_ set, and setting it freezes glibc's
+    # mmap threshold at 128 KiB: every decoded image is then mmapped, page-faulted in and unmapped
+    # again. Local workers start with glibc's defaults, as the pool's do, one thread each; and
+    # without the profiler sampling their stacks. (Measured on 2 cores: 39 -> 55 images/s.)
+    settings = {"distributed.nanny.pre-spawn-environ": ONE_THREAD, "distributed.worker.profile.enabled": False}
+    stack.enter_context(dask.config.set(settings))
     try:
         if engine.scheduler:
             client = stack.enter_context(Client(engine.scheduler, timeout=f"{engine.connect_timeout_s}s"))
@@ -114,7 +113,8 @@ def _dask(engine: Engine, workers: int) -> tuple[Callable, Callable, Callable]:
                     silence_logs=logging.WARNING,
                 )
             )  # fmt: skip
-            client = stack.enter_context(Client(cluster))
+            # results straight from the workers, not relayed by the scheduler (55 -> 59 images/s)
+            client = stack.enter_context(Client(cluster, direct_to_workers=True))
     except OSError as err:  # timeouts included
         stack.close()
         raise EngineError(f"cannot reach the Dask scheduler {engine.scheduler or '(local)'}: {err}") from err

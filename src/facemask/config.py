@@ -183,10 +183,10 @@ class Background(_Strict):
 
 class Engine(_Strict):
     """Where per-image work runs (facemask.compute), the crop stage's and the scene evaluation's:
-    `pool`, a process pool here; `dask`, a local Dask cluster of the stage's `workers` processes,
-    or the running cluster at `scheduler`."""
+    `dask`, a local Dask cluster of the stage's `workers` processes, or the running cluster at
+    `scheduler`; `pool`, a process pool here. One worker and no scheduler: in the stage's process."""
 
-    kind: Literal["dask", "pool"] = "pool"
+    kind: Literal["dask", "pool"] = "dask"
     scheduler: str | None = Field(default=None, pattern=r"^(tcp|tls|ucx|inproc)://\S+$")
     in_flight: int = Field(default=16, ge=1)  # tasks submitted ahead of the next result (memory bound)
     batch: int = Field(default=8, ge=1)  # images per task

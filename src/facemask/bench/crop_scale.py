@@ -1,7 +1,8 @@
 """Crop-stage scaling: images/s and peak memory of the whole stage (manifest streaming, detection,
-crops written, report) at 1x and 10x a slice of the data, process pool vs Dask local cluster.
+crops written, report) at 1x and 10x a slice of the data, process pool vs Dask local cluster, and
+the crop stage of an older revision (`--baseline`, e.g. the last one before facemask.compute).
 
-    python -m facemask.bench.crop_scale [--images 400] [--factors 1 10] [--workers 2] [--out reports/bench]
+    python -m facemask.bench.crop_scale [--images 400] [--factors 1 10] [--repeat 3] [--baseline REV]
 
 The slice is the first `--images` images of the pipeline's manifest (`--images 0`: all of it);
 10x repeats it ten times under other ids and source folders (symlinks to the same files), so the
@@ -27,7 +28,7 @@ from pathlib import Path
 import pandas as pd
 import psutil
 
-from facemask.config import compose, validate
+from facemask.config import compose, validate, write_params
 
 ENGINES = ("pool", "dask")
 
@@ -51,19 +52,23 @@ def scaled_project(tmp: Path, images: int, factor: int) -> Path:
     return tmp
 
 
-def run_child(root: Path, engine: str, workers: int) -> dict:
-    """One crop stage in a child process: its images/s, CPU seconds and peak tree RSS."""
-    overrides = [
-        f"paths.raw={root / 'raw'}", f"paths.interim={root / 'interim'}", f"paths.crops={root / 'crops'}",
-        f"paths.reports={root / 'reports'}", f"engine.kind={engine}", f"crop.workers={workers}",
-    ]  # fmt: skip
+def run_child(root: Path, engine: str, workers: int, baseline: Path | None = None) -> dict:
+    """One crop stage in a child process: its images/s, CPU seconds and peak tree RSS. Engine
+    `baseline`: the crop stage of the source tree `baseline` (its own config), on `workers`."""
+    paths = [f"paths.raw={root / 'raw'}", f"paths.interim={root / 'interim'}", f"paths.crops={root / 'crops'}",
+             f"paths.reports={root / 'reports'}", f"crop.workers={workers}"]  # fmt: skip
     params_file = root / "params.yaml"
-    from facemask.config import write_params
-
-    write_params(compose(overrides), params_file)
+    env = dict(os.environ)
+    if baseline is None:
+        write_params(compose([*paths, f"engine.kind={engine}"]), params_file)
+    else:  # that tree composes its own params (its config may predate `engine`)
+        env["PYTHONPATH"] = str(baseline / "src")
+        subprocess.run([sys.executable, "-m", "facemask.config", "--out", str(params_file), *paths],
+                       cwd=baseline, env=env, check=True, capture_output=True)  # fmt: skip
     cmd = [sys.executable, "-m", "facemask.stages.crop", "--params", str(params_file)]
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
+                            cwd=baseline)  # fmt: skip
     peak, done = 0, threading.Event()
     cpu: dict[int, float] = {}  # CPU seconds last seen per process of the tree
 
@@ -97,23 +102,42 @@ def run_child(root: Path, engine: str, workers: int) -> dict:
             "cpu_s": round(sum(cpu.values()), 1), "peak_rss_mib": round(peak / 2**20)}  # fmt: skip
 
 
+def worktree(stack: contextlib.ExitStack, rev: str) -> Path:
+    """A temporary checkout of `rev` (this repository's git history), removed on exit."""
+    path = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="crop-scale-rev-"))) / "tree"
+    subprocess.run(["git", "worktree", "add", "--detach", str(path), rev], check=True, capture_output=True)
+    stack.callback(subprocess.run, ["git", "worktree", "remove", "--force", str(path)], capture_output=True)
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=400, help="images in the 1x slice; 0: the whole manifest")
     parser.add_argument("--factors", type=int, nargs="+", default=[1, 10])
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--engines", nargs="+", choices=ENGINES, default=list(ENGINES))
+    parser.add_argument("--repeat", type=int, default=1, help="runs of each row (engines alternate); medians reported")
+    parser.add_argument("--baseline", metavar="REV", help="also time the crop stage of this git revision")
     parser.add_argument("--out", type=Path, default=Path("reports/bench"))
     args = parser.parse_args(argv)
+    runs: dict[tuple[int, str], list[dict]] = {}
+    with contextlib.ExitStack() as stack:
+        engines: list[tuple[str, Path | None]] = [(e, None) for e in args.engines]
+        if args.baseline:
+            engines.insert(0, (f"baseline {args.baseline}", worktree(stack, args.baseline)))
+        for factor in args.factors:
+            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="crop-scale-")))
+            for k in range(args.repeat):
+                for n, (engine, baseline) in enumerate(engines):
+                    root = scaled_project(tmp / f"{n}-{k}", args.images, factor)
+                    runs.setdefault((factor, engine), []).append(run_child(root, engine, args.workers, baseline))
+                    print(json.dumps({"data": f"{factor}x", "engine": engine, **runs[factor, engine][-1]}),
+                          file=sys.stderr, flush=True)  # fmt: skip
     rows = []
-    for factor in args.factors:
-        for engine in args.engines:
-            with tempfile.TemporaryDirectory(prefix="crop-scale-") as tmp:
-                root = scaled_project(Path(tmp), args.images, factor)
-                row = {"data": f"{factor}x", "engine": engine, "workers": args.workers,
-                       **run_child(root, engine, args.workers)}  # fmt: skip
-            rows.append(row)
-            print(json.dumps(row), file=sys.stderr, flush=True)
+    for (factor, engine), done in runs.items():
+        median = pd.DataFrame(done).median().to_dict()
+        rows.append({"data": f"{factor}x", "engine": engine, "workers": args.workers, "runs": len(done),
+                     **{k: round(v, 2) for k, v in median.items()}})  # fmt: skip
     table = pd.DataFrame(rows)
     print(table.to_string(index=False))
     args.out.mkdir(parents=True, exist_ok=True)
