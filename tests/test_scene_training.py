@@ -4,6 +4,7 @@ training and serving, and false faces rejected before anything downstream sees t
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -20,11 +21,14 @@ from facemask.classifier import MaskClassifier
 from facemask.config import compose, validate, write_params
 from facemask.data.voc import SceneError, load_scenes
 from facemask.detection import build_detector
+from facemask.detection.align import crop_face
 from facemask.face_crops import process, scene_faces
 from facemask.imageio import read_image
 from facemask.pipeline import FaceFinder, MaskPipeline, fit_box, unfit_box
 from facemask.preprocess import Preprocessor
 from facemask.serving.decisions import gate_decision
+from facemask.stream.session import CameraSession
+from facemask.stream.sinks import EventSinks
 
 from .conftest import MAX_PIXELS, copy_scenes, dev_scene_stems, real_images, train_scene_stems
 
@@ -248,3 +252,60 @@ def test_a_face_rejected_as_background_never_reaches_the_answer(finder, params, 
         assert set(r.probabilities) == {"mask", "no_mask", "incorrect"} and r.label == "mask"
         assert sum(r.probabilities.values()) == pytest.approx(1.0, abs=1e-3)
         assert r.score == pytest.approx(face.score * p_face, abs=1e-3)  # ranked lower by its doubt
+
+
+class RowLogits(torch.nn.Module):
+    """A stand-in network answering row k of `logits` for the k-th crop of a batch."""
+
+    def __init__(self, logits: list[list[float]]):
+        super().__init__()
+        self.logits = torch.tensor(logits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logits[: len(x)]
+
+
+def test_an_alert_snapshot_is_cut_from_the_alerted_face_when_a_face_before_it_is_rejected(
+    finder, params, crowd, tmp_path
+):
+    """The second of the scene's faces is rejected as background, the others are unmasked: every
+    alert's snapshot must be cut from its own track's detection, never from the face at its index
+    in the detector's list (which, after the rejection, belongs to somebody else)."""
+    frame = read_image(crowd.image, MAX_PIXELS)
+    faces = finder.detect(frame)
+    assert len(faces) >= 3
+    no_mask, background = [0.0, 4.0, 0.0, 0.0], [0.0, 0.0, 0.0, 4.0]
+    logits = [no_mask, background] + [no_mask] * (len(faces) - 2)
+    labels = params.classifier_labels
+    classifier = MaskClassifier(
+        RowLogits(logits), labels, Preprocessor.from_config(params.model),
+        {"crop": params.crop.model_dump(), "reject_label": "background"},
+    )  # fmt: skip
+    pipeline = MaskPipeline.from_classifier(finder.detector, classifier, None, params.pipeline, params.detector.box_fit)
+    cfg = params.stream.model_dump()
+    cfg["sinks"].update(jsonl=tmp_path / "events.jsonl", log=False)
+    cfg["alerts"].update(snapshots="store", camera_cooldown_s=0, min_score=0.0)
+    cfg["frame_diff"]["enabled"] = False
+    cfg = type(params.stream).model_validate(cfg)
+    sinks = EventSinks(cfg.sinks)
+    session = CameraSession("crowd", pipeline, cfg, sinks)
+    alerts = [a for t in range(12) for a in session.process(frame, now=1000.0 + 0.5 * t)["alerts"]]
+    sinks.close()
+    kept = [f for k, f in enumerate(faces) if k != 1]
+    assert len(alerts) == len(kept)  # one per unmasked person, none for the rejected face
+    snapshots = {
+        e["track"]: cv2.imdecode(np.frombuffer(base64.b64decode(e["snapshot_jpeg_b64"]), np.uint8), cv2.IMREAD_COLOR)
+        for e in map(json.loads, (tmp_path / "events.jsonl").read_text().splitlines())
+        if e["type"] == "alert"
+    }
+    for alert in alerts:
+        # the alerted person: the kept detection whose fitted box is the alert's box
+        gaps = [np.abs(fit_box(f.box, params.detector.box_fit) - alert["box"]).max() for f in kept]
+        own = kept[int(np.argmin(gaps))]
+        assert min(gaps) <= 0.1
+        expected = crop_face(frame, own, 128, 0.3, align=False)
+        others = [crop_face(frame, f, 128, 0.3, align=False) for f in faces if f is not own]
+        snapshot = snapshots[alert["track"]].astype(int)
+        own_error = np.abs(snapshot - expected.astype(int)).mean()
+        assert own_error < 4  # JPEG at quality 85 of the same crop
+        assert all(own_error < np.abs(snapshot - o.astype(int)).mean() / 3 for o in others)

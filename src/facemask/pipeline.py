@@ -7,7 +7,7 @@ detected, cropped and preprocessed exactly as in training.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import cv2
@@ -29,9 +29,10 @@ class FaceResult:
     label: str
     confidence: float
     probabilities: dict[str, float]
+    detection: Face | None = field(default=None, repr=False, compare=False)  # what the crop was cut from
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "detection"}
 
 
 def detect_at(detector: FaceDetector, frame: np.ndarray, long_side: int, max_upscale: float) -> list[Face]:
@@ -165,13 +166,31 @@ class MaskPipeline:
         detector's own boxes, as in training; the reported box is mapped by `box_fit`. Faces the
         classifier rejects as background are dropped; the others' probabilities are over the face
         classes (they sum to one) and their `score` is the detector's times p(face)."""
+        return self.results(faces, self.probabilities(frame, faces))
+
+    def probabilities(self, frame: np.ndarray, faces: list[Face]) -> np.ndarray:
+        """The classifier's raw output (faces x all its labels, the rejection class included)."""
         if not faces:
-            return []
-        probs = self.classifier.predict_proba(self.finder.crop(frame, faces), bgr=True)
+            return np.zeros((0, len(self.classifier.labels)), dtype=np.float32)
+        return self.classifier.predict_proba(self.finder.crop(frame, faces), bgr=True)
+
+    @property
+    def reject_min_probability(self) -> float:
+        """p(background) from which a face is dropped: the setting, else the value calibrated for
+        this classifier on validation scenes (its artefact records it), else 0.5."""
+        configured = self.settings.reject_min_probability
+        return float(configured if configured is not None else self.classifier.meta.get("reject_min_probability", 0.5))
+
+    def results(
+        self, faces: list[Face], probs: np.ndarray, reject_min_probability: float | None = None
+    ) -> list[FaceResult]:
+        """FaceResults from raw `probabilities`, rejecting at `reject_min_probability` (default: the
+        pipeline's). Each result carries the detection it came from."""
+        threshold = self.reject_min_probability if reject_min_probability is None else reject_min_probability
         results = []
         for face, p in zip(faces, probs, strict=True):
             p_face = 1.0 if self.reject_index is None else 1.0 - float(p[self.reject_index])
-            if p_face <= 1.0 - self.settings.reject_min_probability:
+            if p_face <= 1.0 - threshold:
                 continue
             q = p[self.face_index] / max(float(p[self.face_index].sum()), 1e-9)
             k = int(q.argmax())
@@ -182,6 +201,7 @@ class MaskPipeline:
                     label=self.labels[k],
                     confidence=round(float(q[k]), 4),
                     probabilities={lb: round(float(v), 4) for lb, v in zip(self.labels, q, strict=True)},
+                    detection=face,
                 )
             )
         return results

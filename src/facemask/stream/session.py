@@ -80,7 +80,7 @@ class CameraSession:
         faces, reused = self._detect(frame, pipeline)
         results = pipeline.classify(frame, faces)
         tracks = self.tracker.update(results, now)
-        alerts = [self._alert(frame, t, faces[i], now) for i, t in enumerate(tracks) if self._should_alert(t, now)]
+        alerts = [self._alert(frame, t, now) for t in tracks if self._should_alert(t, now)]
         for counters in (self.total, self.window):
             counters.frames += 1
             counters.detector_runs += not reused
@@ -110,7 +110,8 @@ class CameraSession:
             and now - self._last_alert >= a.camera_cooldown_s
         )
 
-    def _alert(self, frame: np.ndarray, track: Track, face: Face, now: float) -> dict:
+    def _alert(self, frame: np.ndarray, track: Track, now: float) -> dict:
+        """The alert event of `track`; its snapshot is cut from the track's own detection in this frame."""
         track.alerted_at = self._last_alert = now
         event = {
             "type": "alert",
@@ -124,7 +125,7 @@ class CameraSession:
         }
         mode = self.cfg.alerts.snapshots
         if mode != "off":
-            snapshot = crop_face(frame, face, 128, 0.3, align=False)
+            snapshot = crop_face(frame, track.face.detection, 128, 0.3, align=False)
             if mode == "blur":  # who it was cannot be read back; that a face was there can
                 snapshot = cv2.GaussianBlur(snapshot, (0, 0), 8)
             event["snapshot_jpeg_b64"] = base64.b64encode(encode_jpeg(snapshot, 85)).decode("ascii")

@@ -30,6 +30,7 @@ class Track:
     alerted_at: float | None = None
     hits: int = 0
     score: float = 0.0  # the detector's score of the last face
+    face: FaceResult | None = field(default=None, repr=False)  # the last face (its detection cuts the snapshot)
 
     def to_dict(self) -> dict:
         return {
@@ -69,6 +70,7 @@ class Tracker:
                 self.tracks[track.id] = track
                 self._next += 1
             track.box, track.last_seen, track.hits, track.score = face.box, now, track.hits + 1, face.score
+            track.face = face
             self._smooth(track, face, now)
             seen.append(track)
         for tid in [t.id for t in self.tracks.values() if now - t.last_seen > self.cfg.max_missed_s]:
