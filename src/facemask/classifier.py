@@ -14,12 +14,36 @@ import numpy as np
 import timm
 import torch
 
+from facemask.config import ConfigError
 from facemask.config import Model as ModelConfig
+from facemask.data.fetch import resolve_weights
 from facemask.preprocess import Preprocessor
 
 
 def create_network(cfg: ModelConfig, num_classes: int) -> torch.nn.Module:
-    return timm.create_model(cfg.backbone, pretrained=cfg.pretrained, num_classes=num_classes, drop_rate=cfg.drop_rate)
+    """The timm network with a `num_classes` head: from scratch, from timm's hub weights, or from a
+    weights file (mirror or download) loaded strictly with its own head, which is then replaced."""
+    if cfg.pretrained == "none":
+        return timm.create_model(cfg.backbone, num_classes=num_classes, drop_rate=cfg.drop_rate)
+    if cfg.pretrained == "timm":
+        return timm.create_model(cfg.backbone, pretrained=True, num_classes=num_classes, drop_rate=cfg.drop_rate)
+    path = resolve_weights(cfg.pretrained, key="model.pretrained")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a truncated or foreign file: name it
+        raise ConfigError(f"model.pretrained: {path} is not a PyTorch state dict ({err})") from err
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ConfigError(f"model.pretrained: {path} is not a state dict of tensors")
+    state = {k: v.float() for k, v in state.items()}  # the file may be float16
+    head_name = getattr(timm.get_pretrained_cfg(cfg.backbone), "classifier", None) or "classifier"
+    head = state.get(f"{head_name}.weight")
+    network = timm.create_model(cfg.backbone, num_classes=len(head) if head is not None else 0, drop_rate=cfg.drop_rate)
+    try:
+        network.load_state_dict(state, strict=True)  # every key, head included, nothing else
+    except RuntimeError as err:
+        raise ConfigError(f"model.pretrained: {path} does not fit timm's {cfg.backbone}: {err}") from err
+    network.reset_classifier(num_classes)
+    return network
 
 
 class MaskClassifier:
@@ -48,7 +72,7 @@ class MaskClassifier:
         if not path.is_file():
             raise FileNotFoundError(f"classifier {path} not found: run the train stage (dvc repro train)")
         blob: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)  # no code from the file
-        cfg = ModelConfig.model_validate({**blob["model"], "pretrained": False})
+        cfg = ModelConfig.model_validate({**blob["model"], "pretrained": "none"})  # the trained weights follow
         network = create_network(cfg, len(blob["labels"]))
         network.load_state_dict(blob["state_dict"])
         meta = {**blob.get("meta", {}), "backbone": cfg.backbone, "input_size": cfg.input_size}

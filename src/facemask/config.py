@@ -227,13 +227,47 @@ class Augment(_Strict):
         return transforms
 
 
+class PretrainedWeights(Weights):
+    """Starting weights for the classifier's backbone from a file (the mirror copy, or a download):
+    a state dict of the timm model with its own (ImageNet) head, loaded strictly. `mean`/`std` are
+    the input normalisation the weights were trained with (the model's must equal them).
+    `batchnorm: folded`: every BatchNorm is an identity carrying the folded bias (weights converted
+    from a TFLite graph), so its statistics are re-estimated on `bn_samples` training crops before
+    fine-tuning (`facemask.training.pretrained`)."""
+
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    batchnorm: Literal["trained", "folded"] = "trained"
+    bn_samples: int = Field(default=512, ge=16)
+
+
 class Model(_Strict):
+    """The classifier's timm backbone. `pretrained`: `none` (from scratch), `timm` (timm's own hub
+    weights: needs internet) or a weights file (`PretrainedWeights`)."""
+
     backbone: str
-    pretrained: bool
+    pretrained: Literal["none", "timm"] | PretrainedWeights
     drop_rate: float = Field(ge=0, lt=1)
     input_size: int = Field(ge=16, le=1024)
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+
+    @model_validator(mode="after")
+    def _normalisation_of_the_weights(self) -> Model:
+        expected = None
+        if isinstance(self.pretrained, PretrainedWeights):
+            expected = (self.pretrained.mean, self.pretrained.std)
+        elif self.pretrained == "timm":
+            import timm
+
+            cfg = timm.get_pretrained_cfg(self.backbone)
+            expected = (tuple(cfg.mean), tuple(cfg.std)) if cfg is not None else None
+        if expected is not None and (self.mean, self.std) != expected:
+            raise ValueError(
+                f"mean/std {list(self.mean)}/{list(self.std)} differ from the pretrained weights' "
+                f"{list(expected[0])}/{list(expected[1])}: the network must see inputs as it was trained"
+            )
+        return self
 
     @field_validator("backbone")
     @classmethod
@@ -327,7 +361,8 @@ class Pipeline(_Strict):
     detect_long_side: int = Field(ge=0, le=8192)
     max_upscale: float = Field(default=4.0, ge=1, le=16)
     gate_min_score: float = Field(default=0.5, ge=0, le=1)
-    reject_min_probability: float = Field(default=0.5, gt=0, le=1)  # p(background) that drops a box
+    # p(background) that drops a box; null: the value calibrated for the classifier (its artefact)
+    reject_min_probability: float | None = Field(default=None, gt=0, le=1)
 
 
 class Variant(_Strict):

@@ -127,3 +127,20 @@ def detector_curves(history: pd.DataFrame) -> Figure:
     ax_val.legend()
     fig.tight_layout()
     return fig
+
+
+def rejection_sweep(sweep: pd.DataFrame, chosen: float) -> Figure:
+    """Val-scene mAP, detector recall and precision against the rejection threshold, the chosen one marked."""
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    for col in ("map", "detector_recall", "detector_precision"):
+        ax.plot(sweep["reject_min_probability"], sweep[col], marker="o", label=col.replace("_", " "))
+    ax.axvline(chosen, color="grey", linestyle="--", label=f"chosen {chosen:.2f}")
+    ax.set(
+        xlabel="p(background) from which a detection is dropped",
+        title="Rejection threshold on validation scenes",
+        ylim=(0, 1.01),
+    )
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return fig

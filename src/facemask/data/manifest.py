@@ -21,7 +21,7 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
-from facemask.data.voc import load_scenes
+from facemask.data.voc import Scene, load_scenes
 from facemask.imageio import ImageError, image_size
 
 log = logging.getLogger(__name__)
@@ -297,3 +297,17 @@ def describe_all(rows: list[dict], roots: Mapping[str, Path], max_pixels: int, w
             tqdm(pool.map(lambda p: describe_image(p, max_pixels), paths), total=len(paths), desc="hash images")
         )
     return infos
+
+
+def split_scenes(manifest: Path, raw: Path, split: str) -> list[Scene]:
+    """The annotated scenes of one split (`kind == "scene"` rows grouped by image), sorted by path:
+    boxes in the image's pixels, our labels."""
+    if split not in SPLITS:
+        raise ValueError(f"split {split!r} is not one of {SPLITS}")
+    frame = pd.read_csv(manifest, keep_default_na=False)
+    frame = frame[(frame["kind"] == "scene") & (frame["split"] == split)]
+    scenes = []
+    for (source, relpath), part in frame.groupby(["source", "relpath"], sort=True):
+        boxes = part[["x1", "y1", "x2", "y2"]].to_numpy(dtype=np.float32)
+        scenes.append(Scene(Path(raw) / source / relpath, boxes, part["label"].tolist()))
+    return scenes

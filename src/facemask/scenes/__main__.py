@@ -14,9 +14,8 @@ from pathlib import Path
 
 from facemask import mlflow_tracking
 from facemask.cli import write_json
-from facemask.config import ConfigError, compose, validate
-from facemask.data.fetch import FetchError
-from facemask.data.voc import SceneError
+from facemask.config import compose, validate
+from facemask.errors import FacemaskError
 from facemask.scenes.average_precision import format_scene_table
 from facemask.scenes.evaluate import evaluate_scenes, summary, write_reports
 
@@ -39,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         if "://" in args.classifier or args.classifier.startswith("models:/"):
             mlflow_tracking.setup(params.mlflow)
         run, result = evaluate_scenes(params, mlflow_tracking.classifier_file(args.classifier))
-    except (ConfigError, FetchError, SceneError, FileNotFoundError) as err:
+    except (FacemaskError, FileNotFoundError) as err:
         print(f"scenes: {err}", file=sys.stderr)
         return 2
     write_reports(run, result, run.labels, args.out, params.scenes.gallery_size, params.scenes.iou_threshold)

@@ -131,6 +131,10 @@ def scene_metrics(
     for lb in labels:
         f, t = (sum(found[lb][s][i] for s in SIZES) for i in (0, 1))
         recall[lb]["all"] = {"found": f, "total": t, "recall": f / t if t else None}
+    recall["all"] = {}  # every class together, by size
+    for s in (*SIZES, "all"):
+        f, t = (sum(recall[lb][s][k] for lb in labels) for k in ("found", "total"))
+        recall["all"][s] = {"found": f, "total": t, "recall": f / t if t else None}
     n_gt = sum(len(b) for b, _ in gts)
     n_pred = sum(len(p.labels) for p in preds)
     n_matched = sum(sum(row[lb] for lb in labels) for row in confusion.values())

@@ -6,6 +6,10 @@ is paired with the detection it overlaps most (IoU >= `--min-iou`); the median c
 fraction of the detected box) and side ratios are the fit. It prints the YAML to put under
 `box_fit:` in `conf/detector/<name>.yaml` and the detector recall at `scenes.iou_threshold` without
 and with it. No classifier is involved: only the detector and `pipeline.detect_long_side`.
+
+Fit on the val-split training scenes (`--split val`, the default: the ingest manifest's scenes), or on a
+folder (`--split eval`: `scenes.dir` / `scenes.source`). The dev scenes only measure: fitting on them
+tunes the pipeline to the figures it is judged by.
 """
 
 from __future__ import annotations
@@ -16,10 +20,11 @@ import sys
 import numpy as np
 
 from facemask.boxes import match
-from facemask.config import BoxFit, ConfigError, compose, validate
-from facemask.data.fetch import FetchError
-from facemask.data.voc import Scene, SceneError, evaluation_folder, load_scenes
+from facemask.config import BoxFit, compose, validate
+from facemask.data.manifest import split_scenes
+from facemask.data.voc import Scene, evaluation_folder, load_scenes
 from facemask.detection import build_detector
+from facemask.errors import FacemaskError
 from facemask.scenes.detection import detect_scenes, detector_scores
 
 
@@ -59,19 +64,30 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. detector=retinaface_mnet scenes.dir=/path")
     parser.add_argument("--min-iou", type=float, default=0.3, help="pair a face with a detection from this IoU")
+    parser.add_argument(
+        "--split",
+        choices=("train", "val", "test", "eval"),
+        default="val",
+        help="the manifest's training scenes of this split (run `dvc repro ingest` first), or `eval`: the "
+        "evaluation folder (scenes.dir or scenes.source)",
+    )
     args = parser.parse_args(argv)
     try:
         params = validate(compose(args.overrides), "conf/ + overrides")
-        scenes = load_scenes(evaluation_folder(params.scenes), params.scenes.source.label_map)
+        if args.split == "eval":
+            scenes = load_scenes(evaluation_folder(params.scenes), params.scenes.source.label_map)
+        else:
+            scenes = split_scenes(params.paths.interim / "manifest.csv", params.paths.raw, args.split)
         detections = detect_scenes(
             build_detector(params.detector), params.pipeline, scenes, params.data.max_image_pixels
         )
         fit, pairs = measure(scenes, detections, args.min_iou)
-    except (ConfigError, FetchError, SceneError, FileNotFoundError, ValueError) as err:
+    except (FacemaskError, FileNotFoundError, ValueError) as err:
         print(f"calibrate: {err}", file=sys.stderr)
         return 2
     iou = params.scenes.iou_threshold
-    print(f"{pairs} face/detection pairs in {len(scenes)} scenes ({params.detector.name})")
+    where = "the evaluation folder" if args.split == "eval" else f"the {args.split}-split training scenes"
+    print(f"{pairs} face/detection pairs in {len(scenes)} scenes of {where} ({params.detector.name})")
     print(f"detector recall at IoU {iou}: {recall(scenes, detections, iou, BoxFit()):.3f} as detected, "
           f"{recall(scenes, detections, iou, fit):.3f} with this fit, "
           f"{recall(scenes, detections, iou, params.detector.box_fit):.3f} with the configured one")  # fmt: skip

@@ -24,7 +24,7 @@ from facemask.config import Params
 from facemask.data.voc import Scene, evaluation_folder, load_scenes
 from facemask.draw import COLOURS
 from facemask.imageio import read_image
-from facemask.pipeline import MaskPipeline, face_labels
+from facemask.pipeline import FaceResult, MaskPipeline, face_labels
 from facemask.scenes.average_precision import MISSED, SIZES, Prediction, scene_metrics
 
 
@@ -77,16 +77,20 @@ def predict_scene(pipeline: MaskPipeline, item: tuple[Path, int]) -> tuple[Predi
     t1 = time.perf_counter()
     results = pipeline.classify(frame, faces)
     t2 = time.perf_counter()
-    prediction = Prediction(
+    return to_prediction(results, pipeline.labels), (t1 - t0) * 1000, (t2 - t1) * 1000
+
+
+def to_prediction(results: list[FaceResult], labels: list[str]) -> Prediction:
+    """The pipeline's answer for one scene as the metrics take it."""
+    return Prediction(
         boxes=np.array([r.box for r in results], dtype=np.float32).reshape(-1, 4),
         labels=[r.label for r in results],
         scores=np.array([r.score for r in results], dtype=np.float32),
         confidences=np.array([r.confidence for r in results], dtype=np.float32),
-        probabilities=np.array(
-            [[r.probabilities[lb] for lb in pipeline.labels] for r in results], dtype=np.float32
-        ).reshape(-1, len(pipeline.labels)),
+        probabilities=np.array([[r.probabilities[lb] for lb in labels] for r in results], dtype=np.float32).reshape(
+            -1, len(labels)
+        ),
     )
-    return prediction, (t1 - t0) * 1000, (t2 - t1) * 1000
 
 
 def run_pipeline(params: Params, classifier: Path, scenes: list[Scene], desc: str = "scenes") -> SceneRun:

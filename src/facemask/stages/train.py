@@ -21,9 +21,11 @@ from pytorch_lightning.loggers import MLFlowLogger
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from facemask import mlflow_tracking, plots
-from facemask.classifier import save_classifier
+from facemask.classifier import MaskClassifier, save_classifier
 from facemask.cli import run_stage, write_json
 from facemask.config import ConfigError, Params
+from facemask.preprocess import Preprocessor
+from facemask.scenes.rejection import fit_rejection
 from facemask.training.history import History
 from facemask.training.trainer import build_classifier_fit, build_trainer
 
@@ -59,6 +61,7 @@ def train(params: Params) -> None:
         )
         if checkpoint is None:
             raise ConfigError("trainer.callbacks: a ModelCheckpoint is needed (its best epoch is the model)")
+        paths.reports.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
         trainer.fit(module, datamodule=dm)
         seconds = time.perf_counter() - started
@@ -74,10 +77,18 @@ def train(params: Params) -> None:
             "crop": params.crop.model_dump(mode="json"),  # serving crops faces exactly as training did
             "reject_label": params.crop.background.label if params.crop.background.enabled else None,
         }
+        if meta["reject_label"] is not None:  # the rejection threshold belongs to this model
+            classifier = MaskClassifier(network, labels, Preprocessor.from_config(params.model), meta)
+            meta["reject_min_probability"], sweep = fit_rejection(params, classifier)
+            sweep.to_csv(paths.reports / "rejection.csv", index=False)
+            mlflow.log_figure(plots.rejection_sweep(sweep, meta["reject_min_probability"]), "plots/rejection.png")
+            mlflow.log_metric("reject_min_probability", meta["reject_min_probability"])
+            log.info(
+                "rejection threshold %.2f (val-scene mAP %.3f)", meta["reject_min_probability"], sweep["map"].max()
+            )
         save_classifier(network, params.model, labels, paths.models / "classifier.pt", meta)
 
         frame = pd.DataFrame(history.rows)
-        paths.reports.mkdir(parents=True, exist_ok=True)
         frame.to_csv(paths.reports / "train_history.csv", index=False)
         mlflow.log_figure(plots.training_curves(frame), "plots/training_curves.png")
         mlflow.log_artifact(str(paths.models / "augment.json"), "augment")
@@ -96,6 +107,7 @@ def train(params: Params) -> None:
             "epochs": len(frame),
             "train_seconds": round(seconds, 1),
             "seconds_per_epoch": round(float(frame["seconds"].median()), 2) if len(frame) else None,
+            "reject_min_probability": meta.get("reject_min_probability"),
         }
         mlflow.log_metrics({f"train_summary.{k}": v for k, v in summary.items() if v is not None})
         mlflow_tracking.write_run_ref(

@@ -152,6 +152,15 @@ class CropDataModule(pl.LightningDataModule):
         targets = [self.labels.index(lb) for lb in frame["label"]]
         return CropDataset(files, targets, self.preprocessor, self.augment if augment else None, self.max_pixels)
 
+    def sample_batches(self, n: int) -> Iterator[torch.Tensor]:
+        """`n` train crops (at most the split), drawn as an epoch draws them (seeded, with
+        `scene_share`), without augmentation, in batches: inputs for re-estimating statistics."""
+        ds = self.dataset("train")
+        rng = np.random.default_rng(self.seed)
+        index = rng.choice(len(ds), size=min(n, len(ds)), replace=False, p=self.sample_weights())
+        for start in range(0, len(index), self.batch_size):
+            yield torch.stack([ds[int(i)][0] for i in index[start : start + self.batch_size]])
+
     def per_process_batch(self) -> int:
         """`batch_size` is the global batch: under DDP each of the processes takes an equal share,
         so a step sees as many crops, and an epoch takes as many steps, as in one process."""

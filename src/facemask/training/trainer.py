@@ -8,6 +8,7 @@ time is added here: the logger, the checkpoint folder and the stage's own callba
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +17,13 @@ from hydra.utils import instantiate
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from facemask.augment import load_augmentation
-from facemask.config import Params
+from facemask.config import Params, PretrainedWeights
 from facemask.preprocess import Preprocessor
 from facemask.training.datamodule import CropDataModule
 from facemask.training.module import MaskClassifierModule
+from facemask.training.pretrained import refold_batchnorm
+
+log = logging.getLogger(__name__)
 
 
 def build_callbacks(configs: dict[str, dict[str, Any]], checkpoint_dir: Path | None = None) -> list[pl.Callback]:
@@ -67,4 +71,9 @@ def build_classifier_fit(params: Params) -> tuple[CropDataModule, MaskClassifier
         scene_share=tp.scene_share,
     )
     weights = dm.class_weights() if tp.balance == "class_weights" else None
-    return dm, MaskClassifierModule(params.model, len(labels), tp.lr, tp.weight_decay, tp.label_smoothing, weights)
+    module = MaskClassifierModule(params.model, len(labels), tp.lr, tp.weight_decay, tp.label_smoothing, weights)
+    pretrained = params.model.pretrained
+    if isinstance(pretrained, PretrainedWeights) and pretrained.batchnorm == "folded":
+        layers = refold_batchnorm(module.network, dm.sample_batches(pretrained.bn_samples))
+        log.info("BatchNorm statistics of %d layers re-estimated on %d train crops", layers, pretrained.bn_samples)
+    return dm, module

@@ -1,0 +1,78 @@
+"""The classifier's rejection threshold, fitted on validation scenes (the dev scenes only measure).
+
+A classifier trained with a `background` class drops a detection it gives that class
+`reject_min_probability` or more. Where that threshold should sit depends on the classifier (how
+sure of itself it is) and on the detector, so it is fitted for each trained classifier: every val-split
+training scene goes through the pipeline once (detections and raw class probabilities kept), then each
+threshold of a grid turns them into answers and the scene mAP decides. The train stage records the
+chosen value in the classifier artefact; `pipeline.reject_min_probability: null` serves with it.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+from tqdm import tqdm
+
+from facemask.classifier import MaskClassifier
+from facemask.config import Params
+from facemask.data.manifest import split_scenes
+from facemask.data.voc import Scene
+from facemask.detection import build_detector
+from facemask.imageio import read_image
+from facemask.pipeline import MaskPipeline
+from facemask.scenes.average_precision import scene_metrics
+from facemask.scenes.evaluate import to_prediction
+
+GRID = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 1.0)
+
+
+def rejection_sweep(
+    pipeline: MaskPipeline,
+    scenes: list[Scene],
+    max_pixels: int,
+    iou_threshold: float,
+    size_bins: tuple[int, int],
+    grid: tuple[float, ...] = GRID,
+) -> pd.DataFrame:
+    """One row per threshold: mAP, detector recall and precision of the pipeline over `scenes`."""
+    if not scenes:
+        raise ValueError("no validation scenes to fit the rejection threshold on")
+    raw = []
+    for scene in tqdm(scenes, desc="rejection threshold", unit="scene"):
+        frame = read_image(scene.image, max_pixels)
+        faces = pipeline.detect_faces(frame)
+        raw.append((faces, pipeline.probabilities(frame, faces)))
+    gts = [(s.boxes, s.labels) for s in scenes]
+    rows = []
+    for threshold in grid:
+        preds = [to_prediction(pipeline.results(f, p, threshold), pipeline.labels) for f, p in raw]
+        m = scene_metrics(gts, preds, pipeline.labels, iou_threshold, size_bins)
+        rows.append(
+            {
+                "reject_min_probability": threshold,
+                "map": m["map"],
+                "detector_recall": m["detector_recall"],
+                "detector_precision": m["detector_precision"],
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def best_threshold(sweep: pd.DataFrame) -> float:
+    """The threshold with the highest mAP (within 1e-4: the one that rejects least)."""
+    top = sweep["map"].max()
+    return float(sweep.loc[sweep["map"] >= top - 1e-4, "reject_min_probability"].max())
+
+
+def fit_rejection(params: Params, classifier: MaskClassifier) -> tuple[float, pd.DataFrame]:
+    """The threshold for `classifier` with the configured detector and pipeline, fitted on the
+    val-split training scenes of the ingest manifest; and the sweep it was chosen from."""
+    scenes = split_scenes(params.paths.interim / "manifest.csv", params.paths.raw, "val")
+    settings = params.pipeline.model_copy(update={"reject_min_probability": None})
+    pipeline = MaskPipeline.from_classifier(
+        build_detector(params.detector), classifier, params.crop.model_dump(), settings, params.detector.box_fit
+    )
+    sweep = rejection_sweep(
+        pipeline, scenes, params.data.max_image_pixels, params.scenes.iou_threshold, params.scenes.size_bins
+    )
+    return best_threshold(sweep), sweep

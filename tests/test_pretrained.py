@@ -1,0 +1,120 @@
+"""Pretrained classifier weights: the mirror's ImageNet MobileNetV2 loaded strictly into timm, the
+input normalisation of the weights enforced, BatchNorm statistics re-estimated on real face crops,
+bad weight files refused with the key named; and the rejection threshold fitted per classifier."""
+
+from __future__ import annotations
+
+import copy
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from facemask.classifier import create_network
+from facemask.config import ConfigError, Model, compose, validate
+from facemask.imageio import read_image
+from facemask.preprocess import Preprocessor
+from facemask.scenes.rejection import best_threshold
+from facemask.training.pretrained import refold_batchnorm
+
+from .conftest import MAX_PIXELS, real_images
+
+WEIGHTS = "mobilenetv2-imagenet/mobilenetv2_100_imagenet_fp16.pth"
+
+
+@pytest.fixture(scope="module")
+def cfg(shared, monkeypatch_module) -> Model:
+    monkeypatch_module.setenv("FACEMASK_MIRROR", str(shared))
+    return validate(compose(["model=mobilenetv2"])).model
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as mp:
+        yield mp
+
+
+@pytest.fixture(scope="module")
+def crops(shared, cfg) -> torch.Tensor:
+    """64 real face photos (both close-up sources, masked and not), preprocessed as in training."""
+    pre = Preprocessor.from_config(cfg)
+    files = [
+        *real_images(shared, "face-mask-2class/with_mask", 16),
+        *real_images(shared, "face-mask-2class/without_mask", 16),
+        *real_images(shared, "maskedface-net-sample/correct", 16),
+        *real_images(shared, "maskedface-net-sample/incorrect", 16),
+    ]
+    return pre.batch([cv2.cvtColor(read_image(f, MAX_PIXELS), cv2.COLOR_BGR2RGB) for f in files])
+
+
+def test_the_mirror_weights_load_strictly_with_a_new_head(shared, cfg):
+    network = create_network(cfg, 4)
+    state = torch.load(shared / "models" / WEIGHTS, map_location="cpu", weights_only=True)
+    own = network.state_dict()
+    body = [k for k in state if not k.startswith("classifier.")]
+    assert len(body) == len(own) - 2  # every backbone tensor, the 4-class head new
+    for key in body:
+        assert torch.equal(own[key], state[key].float()), key
+    assert own["classifier.weight"].shape == (4, 1280)
+
+
+def test_the_weights_normalisation_is_enforced(shared, monkeypatch):
+    monkeypatch.setenv("FACEMASK_MIRROR", str(shared))
+    with pytest.raises(ConfigError, match=r"model: mean/std .* differ from the pretrained weights"):
+        compose(["model=mobilenetv2", "model.mean=[0.485,0.456,0.406]", "model.std=[0.229,0.224,0.225]"])
+    with pytest.raises(ConfigError, match=r"differ from the pretrained weights' \[0.485"):
+        compose(["model=lcnet", "model.pretrained=timm", "model.mean=[0.5,0.5,0.5]"])
+
+
+def test_a_bad_weights_file_is_refused_naming_the_key(shared, cfg, tmp_path, monkeypatch):
+    mirror = tmp_path / "mirror"
+    (mirror / "models" / "mobilenetv2-imagenet").mkdir(parents=True)
+    monkeypatch.setenv("FACEMASK_MIRROR", str(mirror))
+    target = mirror / "models" / WEIGHTS
+    unpinned = cfg.model_copy(update={"pretrained": cfg.pretrained.model_copy(update={"sha256": None})})
+    with pytest.raises(ConfigError, match="model.pretrained.mirror_path: .* does not exist"):
+        create_network(cfg, 4)
+    target.write_bytes((shared / "models" / WEIGHTS).read_bytes()[:100_000])  # truncated
+    with pytest.raises(Exception, match=r"does not match model.pretrained.sha256"):
+        create_network(cfg, 4)
+    with pytest.raises(ConfigError, match="model.pretrained: .* is not a PyTorch state dict"):
+        create_network(unpinned, 4)
+    state = torch.load(shared / "models" / WEIGHTS, map_location="cpu", weights_only=True)
+    del state["conv_stem.weight"]
+    torch.save(state, target)
+    with pytest.raises(ConfigError, match=r"(?s)does not fit timm's mobilenetv2_100.*conv_stem.weight"):
+        create_network(unpinned, 4)
+
+
+@torch.no_grad()
+def test_refolded_batchnorm_keeps_the_pretrained_function_and_makes_training_mode_agree(cfg, crops):
+    network = create_network(cfg, 4).eval()
+    before = network.forward_features(crops)
+    raw_train = copy.deepcopy(network).train().forward_features(crops)
+    # folded BatchNorm in training mode normalises by batch statistics: a different network
+    assert (raw_train - before).abs().mean() > 0.5 * before.abs().mean()
+    layers = refold_batchnorm(network, [crops[:32], crops[32:]])
+    assert layers == 52
+    network.eval()
+    after = network.forward_features(crops)
+    assert (after - before).abs().max() < 1e-2 * before.abs().max()  # eval: the same function
+    in_training = network.train().forward_features(crops)
+    assert (in_training - after).abs().mean() < 0.05 * after.abs().mean()  # training mode: close to it
+    with pytest.raises(ValueError, match="is not a folded identity"):  # twice would fold the statistics in twice
+        refold_batchnorm(network, [crops])
+
+
+def test_the_rejection_threshold_is_the_best_val_map_rejecting_least_on_ties():
+    sweep = pd.DataFrame(
+        {
+            "reject_min_probability": [0.5, 0.7, 0.9, 1.0],
+            "map": [0.60, 0.64, 0.64, 0.62],
+            "detector_recall": [0.70, 0.74, 0.76, 0.78],
+            "detector_precision": [0.90, 0.86, 0.84, 0.80],
+        }
+    )
+    assert best_threshold(sweep) == 0.9
+    assert best_threshold(sweep.iloc[[0, 3]]) == 1.0
+    assert np.isclose(best_threshold(sweep.iloc[[0]]), 0.5)
