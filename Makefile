@@ -12,7 +12,7 @@ FACEMASK_MIRROR ?= $(if $(wildcard ../shared/datasets),$(abspath ../shared),)
 export FACEMASK_MIRROR
 OVERRIDES ?=
 
-.PHONY: help setup params check-params pipeline run test test-fast lint format mlflow-ui mlflow-server postgres proxy container clean bento-models serve bento bench-latency scenes bench browser stream compliance bench-stream loadtest api-key audit
+.PHONY: help setup params check-params pipeline run test test-fast lint format mlflow-ui mlflow-server postgres proxy container clean bento-models serve bento bench-latency scenes bench bench-classifiers browser stream compliance bench-stream loadtest api-key audit
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -90,6 +90,9 @@ stream: ## stream a video/webcam to the served model: SOURCE=0|rtsp://...|file.m
 
 compliance: ## compliance CSV per camera and hour + plot from the event file (EVENTS=events/events.jsonl)
 	$(RUN) python -m facemask.stream.compliance $${EVENTS:-events/events.jsonl}
+
+bench-classifiers: ## train + score classifier recipes end to end, one MLflow experiment, one table (after dvc repro augment)
+	$(RUN) python -m facemask.bench.classifiers
 
 bench-stream: ## frames/s of 1 and 4 concurrent streams, with and without frame differencing (URL=http://...)
 	$(RUN) python -m facemask.bench.stream $(if $(URL),--url $(URL),)

@@ -74,12 +74,12 @@ def test_a_bad_weights_file_is_refused_naming_the_key(shared, cfg, tmp_path, mon
     monkeypatch.setenv("FACEMASK_MIRROR", str(mirror))
     target = mirror / "models" / WEIGHTS
     unpinned = cfg.model_copy(update={"pretrained": cfg.pretrained.model_copy(update={"sha256": None})})
-    with pytest.raises(ConfigError, match="model.pretrained.mirror_path: .* does not exist"):
+    with pytest.raises(ConfigError, match=r"model.pretrained.mirror_path: .* does not exist"):
         create_network(cfg, 4)
     target.write_bytes((shared / "models" / WEIGHTS).read_bytes()[:100_000])  # truncated
     with pytest.raises(Exception, match=r"does not match model.pretrained.sha256"):
         create_network(cfg, 4)
-    with pytest.raises(ConfigError, match="model.pretrained: .* is not a PyTorch state dict"):
+    with pytest.raises(ConfigError, match=r"model.pretrained: .* is not a PyTorch state dict"):
         create_network(unpinned, 4)
     state = torch.load(shared / "models" / WEIGHTS, map_location="cpu", weights_only=True)
     del state["conv_stem.weight"]

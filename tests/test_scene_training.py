@@ -26,6 +26,9 @@ from facemask.face_crops import process, scene_faces
 from facemask.imageio import read_image
 from facemask.pipeline import FaceFinder, MaskPipeline, fit_box, unfit_box
 from facemask.preprocess import Preprocessor
+from facemask.scenes.average_precision import scene_metrics
+from facemask.scenes.evaluate import to_prediction
+from facemask.scenes.rejection import best_threshold, rejection_sweep
 from facemask.serving.decisions import gate_decision
 from facemask.stream.session import CameraSession
 from facemask.stream.sinks import EventSinks
@@ -309,3 +312,21 @@ def test_an_alert_snapshot_is_cut_from_the_alerted_face_when_a_face_before_it_is
         own_error = np.abs(snapshot - expected.astype(int)).mean()
         assert own_error < 4  # JPEG at quality 85 of the same crop
         assert all(own_error < np.abs(snapshot - o.astype(int)).mean() / 3 for o in others)
+
+
+def test_the_rejection_sweep_drops_every_face_below_the_classifiers_doubt_and_none_above(finder, params, crowd):
+    """p(background) is 0.6 for every face: a threshold at or under it drops them all (recall 0), one
+    above keeps every detection (the recall of the pipeline without rejection)."""
+    p_bg = 0.6
+    logits = [0.0, 0.0, 0.0, float(np.log(p_bg / (1 - p_bg) * 3))]  # softmax: background 0.6, faces 0.4/3
+    pipeline = pipeline_with(params, finder, logits)
+    assert float(torch.softmax(torch.tensor(logits), 0)[3]) == pytest.approx(p_bg, abs=1e-6)
+    sweep = rejection_sweep(pipeline, [crowd], MAX_PIXELS, 0.5, (16, 32), grid=(0.5, 0.6, 0.7, 1.0))
+    kept = MaskPipeline.from_classifier(
+        finder.detector, pipeline.classifier, None, params.pipeline.model_copy(update={"reject_min_probability": 1.0}),
+        params.detector.box_fit,
+    )(read_image(crowd.image, MAX_PIXELS))  # fmt: skip
+    found = scene_metrics([(crowd.boxes, crowd.labels)], [to_prediction(kept, pipeline.labels)], pipeline.labels)
+    assert sweep["detector_recall"].tolist()[:2] == [0.0, 0.0]
+    assert sweep["detector_recall"].tolist()[2:] == [found["detector_recall"]] * 2 and found["detector_recall"] > 0.5
+    assert best_threshold(sweep) == 1.0  # the same mAP at 0.7 and 1.0: the one that rejects least

@@ -251,6 +251,7 @@ class Model(_Strict):
     input_size: int = Field(ge=16, le=1024)
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    freeze: list[str] = Field(default_factory=list)  # module names kept as pretrained (e.g. conv_stem, blocks.0)
 
     @model_validator(mode="after")
     def _normalisation_of_the_weights(self) -> Model:

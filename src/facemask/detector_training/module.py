@@ -21,6 +21,7 @@ from facemask.detector_training.scene_data import BoxedScene
 from facemask.imageio import read_image
 from facemask.pipeline import detect_at
 from facemask.scenes.average_precision import Prediction, average_precision
+from facemask.training.pretrained import freeze, keep_frozen_in_eval
 
 FACE = "face"
 
@@ -52,18 +53,14 @@ class DetectorModule(pl.LightningModule):
         self.network, self.cfg, self.detector_cfg, self.pipeline = network, cfg, detector, pipeline
         self.teacher = copy.deepcopy(network).eval().requires_grad_(False)
         self.val_scenes, self.max_pixels = val_scenes, max_pixels
-        for name, param in self.network.named_parameters():
-            if name.startswith(tuple(cfg.freeze)):
-                param.requires_grad_(False)
+        freeze(self.network, cfg.freeze)
         self._priors = prior_boxes(cfg.input_size, cfg.input_size)
         self._found: list[tuple[np.ndarray, np.ndarray]] = []
 
     def on_train_epoch_start(self) -> None:
         self.teacher.eval()
-        for name, mod in self.network.named_modules():
-            frozen_bn = self.cfg.freeze_batchnorm and isinstance(mod, torch.nn.BatchNorm2d)
-            if frozen_bn or (name and name.startswith(tuple(self.cfg.freeze))):
-                mod.eval()  # keeps the pretrained BatchNorm statistics (small batches estimate them badly)
+        # keeps the pretrained BatchNorm statistics (small batches estimate them badly)
+        keep_frozen_in_eval(self.network, self.cfg.freeze, all_batchnorm=self.cfg.freeze_batchnorm)
 
     def training_step(self, batch: tuple[torch.Tensor, list[torch.Tensor]], _: int) -> torch.Tensor:
         images, boxes = batch

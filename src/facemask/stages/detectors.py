@@ -75,6 +75,12 @@ def compare(params: Params) -> None:
                 "map_top1": result["map_top1"],
                 **{f"ap_{lb}": v for lb, v in result["ap"].items()},
                 "detector_recall": result["detector_recall"],
+                "detector_precision": result["detector_precision"],
+                **{
+                    f"recall_{size}": c["recall"]
+                    for size, c in result["recall_by_size"]["all"].items()
+                    if size != "all"
+                },
                 "fps": result["fps"],
                 "detect_ms": result["detect_ms_median"],
                 "classify_ms": result["classify_ms_median"],

@@ -12,7 +12,7 @@ gamma = sqrt(var + eps), beta = mean + beta0: the eval output is unchanged, and 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import torch
 
@@ -60,3 +60,23 @@ def refold_batchnorm(network: torch.nn.Module, batches: Iterable[torch.Tensor]) 
         m.bias.copy_(mean + beta0)
     network.train(was_training)
     return len(layers)
+
+
+def _frozen(name: str, prefixes: Sequence[str]) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+def freeze(network: torch.nn.Module, prefixes: Sequence[str]) -> int:
+    """Stop training the parameters under the named modules (`conv_stem`, `blocks.0`); returns how many."""
+    params = [p for name, p in network.named_parameters() if _frozen(name, prefixes)]
+    for p in params:
+        p.requires_grad_(False)
+    return len(params)
+
+
+def keep_frozen_in_eval(network: torch.nn.Module, prefixes: Sequence[str], all_batchnorm: bool = False) -> None:
+    """Put the frozen modules (and, with `all_batchnorm`, every BatchNorm) in eval mode: call after
+    Lightning's `train()` at each epoch start, so their BatchNorm statistics stay as they are."""
+    for name, module in network.named_modules():
+        if (all_batchnorm and isinstance(module, torch.nn.BatchNorm2d)) or (name and _frozen(name, prefixes)):
+            module.eval()
