@@ -118,7 +118,7 @@ def test_two_gloo_processes_with_global_batchnorm_compute_what_one_process_does(
 
 @pytest.mark.slow
 def test_two_process_ddp_matches_one_process_and_logs_one_run(tmp_path, mlflow_server):
-    one = train(tmp_path, mlflow_server, "one", [])
+    one = train(tmp_path, mlflow_server, "one", ["trainer=default"])  # the recipe trainer=ddp extends
     two = train(tmp_path, mlflow_server, "ddp", ["trainer=ddp"])
     print(f"test face macro-F1: one process {one:.4f}, DDP {two:.4f}")
     assert one > CONSTANT + 0.1 and two > CONSTANT + 0.1, "both must have learnt"

@@ -358,8 +358,12 @@ class Mlflow(_Strict):
     registered_detector: str = Field(default="facemask-detector", min_length=1)
 
 
+ClassifierRuntime = Literal["torch", "onnxruntime"]
+
+
 class Pipeline(_Strict):
     detect_long_side: int = Field(ge=0, le=8192)
+    classifier_runtime: ClassifierRuntime = "torch"  # onnxruntime: the network's ONNX export (conf/pipeline)
     max_upscale: float = Field(default=4.0, ge=1, le=16)
     gate_min_score: float = Field(default=0.5, ge=0, le=1)
     # p(background) that drops a box; null: the value calibrated for the classifier (its artefact)

@@ -140,7 +140,7 @@ class MaskPipeline:
         """Pipeline from the configuration; crop settings come from the classifier artefact when it
         records them (they must match training), else from `params.crop`."""
         if not isinstance(classifier, MaskClassifier):
-            classifier = MaskClassifier.load(classifier)
+            classifier = MaskClassifier.load(classifier, params.pipeline.classifier_runtime)
         detector = detector or build_detector(params.detector)
         return cls.from_classifier(
             detector, classifier, params.crop.model_dump(), params.pipeline, params.detector.box_fit

@@ -85,11 +85,6 @@ class ModelLoadError(RuntimeError):
 
 def load_pipeline(classifier_dir: Path | str, detector_dir: Path | str) -> MaskPipeline:
     """A ready pipeline from the two model-store folders; ModelLoadError names a bad file."""
-    path = Path(classifier_dir) / "classifier.pt"
-    try:
-        classifier = MaskClassifier.load(path)
-    except Exception as err:  # a truncated or tampered file fails in many ways; all mean the same
-        raise ModelLoadError(f"cannot load the classifier model {path}: {type(err).__name__}: {err}") from err
     path = Path(detector_dir, "detector.json")
     try:
         cfg = Detector.model_validate_json(path.read_text())
@@ -100,6 +95,11 @@ def load_pipeline(classifier_dir: Path | str, detector_dir: Path | str) -> MaskP
         detector = build_detector(cfg, weights)
     except Exception as err:
         raise ModelLoadError(f"cannot load the face detector model {path}: {type(err).__name__}: {err}") from err
+    path = Path(classifier_dir) / "classifier.pt"
+    try:
+        classifier = MaskClassifier.load(path, pipeline.classifier_runtime if pipeline else "torch")
+    except Exception as err:  # a truncated or tampered file fails in many ways; all mean the same
+        raise ModelLoadError(f"cannot load the classifier model {path}: {type(err).__name__}: {err}") from err
     return MaskPipeline.from_classifier(detector, classifier, settings=pipeline, box_fit=cfg.box_fit)
 
 
