@@ -7,12 +7,11 @@ from __future__ import annotations
 import copy
 
 import cv2
-import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from facemask.classifier import MaskClassifier, create_network
+from facemask.classifier import create_network
 from facemask.config import ConfigError, Model, compose, validate
 from facemask.imageio import read_image
 from facemask.preprocess import Preprocessor
@@ -106,37 +105,17 @@ def test_refolded_batchnorm_keeps_the_pretrained_function_and_makes_training_mod
         refold_batchnorm(network, [crops])
 
 
-def test_the_rejection_threshold_is_the_best_val_map_rejecting_least_on_ties():
+def test_the_rejection_threshold_is_the_best_val_map_then_the_best_f1_among_near_ties():
     sweep = pd.DataFrame(
         {
             "reject_min_probability": [0.5, 0.7, 0.9, 1.0],
-            "map": [0.60, 0.64, 0.64, 0.62],
-            "detector_recall": [0.70, 0.74, 0.76, 0.78],
-            "detector_precision": [0.90, 0.86, 0.84, 0.80],
+            "map": [0.600, 0.7376, 0.7391, 0.7391],
+            "detector_recall": [0.70, 0.8116, 0.8168, 0.8168],
+            "detector_precision": [0.90, 0.6920, 0.6481, 0.5242],
         }
-    )
-    assert best_threshold(sweep) == 0.9
-    assert best_threshold(sweep.iloc[[0, 3]]) == 1.0
-    assert np.isclose(best_threshold(sweep.iloc[[0]]), 0.5)
-
-
-def test_onnx_runtime_answers_as_pytorch_on_real_faces(shared, cfg):
-    """The served runtime: the ONNX export of a network we control (the pretrained MobileNetV2 with a
-    seeded head) gives PyTorch's top-1 on every one of 64 real face photos and probabilities within 1e-3."""
-    torch.manual_seed(0)
-    network = create_network(cfg, 4)
-    with torch.no_grad():
-        network.get_classifier().weight.mul_(20)  # confident, varied answers: a real test of agreement
-    labels = ["mask", "no_mask", "incorrect", "background"]
-    eager = MaskClassifier(network, labels, Preprocessor.from_config(cfg), {})
-    served = MaskClassifier(network, labels, Preprocessor.from_config(cfg), {}, runtime="onnxruntime")
-    photos = [
-        read_image(f, MAX_PIXELS)
-        for folder in ("face-mask-2class/with_mask", "face-mask-2class/without_mask", "maskedface-net-sample/incorrect")
-        for f in real_images(shared, folder, 22)
-    ][:64]
-    a, b = eager.predict_proba(photos, bgr=True), served.predict_proba(photos, bgr=True)
-    assert a.shape == b.shape == (64, 4)
-    assert len(set(a.argmax(1))) >= 2  # the answers vary, so agreeing on them means something
-    assert (a.argmax(1) == b.argmax(1)).all()
-    assert np.abs(a - b).max() < 1e-3
+    )  # the shape measured on the val scenes: mAP flat at the top while precision falls
+    assert best_threshold(sweep) == 0.7  # F1 0.747 against 0.723 and 0.639, mAP within 0.002 of the best
+    assert best_threshold(sweep, tolerance=1e-4) == 0.9  # 0.9 and 1.0 tie on mAP: 0.9 has the better F1
+    assert best_threshold(sweep.iloc[[0]]) == 0.5
+    same = sweep.assign(detector_precision=0.7, detector_recall=0.8, map=0.7)
+    assert best_threshold(same) == 1.0  # everything equal: reject least
