@@ -7,11 +7,12 @@ from __future__ import annotations
 import copy
 
 import cv2
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from facemask.classifier import create_network
+from facemask.classifier import MaskClassifier, create_network
 from facemask.config import ConfigError, Model, compose, validate
 from facemask.imageio import read_image
 from facemask.preprocess import Preprocessor
@@ -119,3 +120,25 @@ def test_the_rejection_threshold_is_the_best_val_map_then_the_best_f1_among_near
     assert best_threshold(sweep.iloc[[0]]) == 0.5
     same = sweep.assign(detector_precision=0.7, detector_recall=0.8, map=0.7)
     assert best_threshold(same) == 1.0  # everything equal: reject least
+
+
+def test_onnx_runtime_answers_as_pytorch_on_real_faces(shared, cfg):
+    """The served runtime: the ONNX export of a network we control (the pretrained MobileNetV2 with a
+    seeded head) gives PyTorch's top-1 on every one of 64 real face photos and probabilities within 1e-3."""
+    torch.manual_seed(0)
+    network = create_network(cfg, 4)
+    with torch.no_grad():
+        network.get_classifier().weight.mul_(20)  # confident, varied answers: a real test of agreement
+    labels = ["mask", "no_mask", "incorrect", "background"]
+    eager = MaskClassifier(network, labels, Preprocessor.from_config(cfg), {})
+    served = MaskClassifier(network, labels, Preprocessor.from_config(cfg), {}, runtime="onnxruntime")
+    photos = [
+        read_image(f, MAX_PIXELS)
+        for folder in ("face-mask-2class/with_mask", "face-mask-2class/without_mask", "maskedface-net-sample/incorrect")
+        for f in real_images(shared, folder, 22)
+    ][:64]
+    a, b = eager.predict_proba(photos, bgr=True), served.predict_proba(photos, bgr=True)
+    assert a.shape == b.shape == (64, 4)
+    assert len(set(a.argmax(1))) >= 2  # the answers vary, so agreeing on them means something
+    assert (a.argmax(1) == b.argmax(1)).all()
+    assert np.abs(a - b).max() < 1e-3
