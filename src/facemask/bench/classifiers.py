@@ -23,7 +23,7 @@ import mlflow
 import pandas as pd
 
 from facemask import mlflow_tracking
-from facemask.config import compose, validate, write_params
+from facemask.config import Params, compose, validate, write_params
 
 DEFAULT_VARIANTS = {
     "lcnet075-scratch-96": "model=lcnet",
@@ -35,12 +35,12 @@ CLOSE_UPS = ("face-mask-2class", "maskedface-net-sample")
 SCENE_CROPS = "face-mask-scenes-train"
 
 
-def run_variant(name: str, overrides: list[str], root: Path, tag: str) -> dict:
-    """Train, evaluate and score one variant on the dev scenes; its row of the table."""
+def run_variant(name: str, overrides: list[str], root: Path, tag: str, base: Params) -> dict:
+    """Train, evaluate and score one variant on the dev scenes (the pipeline's crops and augmentation,
+    from `base`'s paths); its row of the table."""
     folder = root / name
     raw = compose([*overrides, f"paths.models={folder}/models", f"paths.reports={folder}/reports"])
     params = validate(raw, f"variant {name}")
-    base = validate(compose([]), "conf/")
     params.paths.models.mkdir(parents=True, exist_ok=True)
     params.paths.reports.mkdir(parents=True, exist_ok=True)
     shutil.copy(base.paths.models / "augment.json", params.paths.models / "augment.json")
@@ -91,11 +91,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("reports/bench/classifiers.csv"))
     args = parser.parse_args(argv)
     variants = dict(args.variant) if args.variant else DEFAULT_VARIANTS
-    mlflow_tracking.setup(validate(compose([]), "conf/").mlflow)
+    base = validate(compose([]), "conf/")
+    mlflow_tracking.setup(base.mlflow)
     rows = []
     for name, overrides in variants.items():
         try:
-            rows.append(run_variant(name, overrides.split(), args.root, args.tag))
+            rows.append(run_variant(name, overrides.split(), args.root, args.tag, base))
         except subprocess.CalledProcessError as err:
             print(f"classifiers: variant {name} failed ({err}); the others go on", file=sys.stderr)
     if not rows:
