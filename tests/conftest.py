@@ -4,6 +4,7 @@ Bento and served (with an API key and small upload limits)."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -180,11 +181,16 @@ UV = [shutil.which("uv") or str(BIN / "uv")]  # uv is also a dev dependency, so 
 
 @pytest.fixture(scope="session")
 def bento(bento_env):
-    """`make bento`'s steps: pinned requirements, the project wheel, `bentoml build`; returns the tag."""
-    run([*UV, "export", "--frozen", "--no-dev", "--no-hashes", "--no-emit-project", "-o", "service/requirements.txt"],
-        bento_env)  # fmt: skip
-    run([*UV, "build", "--wheel", "-o", "dist"], bento_env)
-    out = run([str(BIN / "bentoml"), "build", "-f", "service/bentofile.yaml", ".", "--output", "tag"], bento_env)
+    """`make bento`'s steps: pinned requirements, the project wheel, `bentoml build`; returns the tag.
+    They write into the repository (service/requirements.txt, dist/): one test process at a time
+    (`make test` runs two, pytest-xdist)."""
+    (REPO / "dist").mkdir(exist_ok=True)
+    with (REPO / "dist/.bento-build.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        run([*UV, "export", "--frozen", "--no-dev", "--no-hashes", "--no-emit-project", "-o",
+             "service/requirements.txt"], bento_env)  # fmt: skip
+        run([*UV, "build", "--wheel", "-o", "dist"], bento_env)
+        out = run([str(BIN / "bentoml"), "build", "-f", "service/bentofile.yaml", ".", "--output", "tag"], bento_env)
     return out.strip().splitlines()[-1].removeprefix("__tag__:")
 
 

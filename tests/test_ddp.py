@@ -48,8 +48,10 @@ def train(tmp_path, tracking: str, name: str, overrides: list[str]) -> float:
     """Train with `overrides` against the tracking server; the test face macro-F1 of the model."""
     root = tmp_path / name
     assert (REPO / "data/interim/crops.csv").is_file(), "run `make test` (it builds the crops first)"
+    # raw: the train stage fits the rejection threshold on the pipeline's val-split scenes
     paths = [f"paths.interim={REPO / 'data/interim'}", f"paths.crops={REPO / 'data/crops'}",
-             f"paths.models={root / 'models'}", f"paths.reports={root / 'reports'}"]  # fmt: skip
+             f"paths.raw={REPO / 'data/raw'}", f"paths.models={root / 'models'}",
+             f"paths.reports={root / 'reports'}"]  # fmt: skip
     config = [*SETTINGS, *paths, f"mlflow.experiment=ddp-test-{name}", *overrides]
     (root / "models").mkdir(parents=True)
     (root / "reports").mkdir()
