@@ -65,6 +65,8 @@ def train(params: Params) -> None:
         started = time.perf_counter()
         trainer.fit(module, datamodule=dm)
         seconds = time.perf_counter() - started
+        if torch.distributed.is_initialized():  # DDP: the other ranks have exited; what follows is rank zero's
+            torch.distributed.destroy_process_group()  # alone (metrics must not wait on them: a gloo error)
 
         state = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
         module.load_state_dict(state)
