@@ -50,9 +50,9 @@ proxy: ## Debian's nginx for the two-replica proxy test (apt-get; root or sudo)
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx; }
 
 test: setup browser postgres proxy pipeline ## set up, bring the pipeline up to date (the service tests serve its champion), run all tests
-	@# two test processes (a file each at a time: module fixtures build once); most tests wait on a
-	@# subprocess or a server and use one core. The slowest are listed at the end.
-	$(RUN) pytest -q -n 2 --dist loadfile --durations=20
+	@# two test processes (a file each at a time: module fixtures build once; the longest files first,
+	@# tests/conftest.py); most tests wait on a subprocess or a server. The slowest are listed at the end.
+	$(RUN) pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=20
 
 test-fast: ## the tests without the slow end-to-end ones (no pipeline run needed)
 	$(RUN) pytest -q -m "not slow"

@@ -33,6 +33,17 @@ def _shared_root() -> Path:
     return root
 
 
+# `make test` runs two test processes, each taking a whole file at a time (pytest-xdist --dist loadfile
+# --no-loadscope-reorder: files go out in collection order). The longest files (serial minutes on the
+# 2-core CPU, measured with --durations) go first, on both processes, so none runs alone at the end.
+LONGEST_FIRST = ["test_pipeline.py", "test_ddp.py", "test_faults.py", "test_compute.py", "test_deploy.py"]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the other files keep their order
+
+
 @pytest.fixture(scope="session")
 def shared() -> Path:
     return _shared_root()

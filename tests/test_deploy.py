@@ -26,7 +26,11 @@ KEY = {"Authorization": f"Bearer {API_KEY}"}
 
 
 def bento_dir(bento: str, env: dict) -> Path:
-    return Path(run([str(BIN / "bentoml"), "get", bento, "-o", "path"], env).strip().splitlines()[-1])
+    # wide columns: BentoML's console wraps a long path at 80 (the test folders under xdist are long)
+    out = run([str(BIN / "bentoml"), "get", bento, "-o", "path"], {**env, "COLUMNS": "4096"})
+    path = Path(out.strip().splitlines()[-1])
+    assert path.is_dir(), out
+    return path
 
 
 def test_the_container_recipe_and_its_start_command_serve(bento, bento_env, tmp_path):

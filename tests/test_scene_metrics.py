@@ -55,11 +55,15 @@ def test_a_missed_face_lowers_recall_exactly():
 
 def test_wrong_class_is_both_a_miss_and_a_false_positive():
     gts = [gt([A], ["mask"]), gt([C], ["no_mask"])]
-    preds = [pred([A], ["no_mask"]), pred([C], ["no_mask"])]
+    preds = [pred([A], ["no_mask"], scores=[0.9]), pred([C], ["no_mask"], scores=[0.8])]
     r = scene_metrics(gts, preds, LABELS)
     assert r["ap"]["mask"] == pytest.approx(0.0)  # its only face was called no_mask: a miss
-    # no_mask: one true positive (C) and one false positive (A), both at the same rank
-    assert 0.0 < r["ap"]["no_mask"] < 1.0
+    # no_mask: the false positive (A) ranks first, then the true positive (C): precision 1/2 at
+    # recall 1 is the best at every recall point, so all 101 points are 0.5
+    assert r["ap"]["no_mask"] == pytest.approx(0.5)
+    # ranked the other way round, precision is 1 up to recall 1: AP 1
+    flipped = [pred([A], ["no_mask"], scores=[0.8]), pred([C], ["no_mask"], scores=[0.9])]
+    assert scene_metrics(gts, flipped, LABELS)["ap"]["no_mask"] == pytest.approx(1.0)
     assert r["detector_recall"] == 1.0  # the detector itself found both faces
     assert r["confusion"]["mask"]["no_mask"] == 1 and r["matched_accuracy"] == 0.5
     assert r["false_positives"]["no_mask"] == 0  # class-agnostic: A is matched, just wrongly labelled
