@@ -60,7 +60,7 @@ def train(tmp_path, tracking: str, name: str, overrides: list[str]) -> float:
     write_params(compose(config), root / "params.yaml")
     run = subprocess.run(
         [str(BIN / "python"), "-m", "facemask.stages.train", "--params", str(root / "params.yaml")],
-        cwd=root, env={**os.environ, "MLFLOW_TRACKING_URI": tracking}, capture_output=True, text=True, timeout=900,
+        cwd=root, env={**os.environ, "MLFLOW_TRACKING_URI": tracking}, capture_output=True, text=True, timeout=1800,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
     client = MlflowClient(tracking)
@@ -119,6 +119,7 @@ def test_two_gloo_processes_with_global_batchnorm_compute_what_one_process_does(
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # two trainings: 20 min in all under `make test`'s second process (11.5 for one)
 def test_two_process_ddp_matches_one_process_and_logs_one_run(tmp_path, mlflow_server):
     one = train(tmp_path, mlflow_server, "one", ["trainer=default"])  # the recipe trainer=ddp extends
     two = train(tmp_path, mlflow_server, "ddp", ["trainer=ddp"])
