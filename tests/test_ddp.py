@@ -1,9 +1,8 @@
 """Data-parallel training (conf/trainer/ddp.yaml) on this CPU. Two gloo processes with half a batch
 each compute what one process computes on the whole batch (outputs, gradients, BatchNorm
-statistics). Two processes train on the pipeline's real crops (`make test` builds them first) with
-the same seed, draw and global batch as one process; rank zero alone logs one MLflow run to the
-team tracking server and writes the model. Both models are scored on the test crops: DDP's
-macro-F1 must match one process's within TOLERANCE (measured below), and both must have learnt."""
+statistics): that is the equivalence, checked step by step. Then two processes train on the
+pipeline's real crops (`make test` builds them first): rank zero alone logs one MLflow run to the
+team tracking server, fits the rejection threshold and writes the model, which must have learnt."""
 
 from __future__ import annotations
 
@@ -27,32 +26,31 @@ from facemask.training.batchnorm_sync import GlobalBatchNorm
 
 from .conftest import BIN, REPO, free_port
 
-# Test face macro-F1 on the pipeline's crops with these settings, seeds 42 / 7 / 123:
+# Test face macro-F1 on the pipeline's crops with these settings, seeds 42 / 7 / 123 (measured once,
+# 10 epochs of 3,000 crops each; the whole-run comparison cost a second 7-min training per `make test`):
 #   one process                                    0.547 / 0.550 / 0.452
 #   DDP, BatchNorm over the global batch (used)    0.517 / 0.595 / 0.549
 #   DDP, BatchNorm per process                     0.620 / 0.652 / 0.454
-# Each step computes what one process computes (the test above), yet the runs drift apart as two
-# seeds do (float summation order, dropout masks, the class-weighted loss normalised per process):
-# |one - DDP| reached 0.097 with one seed's pair, and one process alone spans 0.10 over the seeds.
-# The tolerance is that run-to-run spread, not a claim of bit-equal training.
+# Each step computes what one process computes (the test below), yet whole runs drift apart as two
+# seeds do (float summation order, dropout masks, the class-weighted loss normalised per process),
+# so the run is held to having learnt, as every measured run did, not to one process's score.
 EPOCHS = 10
 SETTINGS = [
     "model=lcnet", "model.input_size=64", f"trainer.max_epochs={EPOCHS}", "trainer.epoch_samples=3000",
     "trainer.batch_size=32", "trainer.num_workers=0", f"trainer.callbacks.early_stopping.patience={EPOCHS}",
 ]  # fmt: skip
-TOLERANCE = 0.15
 CONSTANT = 0.213  # the best constant answer's face macro-F1 on these crops
 
 
-def train(tmp_path, tracking: str, name: str, overrides: list[str]) -> float:
-    """Train with `overrides` against the tracking server; the test face macro-F1 of the model."""
-    root = tmp_path / name
+def train_ddp(tmp_path, tracking: str) -> float:
+    """Train with trainer=ddp against the tracking server; the test face macro-F1 of the model."""
+    root, name = tmp_path / "ddp", "ddp"
     assert (REPO / "data/interim/crops.csv").is_file(), "run `make test` (it builds the crops first)"
     # raw: the train stage fits the rejection threshold on the pipeline's val-split scenes
     paths = [f"paths.interim={REPO / 'data/interim'}", f"paths.crops={REPO / 'data/crops'}",
              f"paths.raw={REPO / 'data/raw'}", f"paths.models={root / 'models'}",
              f"paths.reports={root / 'reports'}"]  # fmt: skip
-    config = [*SETTINGS, *paths, f"mlflow.experiment=ddp-test-{name}", *overrides]
+    config = [*SETTINGS, *paths, f"mlflow.experiment=ddp-test-{name}", "trainer=ddp"]
     (root / "models").mkdir(parents=True)
     (root / "reports").mkdir()
     shutil.copy(REPO / "models/augment.json", root / "models/augment.json")  # the augment stage's outputs
@@ -67,8 +65,10 @@ def train(tmp_path, tracking: str, name: str, overrides: list[str]) -> float:
     runs = client.search_runs([client.get_experiment_by_name(f"ddp-test-{name}").experiment_id])
     assert len(runs) == 1, "one MLflow run, from rank zero alone"
     assert len(client.get_metric_history(runs[0].info.run_id, "val/macro_f1")) == EPOCHS  # per epoch, once
-    assert runs[0].data.params["trainer.lightning.strategy"] == ("ddp" if "trainer=ddp" in overrides else "auto")
-    assert json.loads((root / "reports/train.json").read_text())["epochs"] == EPOCHS
+    assert runs[0].data.params["trainer.lightning.strategy"] == "ddp"
+    summary = json.loads((root / "reports/train.json").read_text())
+    assert summary["epochs"] == EPOCHS
+    assert 0 < summary["reject_min_probability"] <= 1  # rank zero fitted it after the group was torn down
     score, _ = face_score(MaskClassifier.load(root / "models/classifier.pt"), validate(compose(config)))
     return score
 
@@ -119,10 +119,8 @@ def test_two_gloo_processes_with_global_batchnorm_compute_what_one_process_does(
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(3600)  # two trainings: 20 min in all under `make test`'s second process (11.5 for one)
-def test_two_process_ddp_matches_one_process_and_logs_one_run(tmp_path, mlflow_server):
-    one = train(tmp_path, mlflow_server, "one", ["trainer=default"])  # the recipe trainer=ddp extends
-    two = train(tmp_path, mlflow_server, "ddp", ["trainer=ddp"])
-    print(f"test face macro-F1: one process {one:.4f}, DDP {two:.4f}")
-    assert one > CONSTANT + 0.1 and two > CONSTANT + 0.1, "both must have learnt"
-    assert abs(one - two) <= TOLERANCE
+@pytest.mark.timeout(2400)  # one two-process training: 10 min under `make test`'s second process
+def test_two_process_ddp_trains_learns_and_logs_one_run(tmp_path, mlflow_server):
+    score = train_ddp(tmp_path, mlflow_server)
+    print(f"test face macro-F1 after DDP training: {score:.4f}")
+    assert score > CONSTANT + 0.1, "the two-process run must have learnt (measured 0.52-0.60 over three seeds)"
