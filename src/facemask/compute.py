@@ -97,6 +97,11 @@ def _dask(engine: Engine, workers: int) -> tuple[Callable, Callable, Callable]:
     from distributed import Client, LocalCluster
 
     stack = contextlib.ExitStack()
+    # The in-process scheduler logs each worker's closed connection at shutdown as an INFO line with a
+    # CommClosedError traceback: read as a failure in a successful stage's log. Warnings and errors stay.
+    quiet = logging.getLogger("distributed")
+    stack.callback(quiet.setLevel, quiet.level)
+    quiet.setLevel(max(quiet.getEffectiveLevel(), logging.WARNING))
     # Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_ set, and setting it freezes glibc's
     # mmap threshold at 128 KiB: every decoded image is then mmapped, page-faulted in and unmapped
     # again. Local workers start with glibc's defaults, as the pool's do, one thread each; and
