@@ -12,6 +12,7 @@ import io
 import json
 import os
 import re
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -24,7 +25,9 @@ import requests
 import yaml
 from PIL import Image
 
-from .conftest import API_KEY, BIN, FPS, REPO, chromium_binary, entrance_frames, entrance_video
+from facemask.config import compose, write_params
+
+from .conftest import API_KEY, BIN, FPS, REPO, chromium_binary, entrance_frames, entrance_video, run
 
 KEY = {"X-API-Key": API_KEY}
 
@@ -55,6 +58,38 @@ def test_bento_pins_requirements_and_carries_both_models(bento, bento_env):
     pinned = [r for r in requirements if r and not r.startswith((" ", "#"))]
     assert pinned and all("==" in r for r in pinned)
     assert any(r.startswith("torch==") for r in pinned) and any(r.startswith("bentoml==") for r in pinned)
+
+
+def test_importing_the_same_models_again_adds_no_copy_and_latest_is_the_last_import(bento_env, tmp_path):
+    """`make serve` imports the models on every call: the same registry version and detector
+    settings again are the same tags and no new folder in the store. Other settings are a new
+    detector tag; importing the first settings again brings that tag back as `:latest` (what the
+    service serves), still without a copy."""
+    home = tmp_path / "bentoml"
+    shutil.copytree(Path(bento_env["BENTOML_HOME"]) / "models", home / "models")  # the fixture imported once
+    env = {**bento_env, "BENTOML_HOME": str(home)}
+    version = ["--classifier-version", env["FACEMASK_TEST_MODEL_VERSION"]]
+
+    def imported(*args: str) -> list[str]:
+        return run([str(BIN / "python"), "-m", "facemask.serving.packaging", *version, *args], env).split()[-2:]
+
+    def stored() -> dict[str, list[str]]:
+        return {d.name: sorted(v.name for v in d.iterdir() if v.is_dir()) for d in (home / "models").iterdir()}
+
+    def latest(name: str) -> str:
+        return f"{name}:{(home / 'models' / name / 'latest').read_text().strip()}"
+
+    before = stored()
+    assert [len(v) for v in before.values()] == [1, 1]
+    first = imported()
+    assert imported() == first and stored() == before
+    assert [f"{name}:{v[0]}" for name, v in sorted(before.items())] == first  # the fixture's own tags
+    other_params = tmp_path / "params.yaml"
+    write_params(compose(["stream.alerts.after_s=3.5"]), other_params)
+    clf, det = imported("--params", str(other_params))
+    assert clf == first[0] and det != first[1] and latest("facemask-detector") == det
+    assert imported() == first and latest("facemask-detector") == first[1]
+    assert len(stored()["facemask-detector"]) == 2 and stored()["facemask-classifier"] == before["facemask-classifier"]
 
 
 @pytest.mark.parametrize(("label", "expected"), [("mask", "mask"), ("no_mask", "no_mask")])

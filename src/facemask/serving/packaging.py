@@ -3,15 +3,15 @@
 `import_champion` copies the MLflow registry's champion classifier (its `classifier.pt`) and the
 configured face detector into the BentoML model store (the fine-tuned detector: the registry's
 detector champion; a stock one: its weights file), so that a built Bento carries both and downloads
-nothing at start.
+nothing at start. A model is stored once per content (`make serve` imports on every call).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
-import shutil
 from pathlib import Path
 
 import bentoml
@@ -52,9 +52,8 @@ def import_champion(params: Params, classifier_version: str | None = None) -> tu
         SPLIT_TAG: version.tags.get(SPLIT_TAG, ""),
     }
     label = alias if classifier_version is None else f"version-{classifier_version}"
-    with bentoml.models.create(CLASSIFIER_MODEL, labels={"alias": label}, metadata=meta) as model:
-        shutil.copy(classifier, Path(model.path) / "classifier.pt")
-    clf_tag = str(model.tag)
+    clf_tag = _store_once(CLASSIFIER_MODEL, f"v{version.version}", {"classifier.pt": classifier.read_bytes()},
+                          {"alias": label}, meta)  # fmt: skip
 
     detector = params.detector
     det_meta = {"backend": detector.name}
@@ -66,17 +65,38 @@ def import_champion(params: Params, classifier_version: str | None = None) -> tu
         det_meta.update({k: det_version.tags.get(k, "") for k in ("dev_recall", "dev_precision", DEV_TAG)})
     elif detector.name != "retinaface":  # the retina-face package keeps its own weights cache
         weights = resolve_weights(detector.weights)
-    with bentoml.models.create(DETECTOR_MODEL, metadata=det_meta) as det_model:
-        Path(det_model.path, "detector.json").write_text(json.dumps(detector.model_dump(mode="json"), indent=2))
-        Path(det_model.path, "pipeline.json").write_text(params.pipeline.model_dump_json(indent=2))
-        Path(det_model.path, "stream.json").write_text(params.stream.model_dump_json(indent=2))
-        Path(det_model.path, "serving.json").write_text(params.serving.model_dump_json(indent=2))
-        if weights is not None:
-            shutil.copy(weights, Path(det_model.path) / detector.weights.file)
-    log.info(
-        "imported %s v%s as %s and detector %s as %s", name, version.version, clf_tag, detector.name, det_model.tag
-    )
-    return clf_tag, str(det_model.tag)
+    files = {
+        "detector.json": json.dumps(detector.model_dump(mode="json"), indent=2).encode(),
+        "pipeline.json": params.pipeline.model_dump_json(indent=2).encode(),
+        "stream.json": params.stream.model_dump_json(indent=2).encode(),
+        "serving.json": params.serving.model_dump_json(indent=2).encode(),
+    }
+    if weights is not None:
+        files[detector.weights.file] = Path(weights).read_bytes()
+    det_tag = _store_once(DETECTOR_MODEL, detector.name.replace("_", "-"), files, {}, det_meta)
+    log.info("imported %s v%s as %s and detector %s as %s", name, version.version, clf_tag, detector.name, det_tag)
+    return clf_tag, det_tag
+
+
+def _store_once(name: str, prefix: str, files: dict[str, bytes], labels: dict, metadata: dict) -> str:
+    """`files` into the BentoML store as `name:<prefix>-<content hash>`, once: the same content imported
+    again is the same tag, no new copy (`make serve` imports on every call). The service serves
+    `:latest`, so an earlier import brought back (a champion rolled back) is re-created as the newest."""
+    digest = hashlib.sha256()
+    for file_name in sorted(files):
+        digest.update(file_name.encode() + b"\0" + hashlib.sha256(files[file_name]).digest())
+    tag = bentoml.Tag(name, f"{prefix}-{digest.hexdigest()[:16]}")
+    try:
+        bentoml.models.get(tag)
+        if bentoml.models.get(f"{name}:latest").tag == tag:
+            return str(tag)
+        bentoml.models.delete(tag)
+    except bentoml.exceptions.NotFound:
+        pass
+    with bentoml.models.create(tag, labels=labels, metadata=metadata) as model:
+        for file_name, data in files.items():
+            Path(model.path, file_name).write_bytes(data)
+    return str(model.tag)
 
 
 class ModelLoadError(RuntimeError):
