@@ -355,7 +355,7 @@ class Mlflow(_Strict):
     registered_model: str = Field(min_length=1)
     champion_alias: str = Field(min_length=1, pattern=r"^[A-Za-z][\w-]*$")
     promotion_margin: float = Field(ge=0, le=1)
-    registered_detector: str = Field(default="facemask-detector", min_length=1)
+    registered_detector: str = Field(min_length=1)
 
 
 ClassifierRuntime = Literal["torch", "onnxruntime"]
