@@ -12,7 +12,7 @@ import pytorch_lightning as pl
 import torch
 from mlflow.tracking import MlflowClient
 
-from facemask.config import compose, validate
+from facemask.config import BoxFit, compose, validate
 from facemask.data.voc import load_scenes
 from facemask.detection.retinaface_mnet import (
     RetinaFaceMobileNet,
@@ -29,6 +29,7 @@ from facemask.detector_training.multibox import build_targets, match_anchors, mu
 from facemask.detector_training.scene_data import SceneDataModule, collate, manifest_scenes
 from facemask.imageio import read_image
 from facemask.registry import detector_file, promote_detector
+from facemask.scenes.detection import detector_scores
 
 from .conftest import MAX_PIXELS, train_scene_stems
 from .test_registry import restore_tracking_uri  # noqa: F401  (fixture)
@@ -90,10 +91,10 @@ def scene_project(shared, tmp_path_factory):
     keep = set(train_scene_stems(shared, 10))
     rows = []
     for k, scene in enumerate(s for s in scenes if s.name in keep):
-        for x1, y1, x2, y2 in scene.boxes:
+        for (x1, y1, x2, y2), label in zip(scene.boxes, scene.labels, strict=True):
             split = "train" if k < 8 else "val"
             rows.append(dict(kind="scene", split=split, source="train-scenes", relpath=f"images/{scene.image.name}",
-                             x1=x1, y1=y1, x2=x2, y2=y2))  # fmt: skip
+                             label=label, x1=x1, y1=y1, x2=x2, y2=y2))  # fmt: skip
     pd.DataFrame(rows).to_csv(root / "manifest.csv", index=False)
     (root / "raw").mkdir()
     (root / "raw/train-scenes").symlink_to(folder)
@@ -124,13 +125,37 @@ def test_training_crops_keep_their_faces(scene_project):
     assert not torch.equal(dm.train_set[(1, 3)][0], items[3][0])
 
 
+def test_validation_scores_the_way_the_promotion_gate_does(shared, scene_project):
+    """The fine-tuning's val/recall, precision and AP are the gate's `detector_scores` of the same
+    detections, boxes through the detector's box_fit: a fit that moves every box down by 45 % of its
+    height (IoU below 0.5 with its own face) takes most of the recall with it."""
+    root, params = scene_project
+    dm = SceneDataModule(root / "manifest.csv", root / "raw", params.detector_train, 640, 10**8, seed=0)
+    assert dm.val_scenes and all(len(s.labels) == len(s.boxes) for s in dm.val_scenes)
+    stock = params.detectors["retinaface_ft"]
+    logged = {}
+    for name, cfg in (("as fitted", stock), ("moved", stock.model_copy(update={"box_fit": BoxFit(shift_y=0.45)}))):
+        net = load_state(RetinaFaceMobileNet(), shared / WEIGHTS).eval()
+        module = DetectorModule(net, params.detector_train, cfg, params.pipeline, dm.val_scenes, 10**8, params.scenes)
+        module.log = lambda key, value, _name=name, **_: logged.setdefault(_name, {}).__setitem__(key, value)
+        module.on_validation_epoch_start()
+        module.validation_step(torch.arange(len(dm.val_scenes)), 0)
+        found = module._found
+        module.on_validation_epoch_end()
+        gate = detector_scores(dm.val_scenes, found, params.scenes.iou_threshold, params.scenes.size_bins, cfg.box_fit)
+        assert logged[name] == {f"val/{k}": pytest.approx(gate[k]) for k in ("recall", "precision", "ap")}
+    assert logged["as fitted"]["val/recall"] >= 0.6  # the stock net finds most of these faces (measured 0.8)
+    assert logged["moved"]["val/recall"] < 0.5 * logged["as fitted"]["val/recall"]  # measured 0.2
+
+
 def test_fine_tuning_lowers_the_loss_on_real_scenes(shared, scene_project):
     root, params = scene_project
     pl.seed_everything(0)
     cfg = params.detector_train
     dm = SceneDataModule(root / "manifest.csv", root / "raw", cfg, 640, params.data.max_image_pixels, seed=0)
     net = load_state(RetinaFaceMobileNet(), shared / WEIGHTS)
-    module = DetectorModule(net, cfg, params.detectors["retinaface_ft"], params.pipeline, dm.val_scenes, 10**8)
+    module = DetectorModule(net, cfg, params.detectors["retinaface_ft"], params.pipeline, dm.val_scenes, 10**8,
+                            params.scenes)  # fmt: skip
     fixed = collate([dm.train_set[(99, i)] for i in range(16)])
 
     def loss() -> dict[str, float]:

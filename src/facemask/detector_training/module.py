@@ -13,30 +13,14 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
-from facemask.boxes import match
-from facemask.config import Detector, DetectorTrain, Pipeline
+from facemask.config import Detector, DetectorTrain, Pipeline, Scenes
 from facemask.detection.retinaface_mnet import RetinaFaceMobileNet, RetinaFaceMobileNetDetector, prior_boxes
 from facemask.detector_training.multibox import build_targets, multibox_loss
 from facemask.detector_training.scene_data import BoxedScene
 from facemask.imageio import read_image
 from facemask.pipeline import detect_at
-from facemask.scenes.average_precision import Prediction, average_precision
+from facemask.scenes.detection import detector_scores
 from facemask.training.pretrained import freeze, keep_frozen_in_eval
-
-FACE = "face"
-
-
-def detection_scores(scenes: list[BoxedScene], found: list[tuple[np.ndarray, np.ndarray]], iou: float) -> dict:
-    """Class-agnostic recall, precision and AP of detections (boxes, scores) against annotated boxes."""
-    gts = [(s.boxes, [FACE] * len(s.boxes)) for s in scenes]
-    preds = [Prediction(b, [FACE] * len(b), sc, np.ones(len(b), dtype=np.float32)) for b, sc in found]
-    hits = sum(len(match(s.boxes, b, sc, iou)) for s, (b, sc) in zip(scenes, found, strict=True))
-    n_gt, n_det = sum(len(s.boxes) for s in scenes), sum(len(b) for b, _ in found)
-    return {
-        "recall": hits / n_gt if n_gt else 0.0,
-        "precision": hits / n_det if n_det else 0.0,
-        "ap": average_precision(gts, preds, [FACE], iou)["map"] if n_gt else 0.0,
-    }
 
 
 class DetectorModule(pl.LightningModule):
@@ -48,14 +32,16 @@ class DetectorModule(pl.LightningModule):
         pipeline: Pipeline,
         val_scenes: list[BoxedScene],
         max_pixels: int,
+        scoring: Scenes,
     ):
         super().__init__()
         self.network, self.cfg, self.detector_cfg, self.pipeline = network, cfg, detector, pipeline
+        self.scoring = scoring  # iou_threshold, size_bins: as the promotion gate scores
         self.teacher = copy.deepcopy(network).eval().requires_grad_(False)
         self.val_scenes, self.max_pixels = val_scenes, max_pixels
         freeze(self.network, cfg.freeze)
         self._priors = prior_boxes(cfg.input_size, cfg.input_size)
-        self._found: list[tuple[np.ndarray, np.ndarray]] = []
+        self._found: list[np.ndarray] = []  # per val scene (N, 5): box, score, as served
 
     def on_train_epoch_start(self) -> None:
         self.teacher.eval()
@@ -96,13 +82,15 @@ class DetectorModule(pl.LightningModule):
         for index in batch.tolist():
             image = read_image(self.val_scenes[index].path, self.max_pixels)
             faces = detect_at(detector, image, self.pipeline.detect_long_side, self.pipeline.max_upscale)
-            boxes = np.array([f.box for f in faces], dtype=np.float32).reshape(-1, 4)
-            self._found.append((boxes, np.array([f.score for f in faces], dtype=np.float32)))
+            self._found.append(np.array([[*f.box, f.score] for f in faces], dtype=np.float32).reshape(-1, 5))
 
     def on_validation_epoch_end(self) -> None:
         scenes = self.val_scenes[: len(self._found)]
-        for key, value in detection_scores(scenes, self._found, 0.5).items():
-            self.log(f"val/{key}", value, prog_bar=key != "precision")
+        # the promotion gate's scoring: boxes through the detector's box_fit, at the gate's IoU
+        scores = detector_scores(scenes, self._found, self.scoring.iou_threshold, self.scoring.size_bins,
+                                 self.detector_cfg.box_fit)  # fmt: skip
+        for key in ("recall", "precision", "ap"):
+            self.log(f"val/{key}", float(scores[key]), prog_bar=key != "precision")
 
     def configure_optimizers(self):
         params = [p for p in self.network.parameters() if p.requires_grad]

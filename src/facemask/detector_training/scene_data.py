@@ -26,10 +26,11 @@ from facemask.imageio import read_image
 
 @dataclass(frozen=True)
 class BoxedScene:
-    """One training scene: its image file and its annotated face boxes (N, 4) in image pixels."""
+    """One training scene: its image file, its annotated face boxes (N, 4) in image pixels and their labels."""
 
     path: Path
     boxes: np.ndarray
+    labels: list[str]
 
 
 def manifest_scenes(manifest: Path, raw: Path, split: str) -> list[BoxedScene]:
@@ -39,7 +40,7 @@ def manifest_scenes(manifest: Path, raw: Path, split: str) -> list[BoxedScene]:
     scenes = []
     for (source, relpath), part in frame.groupby(["source", "relpath"], sort=True):
         boxes = part[["x1", "y1", "x2", "y2"]].to_numpy(dtype=np.float32)
-        scenes.append(BoxedScene(raw / source / relpath, boxes))
+        scenes.append(BoxedScene(raw / source / relpath, boxes, part["label"].astype(str).tolist()))
     return scenes
 
 

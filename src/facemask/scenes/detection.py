@@ -7,6 +7,8 @@ annotation convention. The detector promotion gate and `python -m facemask.scene
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
+from typing import Protocol
 
 import numpy as np
 from tqdm import tqdm
@@ -17,7 +19,9 @@ from facemask.data.voc import Scene
 from facemask.detection import FaceDetector
 from facemask.imageio import read_image
 from facemask.pipeline import detect_at, fit_box
-from facemask.scenes.average_precision import SIZES, size_bin
+from facemask.scenes.average_precision import SIZES, Prediction, average_precision, size_bin
+
+FACE = "face"  # every annotated class counts as a face for the detector
 
 
 def detect_scenes(detector: FaceDetector, settings: Pipeline, scenes: list[Scene], max_pixels: int) -> list[np.ndarray]:
@@ -35,14 +39,28 @@ def fitted(detections: np.ndarray, fit: BoxFit) -> np.ndarray:
     return np.array([fit_box(b, fit) for b in detections[:, :4]], dtype=np.float32).reshape(-1, 4)
 
 
+class BoxedFaces(Protocol):
+    """Annotated faces of one scene: boxes (N, 4) and a label per box (`Scene`, a training scene)."""
+
+    boxes: np.ndarray
+    labels: list[str]
+
+
 def detector_scores(
-    scenes: list[Scene], detections: list[np.ndarray], iou: float, size_bins: tuple[int, int], fit: BoxFit
+    scenes: Sequence[BoxedFaces], detections: list[np.ndarray], iou: float, size_bins: tuple[int, int], fit: BoxFit
 ) -> dict:
-    """Recall at `iou` overall, per class and per class and size; precision over all detections."""
+    """The detector's one scoring, wherever it is judged (the fine-tuning's validation, the promotion
+    gate, the calibration): detections (N, 5: box, score) mapped by `fit` onto the annotation
+    convention; recall at `iou` overall, per class and per class and size, precision over all
+    detections, and the class-agnostic average precision."""
     found: dict[tuple[str, str], list[int]] = {}
     hits = n_det = 0
+    gts, preds = [], []
     for scene, det in zip(scenes, detections, strict=True):
-        pairs = match(scene.boxes, fitted(det, fit), det[:, 4], iou)
+        boxes = fitted(det, fit)
+        gts.append((scene.boxes, [FACE] * len(scene.boxes)))
+        preds.append(Prediction(boxes, [FACE] * len(boxes), det[:, 4], np.ones(len(boxes), dtype=np.float32)))
+        pairs = match(scene.boxes, boxes, det[:, 4], iou)
         hits, n_det = hits + len(pairs), n_det + len(det)
         for g, (box, label) in enumerate(zip(scene.boxes, scene.labels, strict=True)):
             for key in ((label, "all"), (label, size_bin(box, size_bins)), ("all", "all")):
@@ -54,6 +72,7 @@ def detector_scores(
     return {
         "recall": round(hits / total, 4) if total else 0.0,
         "precision": round(hits / n_det, 4) if n_det else 0.0,
+        "ap": round(average_precision(gts, preds, [FACE], iou)["map"], 4) if total else 0.0,
         "faces": total,
         "detections": n_det,
         "recall_by": recall,

@@ -49,8 +49,9 @@ def build(params: Params) -> tuple[SceneDataModule, DetectorModule]:
     init = params.detectors[cfg.init]
     network = load_state(RetinaFaceMobileNet(), resolve_weights(init.weights, key=f"detectors.{cfg.init}.weights"))
     module = DetectorModule(
-        network.train(), cfg, params.detectors[cfg.target], params.pipeline, dm.val_scenes, params.data.max_image_pixels
-    )
+        network.train(), cfg, params.detectors[cfg.target], params.pipeline, dm.val_scenes,
+        params.data.max_image_pixels, params.scenes,
+    )  # fmt: skip
     return dm, module
 
 
