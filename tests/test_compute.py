@@ -67,6 +67,8 @@ def test_a_failing_item_raises_its_error(kind):
 def test_one_worker_runs_in_this_process():
     results = list(ordered_map(work, range(5), build, "ok", 1, Engine()))
     assert [r[0] for r in results] == [0, 1, 4, 9, 16] and {r[1] for r in results} == {os.getpid()}
+    assert Engine().in_process(1) and not Engine(kind="pool").in_process(2)
+    assert not Engine(scheduler="tcp://127.0.0.1:9").in_process(1)  # a named cluster runs it, one worker or not
 
 
 def test_an_unreachable_scheduler_is_named():

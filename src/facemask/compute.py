@@ -71,7 +71,7 @@ def ordered_map(
     per process. A failing item raises its exception here."""
     run = uuid.uuid4().hex
     batches = _batches(items, engine.batch)
-    if workers == 1 and not engine.scheduler:  # nothing to spread over: no cluster, no pool
+    if engine.in_process(workers):  # nothing to spread over: no cluster, no pool
         context = build(spec)
         for batch in batches:
             yield from (work(context, item) for item in batch)

@@ -192,6 +192,10 @@ class Engine(_Strict):
     batch: int = Field(default=8, ge=1)  # images per task
     connect_timeout_s: float = Field(default=30, gt=0)  # to reach `scheduler`
 
+    def in_process(self, workers: int) -> bool:
+        """Whether work over `workers` processes runs in the calling process (no cluster, no pool)."""
+        return workers <= 1 and not self.scheduler
+
     @model_validator(mode="after")
     def _scheduler_is_dask(self) -> Engine:
         if self.scheduler and self.kind != "dask":

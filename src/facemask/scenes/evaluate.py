@@ -99,7 +99,7 @@ def run_pipeline(params: Params, classifier: Path, scenes: list[Scene], desc: st
     max_pixels = params.data.max_image_pixels
     workers = min(params.scenes.workers, max(1, len(scenes)))
     warm_up = scenes[0].image if scenes else None
-    spec = PipelineSpec(params, Path(classifier), warm_up, one_thread=workers > 1 or bool(params.engine.scheduler))
+    spec = PipelineSpec(params, Path(classifier), warm_up, one_thread=not params.engine.in_process(workers))
     items = ((scene.image, max_pixels) for scene in scenes)
     labels = face_labels(MaskClassifier.load(classifier))
     outputs = list(tqdm(ordered_map(predict_scene, items, build_pipeline, spec, workers, params.engine),

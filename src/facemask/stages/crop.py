@@ -101,7 +101,11 @@ def run_all(params: Params, manifest: Path, out_dir: Path) -> Iterator[list[dict
     weights = resolve_weights(params.detector.weights) if params.detector.name != "retinaface" else None
     total = count_images(manifest)
     workers = min(params.crop.workers, max(1, total))
-    where = params.engine.scheduler or (f"{params.engine.kind}, {workers} processes" if workers > 1 else "in-process")
+    where = (
+        "in-process"
+        if params.engine.in_process(workers)
+        else params.engine.scheduler or f"{params.engine.kind}, {workers} processes"
+    )
     bar = dict(total=total, desc=f"crop faces ({params.detector.name}; {where})", unit="img")
     yield from tqdm(
         ordered_map(crop_image, images(manifest, params.paths.raw), build_finder, (params, weights, out_dir),
