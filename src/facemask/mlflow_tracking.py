@@ -90,6 +90,14 @@ def read_run_ref(path: Path) -> dict[str, str]:
     return json.loads(path.read_text())
 
 
+def attach(cfg: MlflowConfig, ref_path: Path) -> dict[str, str]:
+    """What a later stage opens with: the reference of the training run it logs to (`ref_path`, which
+    the training stage wrote), MLflow pointed at the tracking server. Then `mlflow.start_run(run_id=ref["run_id"])`."""
+    ref = read_run_ref(ref_path)
+    setup(cfg)
+    return ref
+
+
 def classifier_file(model: str | Path) -> Path:
     """`classifier.pt` from a local path (file or folder) or an MLflow model URI (`models:/name@alias`,
     `runs:/...`), downloaded through the current tracking server."""

@@ -39,8 +39,7 @@ def missing_weights(cfg: Detector) -> str | None:
 
 def compare(params: Params) -> None:
     paths = params.paths
-    ref = mlflow_tracking.read_run_ref(paths.models / "mlflow_run.json")
-    mlflow_tracking.setup(params.mlflow)
+    ref = mlflow_tracking.attach(params.mlflow, paths.models / "mlflow_run.json")
     rows = []
     for variant in params.scenes.compare:
         cfg = params.detectors[variant.detector]

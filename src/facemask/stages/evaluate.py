@@ -71,8 +71,7 @@ def evaluate(params: Params) -> None:
     for name, fig in figures.items():
         fig.savefig(paths.reports / "figures" / name, dpi=110)
 
-    ref = mlflow_tracking.read_run_ref(paths.models / "mlflow_run.json")
-    mlflow_tracking.setup(params.mlflow)
+    ref = mlflow_tracking.attach(params.mlflow, paths.models / "mlflow_run.json")
     with mlflow.start_run(run_id=ref["run_id"]):
         flat = {
             "test.accuracy": result["accuracy"],

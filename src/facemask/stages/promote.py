@@ -18,9 +18,8 @@ from facemask.registry import promote
 
 def promote_stage(params: Params) -> None:
     paths, cfg = params.paths, params.mlflow
-    ref = mlflow_tracking.read_run_ref(paths.models / "mlflow_run.json")
+    ref = mlflow_tracking.attach(cfg, paths.models / "mlflow_run.json")
     metrics = json.loads((paths.reports / "metrics.json").read_text())
-    mlflow_tracking.setup(cfg)
     client = MlflowClient()
 
     def rescore(version: str) -> float:

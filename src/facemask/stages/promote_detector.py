@@ -35,11 +35,10 @@ def score(params: Params, scenes: list[Scene], weights: Path) -> dict:
 def promote_detector(params: Params) -> None:
     paths, ml = params.paths, params.mlflow
     out = paths.models / "detector"
-    ref = mlflow_tracking.read_run_ref(out / "mlflow_run.json")
+    ref = mlflow_tracking.attach(ml, out / "mlflow_run.json")
     scenes = load_scenes(evaluation_folder(params.scenes), params.scenes.source.label_map)
     digest = scenes_digest(scenes)
     result = score(params, scenes, out / "detector.onnx")
-    mlflow_tracking.setup(ml)
     client = MlflowClient()
 
     def rescore(version: str) -> dict[str, float]:

@@ -27,8 +27,7 @@ def scenes(params: Params) -> None:
     figures = write_reports(run, result, run.labels, out, params.scenes.gallery_size, params.scenes.iou_threshold)
     write_json(out / "metrics.json", summary(result))
 
-    ref = mlflow_tracking.read_run_ref(paths.models / "mlflow_run.json")
-    mlflow_tracking.setup(params.mlflow)
+    ref = mlflow_tracking.attach(params.mlflow, paths.models / "mlflow_run.json")
     with mlflow.start_run(run_id=ref["run_id"]):
         mlflow.log_metrics(flat_metrics(result))
         for name, fig in figures.items():
