@@ -10,27 +10,22 @@ The run is logged to MLflow as its own run, with the ONNX model; `promote_detect
 from __future__ import annotations
 
 import logging
-import shutil
 import sys
-import time
 
 import mlflow
 import onnx
-import pandas as pd
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.loggers import MLFlowLogger
 
 from facemask import mlflow_tracking, plots
 from facemask.cli import run_stage, write_json
-from facemask.config import ConfigError, Params
+from facemask.config import Params
 from facemask.data.fetch import resolve_weights
 from facemask.detection.retinaface_mnet import RetinaFaceMobileNet, load_state
 from facemask.detector_training.export import export_onnx
 from facemask.detector_training.module import DetectorModule
 from facemask.detector_training.scene_data import SceneDataModule
-from facemask.training.history import History
-from facemask.training.trainer import build_trainer
+from facemask.training.trainer import fit_recorded
 
 log = logging.getLogger("facemask.train_detector")
 
@@ -63,32 +58,17 @@ def train_detector(params: Params) -> None:
     log.info("%d training scenes, %d validation scenes", len(dm.train_scenes), len(dm.val_scenes))
 
     experiment_id = mlflow_tracking.setup(params.mlflow)
-    ckpt_dir = out / "checkpoints"
-    shutil.rmtree(ckpt_dir, ignore_errors=True)
-    history = History()
     with mlflow.start_run(experiment_id=experiment_id, run_name="train-detector") as run:
         mlflow.log_params(mlflow_tracking.flatten({"detector_train": params.detector_train.model_dump(mode="json")}))
         mlflow.log_params({"data.train_scenes": len(dm.train_scenes), "data.val_scenes": len(dm.val_scenes)})
         mlflow.set_tags({"stage": "train_detector", "facemask.kind": "detector", "init": cfg.init})
-        uri = mlflow_tracking.tracking_uri(params.mlflow)
-        logger = MLFlowLogger(experiment_name=params.mlflow.experiment, tracking_uri=uri, run_id=run.info.run_id)
-        trainer, checkpoint = build_trainer(
-            cfg.lightning, cfg.callbacks, logger=logger, checkpoint_dir=ckpt_dir, extra_callbacks=[history]
-        )
-        if checkpoint is None:
-            raise ConfigError("detector_train.callbacks: a ModelCheckpoint is needed (its best epoch is the model)")
-        started = time.perf_counter()
-        trainer.fit(module, datamodule=dm)
-        seconds = time.perf_counter() - started
-
-        state = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
-        module.load_state_dict(state)
+        fitted = fit_recorded(module, dm, "detector_train", cfg.lightning, cfg.callbacks, params.mlflow,
+                              run.info.run_id, out / "checkpoints")  # fmt: skip
         network = module.network.eval().cpu()
         torch.save(network.state_dict(), out / "detector.pt")
         onnx_path = export_onnx(network, out / "detector.onnx")
-        shutil.rmtree(ckpt_dir, ignore_errors=True)
 
-        frame = pd.DataFrame(history.rows)
+        frame = fitted.history
         reports.mkdir(parents=True, exist_ok=True)
         frame.to_csv(reports / "history.csv", index=False)
         mlflow.log_figure(plots.detector_curves(frame), "plots/detector_training.png")
@@ -97,15 +77,16 @@ def train_detector(params: Params) -> None:
         best = frame.loc[frame["val_ap"].idxmax()] if len(frame) else None
         summary = {
             "best_epoch": int(best["epoch"]) if best is not None else None,
-            "val_ap": round(float(checkpoint.best_model_score), 4),
+            "val_ap": round(fitted.best_score, 4),
             "val_recall": round(float(best["val_recall"]), 4) if best is not None else None,
             "val_precision": round(float(best["val_precision"]), 4) if best is not None else None,
             "epochs": len(frame),
-            "train_seconds": round(seconds, 1),
+            "train_seconds": round(fitted.seconds, 1),
             "seconds_per_epoch": round(float(frame["seconds"].median()), 2) if len(frame) else None,
-            "device": str(trainer.strategy.root_device),
+            "device": str(fitted.trainer.strategy.root_device),
         }
         mlflow.log_metrics({f"summary.{k}": v for k, v in summary.items() if isinstance(v, int | float)})
+        uri = mlflow_tracking.tracking_uri(params.mlflow)
         mlflow_tracking.write_run_ref(
             out / "mlflow_run.json", run.info.run_id, experiment_id, uri, model_info.model_uri
         )
@@ -115,7 +96,7 @@ def train_detector(params: Params) -> None:
         summary["val_ap"],
         summary["val_recall"],
         len(frame),
-        seconds,
+        fitted.seconds,
     )
 
 

@@ -8,22 +8,23 @@ time is added here: the logger, the checkpoint folder and the stage's own callba
 
 from __future__ import annotations
 
-import logging
+import shutil
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytorch_lightning as pl
+import torch
 from hydra.utils import instantiate
 from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.loggers import MLFlowLogger
 
-from facemask.augment import load_augmentation
-from facemask.config import Params, PretrainedWeights
-from facemask.preprocess import Preprocessor
-from facemask.training.datamodule import CropDataModule
-from facemask.training.module import MaskClassifierModule
-from facemask.training.pretrained import refold_batchnorm
-
-log = logging.getLogger(__name__)
+from facemask import mlflow_tracking
+from facemask.config import ConfigError
+from facemask.config import Mlflow as MlflowConfig
+from facemask.training.history import History
 
 
 def build_callbacks(configs: dict[str, dict[str, Any]], checkpoint_dir: Path | None = None) -> list[pl.Callback]:
@@ -54,26 +55,46 @@ def build_trainer(
     return trainer, checkpoint
 
 
-def build_classifier_fit(params: Params) -> tuple[CropDataModule, MaskClassifierModule]:
-    """The data module and the Lightning module of a training run (also used by `make bench`)."""
-    tp, paths, labels = params.trainer, params.paths, params.classifier_labels
-    dm = CropDataModule(
-        paths.interim / "crops.csv",
-        paths.crops,
-        labels,
-        Preprocessor.from_config(params.model),
-        load_augmentation(paths.models / "augment.json"),
-        batch_size=tp.batch_size,
-        num_workers=tp.num_workers,
-        balance=tp.balance,
-        seed=params.seed,
-        epoch_samples=tp.epoch_samples,
-        scene_share=tp.scene_share,
+@dataclass
+class Fitted:
+    """What a recorded fit leaves: the per-epoch history, the best epoch's monitored score, the fit's
+    seconds and the Trainer (its device)."""
+
+    history: pd.DataFrame
+    best_score: float
+    seconds: float
+    trainer: pl.Trainer
+
+
+def fit_recorded(
+    module: pl.LightningModule,
+    datamodule: pl.LightningDataModule,
+    section: str,
+    lightning: dict[str, Any],
+    callbacks: dict[str, dict[str, Any]],
+    mlflow_cfg: MlflowConfig,
+    run_id: str,
+    checkpoint_dir: Path,
+) -> Fitted:
+    """Both training stages' fit: the configured Trainer (`section`: its config key, for errors)
+    logging each epoch to the MLflow run `run_id`, then the best checkpoint's weights loaded back
+    into `module` and the checkpoints removed. Under DDP the other ranks have exited by then: the
+    process group is torn down, so what follows (rank zero's alone) waits on nobody."""
+    uri = mlflow_tracking.tracking_uri(mlflow_cfg)
+    logger = MLFlowLogger(experiment_name=mlflow_cfg.experiment, tracking_uri=uri, run_id=run_id)
+    history = History()
+    shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    trainer, checkpoint = build_trainer(
+        lightning, callbacks, logger=logger, checkpoint_dir=checkpoint_dir, extra_callbacks=[history]
     )
-    weights = dm.class_weights() if tp.balance == "class_weights" else None
-    module = MaskClassifierModule(params.model, len(labels), tp.lr, tp.weight_decay, tp.label_smoothing, weights)
-    pretrained = params.model.pretrained
-    if isinstance(pretrained, PretrainedWeights) and pretrained.batchnorm == "folded":
-        layers = refold_batchnorm(module.network, dm.sample_batches(pretrained.bn_samples))
-        log.info("BatchNorm statistics of %d layers re-estimated on %d train crops", layers, pretrained.bn_samples)
-    return dm, module
+    if checkpoint is None:
+        raise ConfigError(f"{section}.callbacks: a ModelCheckpoint is needed (its best epoch is the model)")
+    started = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule)
+    seconds = time.perf_counter() - started
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    state = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
+    module.load_state_dict(state)
+    shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    return Fitted(pd.DataFrame(history.rows), float(checkpoint.best_model_score), seconds, trainer)
