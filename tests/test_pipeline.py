@@ -315,6 +315,22 @@ def test_touching_plots_py_invalidates_exactly_its_users_and_a_moved_path_needs_
     assert json.loads(dvc(root, "status", "--json", env=env).strip().splitlines()[-1]) == {}
 
 
+def test_settings_no_training_reads_rerun_no_training_stage(project):
+    """Params are declared by key where a stage reads a few keys of a section: more crop workers
+    re-run the crop stage alone (its crops do not depend on them, so nothing after it re-runs), a
+    new promotion margin the promote stage alone."""
+    root, env, _ = project
+    params = root / "params.yaml"
+    composed = params.read_text()
+    try:
+        write_params(compose([*OVERRIDES, "crop.workers=1", "mlflow.promotion_margin=0.05"]), params)
+        status = json.loads(dvc(root, "status", "--json", env=env).strip().splitlines()[-1])
+        assert set(status) == {"crop", "promote"}, status
+    finally:
+        params.write_text(composed)
+    assert json.loads(dvc(root, "status", "--json", env=env).strip().splitlines()[-1]) == {}
+
+
 def test_augment_change_reruns_only_downstream_and_a_killed_stage_runs_again(project, tmp_path):
     """An augmentation change re-runs augment and what follows it, nothing upstream. That `dvc repro`
     is killed (SIGKILL, the whole process tree) while `train` runs: nothing of the half-run stage is

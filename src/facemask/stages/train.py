@@ -27,6 +27,8 @@ from facemask.training.datamodule import CropDataModule
 from facemask.training.trainer import build_trainer, fit_recorded
 
 log = logging.getLogger("facemask.train")
+# the crop settings this stage reads (dvc.yaml declares these keys, not crop.workers or jpeg_quality)
+CROP_GEOMETRY = {"size", "margin", "align"}
 
 
 def train(params: Params) -> None:
@@ -49,7 +51,7 @@ def train(params: Params) -> None:
             "run_id": run.info.run_id,
             "best_val_macro_f1": fitted.best_score,
             "timm": timm.__version__,
-            "crop": params.crop.model_dump(mode="json"),  # serving crops faces exactly as training did
+            "crop": params.crop.model_dump(mode="json", include=CROP_GEOMETRY),  # serving crops faces as training did
             "reject_label": params.crop.background.label if params.crop.background.enabled else None,
         }
         if meta["reject_label"] is not None:  # the rejection threshold belongs to this model
@@ -91,7 +93,8 @@ def train(params: Params) -> None:
 def log_inputs(params: Params, dm: CropDataModule) -> None:
     """The run's parameters: the sections this stage declares in dvc.yaml, no more; the class counts."""
     labels, dump = params.classifier_labels, params.model_dump(mode="json")
-    read = {k: dump[k] for k in ("seed", "crop", "model", "trainer")}
+    read = {k: dump[k] for k in ("seed", "model", "trainer")}
+    read["crop"] = {k: v for k, v in dump["crop"].items() if k in {*CROP_GEOMETRY, "background"}}
     read |= {"data": {"labels": dump["data"]["labels"]}, "detector": {"name": dump["detector"]["name"]}}
     mlflow.log_params(mlflow_tracking.flatten(read))
     mlflow.log_params({"data.train_counts": dict(zip(labels, dm.class_counts().tolist(), strict=True))})
