@@ -145,6 +145,12 @@ def test_one_command_evaluates_a_new_scene_folder(shared, tmp_path):
     cmd[3] = "scenes.iou_threshold=2"
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "scenes.iou_threshold" in proc.stderr
+    # a Dask scheduler nobody runs (the discard port): one line naming it, no traceback
+    cmd[3:4] = [f"scenes.dir={tmp_path / 'set'}", "engine.scheduler=tcp://127.0.0.1:9", "engine.connect_timeout_s=3"]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith("scenes: cannot reach the Dask scheduler tcp://127.0.0.1:9")
+    assert "Traceback" not in proc.stderr
 
 
 def test_box_fit_maps_a_box_by_hand_worked_numbers():
