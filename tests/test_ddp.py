@@ -34,7 +34,8 @@ from .conftest import BIN, REPO, free_port
 # Each step computes what one process computes (the test below), yet whole runs drift apart as two
 # seeds do (float summation order, dropout masks, the class-weighted loss normalised per process),
 # so the run is held to having learnt, as every measured run did, not to one process's score.
-EPOCHS = 10
+# Six epochs (seed 42, this test as written): DDP 0.540; four epochs of ~70 s each fewer than ten.
+EPOCHS = 6
 SETTINGS = [
     "model=lcnet", "model.input_size=64", f"trainer.max_epochs={EPOCHS}", "trainer.epoch_samples=3000",
     "trainer.batch_size=32", "trainer.num_workers=0", f"trainer.callbacks.early_stopping.patience={EPOCHS}",
@@ -119,7 +120,7 @@ def test_two_gloo_processes_with_global_batchnorm_compute_what_one_process_does(
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(2400)  # one two-process training: 10 min under `make test`'s second process
+@pytest.mark.timeout(2400)  # one two-process training: 14 min at 10 epochs under `make test`'s second process
 def test_two_process_ddp_trains_learns_and_logs_one_run(tmp_path, mlflow_server):
     score = train_ddp(tmp_path, mlflow_server)
     print(f"test face macro-F1 after DDP training: {score:.4f}")
