@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from facemask.config import compose, validate
-from facemask.detection import Face, build_detector
+from facemask.detection import Face, build_detector, detector_backend
 from facemask.detection.align import crop_face, roll_angle
 from facemask.detection.yunet import YuNetDetector
 from facemask.face_crops import choose_face
@@ -77,6 +77,21 @@ def test_choose_face_policies():
     assert choose_face([small, large], "drop") == (None, "multi_face")
 
 
+def test_each_backend_says_what_it_needs_from_its_config_entry(shared):
+    """Stages ask the backend (not its name) whether it reads a weights file; a target that is no
+    backend's from_config is a config error naming it."""
+    params = validate(compose())
+    reads = {name: detector_backend(cfg).reads_weights for name, cfg in params.detectors.items()}
+    assert reads == {"yunet": True, "retinaface_mnet": True, "retinaface": False, "retinaface_ft": True}
+    assert all(detector_backend(cfg).name == name for name, cfg in params.detectors.items())
+    yunet_cfg = params.detectors["yunet"]
+    assert detector_backend(yunet_cfg).weights_file(yunet_cfg) == shared / "models" / "yunet" / "face_detection_yunet.onnx"
+    assert detector_backend(params.detectors["retinaface"]).weights_file(params.detectors["retinaface"]) is None
+    bad = yunet_cfg.model_copy(update={"target": "facemask.boxes.iou_matrix"})
+    with pytest.raises(ValueError, match="'facemask.boxes.iou_matrix' is not a detector backend"):
+        detector_backend(bad)
+
+
 def test_retinaface_package_loads_weights_from_deepface_home(tmp_path, monkeypatch, shared):
     """The retina-face package's own loader, fed a same-architecture network saved where it looks."""
     import torch
@@ -88,8 +103,11 @@ def test_retinaface_package_loads_weights_from_deepface_home(tmp_path, monkeypat
     torch.manual_seed(0)
     net = retinaface_pth_model.RetinaFace()
     weights = tmp_path / ".deepface" / "weights" / "retinaface.pth"
+    package_cfg = validate(compose(["detector=retinaface"])).detector
+    assert detector_backend(package_cfg).missing_weights(package_cfg) == f"weights not found at {weights}"
     weights.parent.mkdir(parents=True)
     torch.save(net.state_dict(), weights)
+    assert detector_backend(package_cfg).missing_weights(package_cfg) is None
 
     from facemask.detection.retinaface import RetinaFaceDetector
 

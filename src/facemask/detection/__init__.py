@@ -1,5 +1,5 @@
 """Face detectors behind one interface (`FaceDetector`), chosen by `conf/detector/`."""
 
-from facemask.detection.base import Face, FaceDetector, build_detector
+from facemask.detection.base import DetectorBackend, Face, FaceDetector, build_detector, detector_backend
 
-__all__ = ["Face", "FaceDetector", "build_detector"]
+__all__ = ["DetectorBackend", "Face", "FaceDetector", "build_detector", "detector_backend"]

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 import numpy as np
 
+from facemask.config import ConfigError
 from facemask.config import Detector as DetectorConfig
+from facemask.data.fetch import FetchError, resolve_weights
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,51 @@ class FaceDetector(Protocol):
     name: str
 
     def detect(self, image: np.ndarray) -> list[Face]: ...
+
+
+class DetectorBackend:
+    """Base of the backends: one `from_config` for all, and what a backend needs from its config entry.
+
+    A backend takes (weights, score_threshold, nms_threshold, top_k, min_face); it says whether it reads
+    a weights file of its own (`reads_weights`: the `weights` entry, resolved through the mirror or a
+    download) or its package keeps one (then `weights` is None and `missing_weights` says where)."""
+
+    name: ClassVar[str]
+    reads_weights: ClassVar[bool] = True
+
+    @classmethod
+    def from_config(cls, cfg: DetectorConfig, weights: Path | None = None) -> DetectorBackend:
+        """Built from a `detector` entry; `weights` overrides the resolved file (a packaged copy)."""
+        if weights is None:
+            weights = cls.weights_file(cfg)
+        return cls(weights, cfg.score_threshold, cfg.nms_threshold, cfg.top_k, cfg.min_face)
+
+    @classmethod
+    def weights_file(cls, cfg: DetectorConfig, key: str = "detector.weights") -> Path | None:
+        """The file this backend reads (mirror, cache or download: FetchError when none), or None."""
+        return resolve_weights(cfg.weights, key=key) if cls.reads_weights else None
+
+    @classmethod
+    def missing_weights(cls, cfg: DetectorConfig, key: str = "detector.weights") -> str | None:
+        """Why this backend cannot run on this machine, or None when its weights are here."""
+        try:
+            cls.weights_file(cfg, key)
+        except (ConfigError, FetchError) as err:
+            return str(err)
+        return None
+
+
+def detector_backend(cfg: DetectorConfig) -> type[DetectorBackend]:
+    """The backend class the entry's `_target_` (`<class>.from_config`) names."""
+    from hydra.utils import get_method
+
+    try:
+        backend = getattr(get_method(cfg.target), "__self__", None)
+    except Exception as err:  # hydra wraps the import error
+        raise ValueError(f"detector._target_: cannot find {cfg.target!r} for {cfg.name!r}: {err}") from None
+    if not (isinstance(backend, type) and issubclass(backend, DetectorBackend)):
+        raise ValueError(f"detector._target_: {cfg.target!r} is not a detector backend's from_config")
+    return backend
 
 
 def build_detector(cfg: DetectorConfig, weights: Path | None = None) -> FaceDetector:

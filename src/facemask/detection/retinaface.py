@@ -7,19 +7,21 @@ no internet, place the file there yourself.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 
 from facemask.config import Detector as DetectorConfig
-from facemask.detection.base import Face
+from facemask.detection.base import DetectorBackend, Face
 
 _LANDMARKS = ("right_eye", "left_eye", "nose", "mouth_right", "mouth_left")
 
 
-class RetinaFaceDetector:
+class RetinaFaceDetector(DetectorBackend):
     name = "retinaface"
+    reads_weights = False  # the package keeps its own cache
 
-    def __init__(self, score_threshold: float, min_face: int):
+    def __init__(self, weights: None, score_threshold: float, nms_threshold: float, top_k: int, min_face: int):
         os.environ.setdefault("DEEPFACE_BACKEND_ENGINE", "pytorch")
         from retinaface import RetinaFace
 
@@ -29,9 +31,10 @@ class RetinaFaceDetector:
         self.min_face = min_face
 
     @classmethod
-    def from_config(cls, cfg: DetectorConfig, weights: None = None) -> RetinaFaceDetector:
-        """The package fetches and caches its own weights (`weights` must be None)."""
-        return cls(cfg.score_threshold, cfg.min_face)
+    def missing_weights(cls, cfg: DetectorConfig, key: str = "detector.weights") -> str | None:
+        """None when the package's cache holds the file `weights.file` names."""
+        path = Path(os.environ.get("DEEPFACE_HOME", Path.home())) / ".deepface" / "weights" / cfg.weights.file
+        return None if path.is_file() else f"weights not found at {path}"
 
     def detect(self, image: np.ndarray) -> list[Face]:
         if image.size == 0:

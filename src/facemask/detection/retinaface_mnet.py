@@ -16,9 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import nms
 
-from facemask.config import Detector as DetectorConfig
-from facemask.data.fetch import resolve_weights
-from facemask.detection.base import Face
+from facemask.detection.base import DetectorBackend, Face
 
 MIN_SIZES = ((16, 32), (64, 128), (256, 512))
 STEPS = (8, 16, 32)
@@ -185,7 +183,7 @@ def preprocess(image: np.ndarray) -> np.ndarray:
     return x - np.asarray(BGR_MEAN, dtype=np.float32).reshape(1, 3, 1, 1)
 
 
-class _Postprocess:
+class _Postprocess(DetectorBackend):
     """Network outputs -> faces above the score threshold after NMS; anchors cached per input size."""
 
     def __init__(self, score_threshold: float, nms_threshold: float, top_k: int, min_face: int):
@@ -231,11 +229,6 @@ class RetinaFaceMobileNetDetector(_Postprocess):
         else:
             self.net = load_state(RetinaFaceMobileNet(), Path(weights))
 
-    @classmethod
-    def from_config(cls, cfg: DetectorConfig, weights: Path | None = None) -> RetinaFaceMobileNetDetector:
-        weights = weights or resolve_weights(cfg.weights)
-        return cls(weights, cfg.score_threshold, cfg.nms_threshold, cfg.top_k, cfg.min_face)
-
     @torch.inference_mode()
     def detect(self, image: np.ndarray) -> list[Face]:
         h, w = image.shape[:2]
@@ -264,11 +257,6 @@ class RetinaFaceOnnxDetector(_Postprocess):
         # busy-waiting against the classifier or a second pipeline for the same cores
         self.session = ort.InferenceSession(str(weights), options, providers=["CPUExecutionProvider"])
         self._input = self.session.get_inputs()[0].name
-
-    @classmethod
-    def from_config(cls, cfg: DetectorConfig, weights: Path | None = None) -> RetinaFaceOnnxDetector:
-        weights = weights or resolve_weights(cfg.weights)
-        return cls(weights, cfg.score_threshold, cfg.nms_threshold, cfg.top_k, cfg.min_face)
 
     def detect(self, image: np.ndarray) -> list[Face]:
         h, w = image.shape[:2]

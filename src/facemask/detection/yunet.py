@@ -7,12 +7,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from facemask.config import Detector as DetectorConfig
-from facemask.data.fetch import resolve_weights
-from facemask.detection.base import Face
+from facemask.detection.base import DetectorBackend, Face
 
 
-class YuNetDetector:
+class YuNetDetector(DetectorBackend):
     """cv2.FaceDetectorYN wrapper. Not thread-safe: use one instance per thread or process."""
 
     name = "yunet"
@@ -23,11 +21,6 @@ class YuNetDetector:
         self.min_face = min_face
         self._size = (320, 320)
         self._net = cv2.FaceDetectorYN.create(str(weights), "", self._size, score_threshold, nms_threshold, top_k)
-
-    @classmethod
-    def from_config(cls, cfg: DetectorConfig, weights: Path | None = None) -> YuNetDetector:
-        weights = weights or resolve_weights(cfg.weights)
-        return cls(weights, cfg.score_threshold, cfg.nms_threshold, cfg.top_k, cfg.min_face)
 
     def detect(self, image: np.ndarray) -> list[Face]:
         h, w = image.shape[:2]

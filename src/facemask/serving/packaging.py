@@ -21,8 +21,7 @@ from mlflow.tracking import MlflowClient
 from facemask import mlflow_tracking
 from facemask.classifier import MaskClassifier
 from facemask.config import ConfigError, Detector, Params, Pipeline, Serving, Stream
-from facemask.data.fetch import resolve_weights
-from facemask.detection import build_detector
+from facemask.detection import build_detector, detector_backend
 from facemask.pipeline import MaskPipeline
 from facemask.registry import DEV_TAG, METRIC_TAG, SPLIT_TAG, detector_file
 
@@ -58,13 +57,13 @@ def import_champion(params: Params, classifier_version: str | None = None) -> tu
     detector = params.detector
     det_meta = {"backend": detector.name}
     weights = None
-    if detector.name == "retinaface_ft":  # the fine-tuned detector ships from the registry, like the classifier
+    if detector.name == params.detector_train.target:  # the fine-tuned detector ships from the registry
         det_version = client.get_model_version_by_alias(params.mlflow.registered_detector, alias)
         weights = detector_file(f"models:/{params.mlflow.registered_detector}@{alias}")
         det_meta.update({"mlflow_model": params.mlflow.registered_detector, "mlflow_version": det_version.version})
         det_meta.update({k: det_version.tags.get(k, "") for k in ("dev_recall", "dev_precision", DEV_TAG)})
-    elif detector.name != "retinaface":  # the retina-face package keeps its own weights cache
-        weights = resolve_weights(detector.weights)
+    else:
+        weights = detector_backend(detector).weights_file(detector)  # None: its package keeps a cache
     files = {
         "detector.json": json.dumps(detector.model_dump(mode="json"), indent=2).encode(),
         "pipeline.json": params.pipeline.model_dump_json(indent=2).encode(),
@@ -108,7 +107,7 @@ def load_pipeline(classifier_dir: Path | str, detector_dir: Path | str) -> MaskP
     path = Path(detector_dir, "detector.json")
     try:
         cfg = Detector.model_validate_json(path.read_text())
-        weights = Path(detector_dir) / cfg.weights.file if cfg.name != "retinaface" else None
+        weights = Path(detector_dir) / cfg.weights.file if detector_backend(cfg).reads_weights else None
         path = weights or path
         settings = Path(detector_dir, "pipeline.json")
         pipeline = Pipeline.model_validate_json(settings.read_text()) if settings.is_file() else None

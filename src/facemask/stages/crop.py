@@ -29,7 +29,7 @@ from tqdm import tqdm
 from facemask.cli import run_stage, write_json
 from facemask.compute import ordered_map
 from facemask.config import Params
-from facemask.data.fetch import resolve_weights
+from facemask.detection import detector_backend
 from facemask.errors import FacemaskError
 from facemask.face_crops import process
 from facemask.pipeline import FaceFinder
@@ -98,7 +98,7 @@ def crop_image(context: tuple[FaceFinder, Params, Path], item: tuple[str, list[d
 
 def run_all(params: Params, manifest: Path, out_dir: Path) -> Iterator[list[dict]]:
     """Every image's rows, in manifest order, over `crop.workers` processes of the engine (`engine`)."""
-    weights = resolve_weights(params.detector.weights) if params.detector.name != "retinaface" else None
+    weights = detector_backend(params.detector).weights_file(params.detector)
     total = count_images(manifest)
     workers = min(params.crop.workers, max(1, total))
     where = (

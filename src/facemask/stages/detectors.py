@@ -8,33 +8,18 @@ metrics `map`, `ap.<class>`, `fps`), so the MLflow UI charts accuracy against fr
 from __future__ import annotations
 
 import logging
-import os
 import sys
-from pathlib import Path
 
 import mlflow
 import pandas as pd
 
 from facemask import mlflow_tracking, plots
 from facemask.cli import run_stage
-from facemask.config import ConfigError, Detector, Params
-from facemask.data.fetch import FetchError, resolve_weights
+from facemask.config import Params
+from facemask.detection import detector_backend
 from facemask.scenes.evaluate import evaluate_scenes, flat_metrics
 
 log = logging.getLogger("facemask.detectors")
-
-
-def missing_weights(cfg: Detector) -> str | None:
-    """Why this detector cannot run here, or None when its weights are on this machine."""
-    if cfg.name == "retinaface":
-        home = Path(os.environ.get("DEEPFACE_HOME", Path.home()))
-        path = home / ".deepface" / "weights" / cfg.weights.file
-        return None if path.is_file() else f"weights not found at {path}"
-    try:
-        resolve_weights(cfg.weights, key=f"detectors.{cfg.name}.weights")
-    except (ConfigError, FetchError) as err:
-        return str(err)
-    return None
 
 
 def compare(params: Params) -> None:
@@ -43,7 +28,7 @@ def compare(params: Params) -> None:
     rows = []
     for variant in params.scenes.compare:
         cfg = params.detectors[variant.detector]
-        reason = missing_weights(cfg)
+        reason = detector_backend(cfg).missing_weights(cfg, key=f"detectors.{cfg.name}.weights")
         if reason:
             log.warning("skipping %s: %s", variant.name, reason)
             rows.append({"variant": variant.name, "status": f"skipped: {reason}"})
