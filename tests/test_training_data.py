@@ -100,3 +100,20 @@ def test_epoch_draw_follows_the_scene_share_and_epoch_size(tmp_path, shared):
         None, batch_size=50, num_workers=0,
     )  # fmt: skip
     assert absent.class_weights().tolist() == pytest.approx([100 / 180, 100 / 20, 0.0])
+
+
+def test_focal_loss_is_cross_entropy_at_gamma_zero_and_scales_by_the_miss():
+    """trainer.focal_gamma: 0 is the weighted, smoothed cross-entropy; above, each sample's term is
+    multiplied by (1 - p_true)^gamma (worked by hand: p_true 1/2 and 3/4 at gamma 2)."""
+    import math
+
+    from facemask.training.module import FocalLoss
+
+    torch.manual_seed(0)
+    logits, target, weight = torch.randn(64, 4), torch.randint(0, 4, (64,)), torch.tensor([1.0, 2.0, 3.0, 0.5])
+    expected = torch.nn.CrossEntropyLoss(weight=weight, label_smoothing=0.05)(logits, target)
+    assert torch.allclose(FocalLoss(0.0, weight, 0.05)(logits, target), expected, atol=1e-6)
+    two = torch.tensor([[0.0, 0.0], [0.0, math.log(3.0)]])  # p_true 1/2 (class 0), then 3/4 (class 1)
+    hand = (0.25 * math.log(2) * 1 + (1 / 16) * -math.log(0.75) * 3) / (1 + 3)
+    loss = FocalLoss(2.0, torch.tensor([1.0, 3.0]))(two, torch.tensor([0, 1]))
+    assert loss.item() == pytest.approx(hand, rel=1e-6)

@@ -304,6 +304,7 @@ class Trainer(_Strict):
     lr: float = Field(gt=0)
     weight_decay: float = Field(ge=0)
     label_smoothing: float = Field(ge=0, lt=1)
+    focal_gamma: float = Field(ge=0)  # 0: cross-entropy; > 0: its focal form (training.module.FocalLoss)
     balance: Literal["class_weights", "sampler", "none"]
     num_workers: int = Field(ge=0)
     lightning: Instantiable  # pytorch_lightning.Trainer arguments

@@ -32,7 +32,9 @@ def build_classifier_fit(params: Params) -> tuple[CropDataModule, MaskClassifier
         scene_share=tp.scene_share,
     )
     weights = dm.class_weights() if tp.balance == "class_weights" else None
-    module = MaskClassifierModule(params.model, len(labels), tp.lr, tp.weight_decay, tp.label_smoothing, weights)
+    module = MaskClassifierModule(
+        params.model, len(labels), tp.lr, tp.weight_decay, tp.label_smoothing, weights, tp.focal_gamma
+    )
     pretrained = params.model.pretrained
     if isinstance(pretrained, PretrainedWeights) and pretrained.batchnorm == "folded":
         layers = refold_batchnorm(module.network, dm.sample_batches(pretrained.bn_samples))

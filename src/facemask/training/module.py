@@ -1,14 +1,34 @@
-"""LightningModule: a timm backbone trained with weighted cross-entropy, selected on val macro-F1."""
+"""LightningModule: a timm backbone trained with weighted cross-entropy (or its focal form), selected on
+val macro-F1."""
 
 from __future__ import annotations
 
 import pytorch_lightning as pl
 import torch
+import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from facemask.classifier import create_network
 from facemask.config import Model as ModelConfig
 from facemask.training.pretrained import freeze, keep_frozen_in_eval
+
+
+class FocalLoss(torch.nn.Module):
+    """Cross-entropy scaled by (1 - p_true)^gamma per sample (Lin et al. 2017): confidently right crops
+    teach little, hard ones (the rare `incorrect` faces among them) more. Class weights and label
+    smoothing as in torch's CrossEntropyLoss; gamma 0 is that loss."""
+
+    def __init__(self, gamma: float, weight: torch.Tensor | None = None, label_smoothing: float = 0.0):
+        super().__init__()
+        self.gamma, self.label_smoothing = gamma, label_smoothing
+        self.register_buffer("weight", weight)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        ce = F.cross_entropy(logits, target, self.weight, reduction="none", label_smoothing=self.label_smoothing)
+        p_true = logits.softmax(-1).gather(1, target[:, None]).squeeze(1)
+        scaled = (1 - p_true).pow(self.gamma) * ce
+        norm = self.weight[target].sum() if self.weight is not None else target.new_tensor(len(target))
+        return scaled.sum() / norm
 
 
 class MaskClassifierModule(pl.LightningModule):
@@ -20,6 +40,7 @@ class MaskClassifierModule(pl.LightningModule):
         weight_decay: float,
         label_smoothing: float = 0.0,
         class_weights: torch.Tensor | None = None,
+        focal_gamma: float = 0.0,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["model_cfg", "class_weights"])
@@ -27,7 +48,11 @@ class MaskClassifierModule(pl.LightningModule):
         self.frozen = list(model_cfg.freeze)
         freeze(self.network, self.frozen)
         self.network.to(memory_format=torch.channels_last)  # measured 10% faster training steps on CPU
-        self.loss = torch.nn.CrossEntropyLoss(weight=class_weights, label_smoothing=label_smoothing)
+        self.loss = (
+            FocalLoss(focal_gamma, class_weights, label_smoothing)
+            if focal_gamma > 0
+            else torch.nn.CrossEntropyLoss(weight=class_weights, label_smoothing=label_smoothing)
+        )
         self.val_f1 = MulticlassF1Score(num_classes, average="macro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
 
