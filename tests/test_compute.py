@@ -19,11 +19,16 @@ import pandas as pd
 import pytest
 
 from facemask.compute import EngineError, ordered_map
-from facemask.config import Engine, compose, write_params
+from facemask.config import Engine, compose, validate, write_params
 from facemask.errors import FacemaskError
 from facemask.stages.crop import count_images, images
 
 from .conftest import BIN, REPO, copy_scenes, dev_scene_stems, make_mirror
+
+
+def engine(**settings) -> Engine:
+    """conf/engine's settings with these changed."""
+    return Engine.model_validate({**validate(compose()).engine.model_dump(), **settings})
 
 
 def build(spec: str) -> dict:
@@ -46,8 +51,7 @@ def test_ordered_map_keeps_order_builds_once_per_worker_and_bounds_what_is_in_fl
             pulled.append(i)
             yield i
 
-    engine = Engine(kind=kind, in_flight=3, batch=2)
-    results = ordered_map(work, items(), build, "ok", 2, engine)
+    results = ordered_map(work, items(), build, "ok", 2, engine(kind=kind, in_flight=3, batch=2))
     first = next(results)
     assert len(pulled) <= 3 * 2 + 2, "more items were taken than the window holds"  # one batch being filled
     rest = list(results)
@@ -61,27 +65,25 @@ def test_ordered_map_keeps_order_builds_once_per_worker_and_bounds_what_is_in_fl
 @pytest.mark.parametrize("kind", ["dask", "pool"])
 def test_a_failing_item_raises_its_error(kind):
     with pytest.raises(ValueError, match="item 13 is bad"):
-        list(ordered_map(work, range(40), build, "fail", 2, Engine(kind=kind)))
+        list(ordered_map(work, range(40), build, "fail", 2, engine(kind=kind)))
 
 
 def test_one_worker_runs_in_this_process():
-    results = list(ordered_map(work, range(5), build, "ok", 1, Engine()))
+    results = list(ordered_map(work, range(5), build, "ok", 1, engine()))
     assert [r[0] for r in results] == [0, 1, 4, 9, 16] and {r[1] for r in results} == {os.getpid()}
-    assert Engine().in_process(1) and not Engine(kind="pool").in_process(2)
-    assert not Engine(scheduler="tcp://127.0.0.1:9").in_process(1)  # a named cluster runs it, one worker or not
+    assert engine().in_process(1) and not engine(kind="pool").in_process(2)
+    assert not engine(scheduler="tcp://127.0.0.1:9").in_process(1)  # a named cluster runs it, one worker or not
 
 
 def test_an_unreachable_scheduler_is_named():
     # the discard port: nothing listens there
-    engine = Engine(kind="dask", scheduler="tcp://127.0.0.1:9", connect_timeout_s=3)
+    unreachable = engine(kind="dask", scheduler="tcp://127.0.0.1:9", connect_timeout_s=3)
     with pytest.raises(EngineError, match=r"tcp://127.0.0.1:9"):
-        list(ordered_map(work, range(3), build, "ok", 2, engine))
+        list(ordered_map(work, range(3), build, "ok", 2, unreachable))
 
 
 def test_a_scheduler_that_is_no_address_is_refused_by_the_config():
     with pytest.raises(FacemaskError, match=r"engine\.scheduler"):
-        from facemask.config import validate
-
         validate(compose(["engine.scheduler=my-cluster"]))
     with pytest.raises(FacemaskError, match="needs kind: dask"):
         validate(compose(["engine.scheduler=tcp://10.0.0.5:8786", "engine.kind=pool"]))

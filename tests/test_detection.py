@@ -85,10 +85,12 @@ def test_each_backend_says_what_it_needs_from_its_config_entry(shared):
     assert reads == {"yunet": True, "retinaface_mnet": True, "retinaface": False, "retinaface_ft": True}
     assert all(detector_backend(cfg).name == name for name, cfg in params.detectors.items())
     yunet_cfg = params.detectors["yunet"]
-    assert detector_backend(yunet_cfg).weights_file(yunet_cfg) == shared / "models" / "yunet" / "face_detection_yunet.onnx"
+    assert (
+        detector_backend(yunet_cfg).weights_file(yunet_cfg) == shared / "models" / "yunet" / "face_detection_yunet.onnx"
+    )
     assert detector_backend(params.detectors["retinaface"]).weights_file(params.detectors["retinaface"]) is None
     bad = yunet_cfg.model_copy(update={"target": "facemask.boxes.iou_matrix"})
-    with pytest.raises(ValueError, match="'facemask.boxes.iou_matrix' is not a detector backend"):
+    with pytest.raises(ValueError, match=r"'facemask\.boxes\.iou_matrix' is not a detector backend"):
         detector_backend(bad)
 
 

@@ -107,19 +107,19 @@ class EvalGuard(_Strict):
     """Training images that copy an evaluation scene (perceptual hash, also of a central crop) are
     dropped at ingest, so the scenes the project is judged on are never trained on."""
 
-    enabled: bool = True
-    distance: int = Field(default=8, ge=0, le=64)
+    enabled: bool
+    distance: int = Field(ge=0, le=64)
 
 
 class Data(_Strict):
     labels: list[str] = Field(min_length=2)
     sources: dict[str, Source] = Field(min_length=1)
     image_extensions: list[str]
-    max_per_class: int | None = Field(default=None, gt=0)
+    max_per_class: int | None = Field(gt=0)
     max_image_pixels: int = Field(gt=0)
     dedup: Dedup
     split: Split
-    eval_guard: EvalGuard = Field(default_factory=EvalGuard)
+    eval_guard: EvalGuard
 
     @model_validator(mode="after")
     def _labels_known(self) -> Data:
@@ -174,11 +174,11 @@ class Background(_Strict):
     overlap no annotated face, taken only from scenes that look fully boxed (no unmatched detection
     scores `max_score` or more: a confident unmatched one is likely a real face nobody boxed)."""
 
-    enabled: bool = True
-    label: str = Field(default="background", min_length=1)
-    max_iou: float = Field(default=0.1, ge=0, lt=1)
-    max_score: float = Field(default=0.6, gt=0, le=1)
-    max_per_scene: int = Field(default=3, ge=0)
+    enabled: bool
+    label: str = Field(min_length=1)
+    max_iou: float = Field(ge=0, lt=1)
+    max_score: float = Field(gt=0, le=1)
+    max_per_scene: int = Field(ge=0)
 
 
 class Engine(_Strict):
@@ -186,11 +186,11 @@ class Engine(_Strict):
     `dask`, a local Dask cluster of the stage's `workers` processes, or the running cluster at
     `scheduler`; `pool`, a process pool here. One worker and no scheduler: in the stage's process."""
 
-    kind: Literal["dask", "pool"] = "dask"
-    scheduler: str | None = Field(default=None, pattern=r"^(tcp|tls|ucx|inproc)://\S+$")
-    in_flight: int = Field(default=16, ge=1)  # tasks submitted ahead of the next result (memory bound)
-    batch: int = Field(default=8, ge=1)  # images per task
-    connect_timeout_s: float = Field(default=30, gt=0)  # to reach `scheduler`
+    kind: Literal["dask", "pool"]
+    scheduler: str | None = Field(pattern=r"^(tcp|tls|ucx|inproc)://\S+$")
+    in_flight: int = Field(ge=1)  # tasks submitted ahead of the next result (memory bound)
+    batch: int = Field(ge=1)  # images per task
+    connect_timeout_s: float = Field(gt=0)  # to reach `scheduler`
 
     def in_process(self, workers: int) -> bool:
         """Whether work over `workers` processes runs in the calling process (no cluster, no pool)."""
@@ -209,8 +209,8 @@ class Crop(_Strict):
     margin: float = Field(ge=0, le=2)
     align: bool
     multi_face: Literal["largest", "drop"]
-    match_iou: float = Field(default=0.4, gt=0, lt=1)
-    background: Background = Field(default_factory=Background)
+    match_iou: float = Field(gt=0, lt=1)
+    background: Background
     workers: int = Field(ge=1)
     jpeg_quality: int = Field(ge=10, le=100)
 
@@ -255,7 +255,7 @@ class Model(_Strict):
     input_size: int = Field(ge=16, le=1024)
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
-    freeze: list[str] = Field(default_factory=list)  # module names kept as pretrained (e.g. conv_stem, blocks.0)
+    freeze: list[str]  # module names kept as pretrained (e.g. conv_stem, blocks.0)
 
     @model_validator(mode="after")
     def _normalisation_of_the_weights(self) -> Model:
@@ -298,8 +298,8 @@ Instantiable = Annotated[dict[str, Any], AfterValidator(_instantiable)]
 
 class Trainer(_Strict):
     max_epochs: int = Field(ge=1)
-    epoch_samples: int | None = Field(default=None, ge=1)  # crops drawn per epoch; null: the train split
-    scene_share: float | None = Field(default=None, ge=0, le=1)  # share of scene crops drawn; null: natural
+    epoch_samples: int | None = Field(ge=1)  # crops drawn per epoch; null: the train split
+    scene_share: float | None = Field(ge=0, le=1)  # share of scene crops drawn; null: natural
     batch_size: int = Field(ge=1)
     lr: float = Field(gt=0)
     weight_decay: float = Field(ge=0)
@@ -308,7 +308,7 @@ class Trainer(_Strict):
     balance: Literal["class_weights", "sampler", "none"]
     num_workers: int = Field(ge=0)
     lightning: Instantiable  # pytorch_lightning.Trainer arguments
-    callbacks: dict[str, Instantiable] = Field(default_factory=dict)
+    callbacks: dict[str, Instantiable]
 
 
 class Photometric(_Strict):
@@ -329,7 +329,7 @@ class DetectorTrain(_Strict):
     batch_size: int = Field(ge=1)
     lr: float = Field(gt=0)
     weight_decay: float = Field(ge=0)
-    freeze: list[str] = Field(default_factory=list)
+    freeze: list[str]
     freeze_batchnorm: bool = True
     match_iou: float = Field(gt=0, lt=1)
     neg_ratio: int = Field(ge=1)
@@ -341,10 +341,10 @@ class DetectorTrain(_Strict):
     face_centred: float = Field(ge=0, le=1)
     flip: bool
     photometric: Photometric
-    val_scenes: int | None = Field(default=None, ge=1)
+    val_scenes: int | None = Field(ge=1)
     num_workers: int = Field(ge=0)
     lightning: Instantiable  # pytorch_lightning.Trainer arguments
-    callbacks: dict[str, Instantiable] = Field(default_factory=dict)
+    callbacks: dict[str, Instantiable]
 
     @model_validator(mode="after")
     def _scales(self) -> DetectorTrain:
@@ -368,11 +368,11 @@ ClassifierRuntime = Literal["torch", "onnxruntime"]
 
 class Pipeline(_Strict):
     detect_long_side: int = Field(ge=0, le=8192)
-    classifier_runtime: ClassifierRuntime = "torch"  # onnxruntime: the network's ONNX export (conf/pipeline)
-    max_upscale: float = Field(default=4.0, ge=1, le=16)
-    gate_min_score: float = Field(default=0.5, ge=0, le=1)
+    classifier_runtime: ClassifierRuntime  # onnxruntime: the network's ONNX export (conf/pipeline)
+    max_upscale: float = Field(ge=1, le=16)
+    gate_min_score: float = Field(ge=0, le=1)
     # p(background) that drops a box; null: the value calibrated for the classifier (its artefact)
-    reject_min_probability: float | None = Field(default=None, gt=0, le=1)
+    reject_min_probability: float | None = Field(gt=0, le=1)
 
 
 class Variant(_Strict):
@@ -386,12 +386,12 @@ class Variant(_Strict):
 
 class Scenes(_Strict):
     source: Source
-    dir: Path | None = None
+    dir: Path | None
     iou_threshold: float = Field(gt=0, lt=1)
     size_bins: tuple[int, int]
-    workers: int = Field(default=1, ge=1)
+    workers: int = Field(ge=1)
     gallery_size: int = Field(ge=0, le=400)
-    compare: list[Variant] = Field(default_factory=list)
+    compare: list[Variant]
 
     @model_validator(mode="after")
     def _bins_ordered(self) -> Scenes:
@@ -418,8 +418,8 @@ class Alerts(_Strict):
     after_s: float = Field(ge=0)
     track_cooldown_s: float = Field(ge=0)
     camera_cooldown_s: float = Field(ge=0)
-    min_score: float = Field(default=0.6, ge=0, le=1)
-    snapshots: Literal["store", "blur", "off"] = "blur"  # the face crop in an alert event: personal data
+    min_score: float = Field(ge=0, le=1)
+    snapshots: Literal["store", "blur", "off"]  # the face crop in an alert event: personal data
 
 
 class FrameDiff(_Strict):
@@ -429,19 +429,19 @@ class FrameDiff(_Strict):
 
 
 class Webhook(_Strict):
-    url: str | None = Field(default=None, pattern=r"^https?://")
+    url: str | None = Field(pattern=r"^https?://")
     timeout_s: float = Field(gt=0)
     retries: int = Field(ge=0, le=20)
     backoff_s: float = Field(ge=0)
-    max_queue: int = Field(default=1000, ge=1)  # events waiting in memory; more spill to the pending file
-    retry_s: float = Field(default=30.0, gt=0)  # how often the pending file is retried while idle
+    max_queue: int = Field(ge=1)  # events waiting in memory; more spill to the pending file
+    retry_s: float = Field(gt=0)  # how often the pending file is retried while idle
 
 
 class Sinks(_Strict):
     log: bool
     jsonl: Path
-    rotate_bytes: int = Field(default=50_000_000, ge=1000)  # the event file rotates at this size or each UTC day
-    retention_days: float = Field(default=30, gt=0)  # rotated event files older than this are deleted
+    rotate_bytes: int = Field(ge=1000)  # the event file rotates at this size or each UTC day
+    retention_days: float = Field(gt=0)  # rotated event files older than this are deleted
     webhook: Webhook
 
 
@@ -467,8 +467,8 @@ class Serving(_Strict):
     max_waiting: int = Field(ge=0)
     max_cameras: int = Field(ge=1)
     idle_expiry_s: float = Field(gt=0)
-    allowed_origins: list[str] = Field(default_factory=list)
-    api_keys_file: Path | None = None
+    allowed_origins: list[str]
+    api_keys_file: Path | None
 
 
 class Params(_Strict):
@@ -477,7 +477,7 @@ class Params(_Strict):
     data: Data
     detector: Detector
     crop: Crop
-    engine: Engine = Field(default_factory=Engine)
+    engine: Engine
     augment: Augment
     model: Model
     trainer: Trainer

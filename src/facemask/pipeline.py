@@ -110,7 +110,10 @@ class MaskPipeline:
         A classifier trained with a rejection class (the crop stage's `background`) drops the faces
         it gives that class `settings.reject_min_probability` or more: they are never reported."""
         self.classifier = classifier
-        self.settings = settings or Pipeline(detect_long_side=0, gate_min_score=0.0)
+        self.settings = settings or Pipeline(
+            detect_long_side=0, classifier_runtime="torch", max_upscale=1.0, gate_min_score=0.0,
+            reject_min_probability=None,
+        )  # fmt: skip
         self.finder = FaceFinder(detector, self.settings, crop_size, margin, align)
         self.box_fit = box_fit or BoxFit()
         rejects = [i for i, lb in enumerate(classifier.labels) if lb == classifier.meta.get("reject_label")]
