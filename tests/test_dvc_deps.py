@@ -90,3 +90,20 @@ def test_no_path_is_repeated_outside_params():
         )
     outs = [rendered(o) for s in DVC["stages"].values() for o in s.get("outs", []) + s.get("metrics", [])]
     assert outs and all(Path(o).parts[0] in {Path(p).parts[0] for p in literal} for o in outs)
+
+
+def test_the_code_names_no_artefact_file_itself():
+    """The artefacts stages hand each other are `paths` keys (conf/config.yaml): no module spells their
+    file names, so moving one is a conf/ change. Only the model stores' own file names remain: the
+    BentoML model folder (serving/packaging.py) and the MLflow run's artifacts (mlflow_tracking.py)."""
+    names = {Path(v).name for v in PARAMS["paths"].values() if Path(v).suffix}
+    assert {"manifest.csv", "crops.csv", "classifier.pt", "detector.onnx"} <= names
+    stores = {"serving/packaging.py", "mlflow_tracking.py"}
+    spelled = {
+        (str(f.relative_to(PACKAGE)), name)
+        for f in PACKAGE.rglob("*.py")
+        if str(f.relative_to(PACKAGE)) not in stores
+        for name in names
+        if re.search(rf"[\"'/]{re.escape(name)}[\"']", f.read_text())
+    }
+    assert not spelled, f"artefact file names spelled in code (use params.paths.<key>): {sorted(spelled)}"

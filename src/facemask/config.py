@@ -37,6 +37,14 @@ class Paths(_Strict):
     crops: Path
     models: Path
     reports: Path
+    manifest: Path
+    crop_table: Path
+    augmentation: Path
+    classifier: Path
+    classifier_run: Path
+    detector_weights: Path
+    detector_onnx: Path
+    detector_run: Path
 
 
 class Source(_Strict):

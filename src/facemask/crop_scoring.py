@@ -13,10 +13,10 @@ from facemask.imageio import read_image
 
 
 def split_crops(params: Params, split: str) -> pd.DataFrame:
-    table = pd.read_csv(params.paths.interim / "crops.csv", keep_default_na=False)
+    table = pd.read_csv(params.paths.crop_table, keep_default_na=False)
     table = table[(table["split"] == split) & (table["crop"] != "")].reset_index(drop=True)
     if table.empty:
-        raise ValueError(f"no {split} crops in {params.paths.interim / 'crops.csv'}")
+        raise ValueError(f"no {split} crops in {params.paths.crop_table}")
     return table
 
 

@@ -43,14 +43,14 @@ def run_variant(name: str, overrides: list[str], root: Path, tag: str, base: Par
     params = validate(raw, f"variant {name}")
     params.paths.models.mkdir(parents=True, exist_ok=True)
     params.paths.reports.mkdir(parents=True, exist_ok=True)
-    shutil.copy(base.paths.models / "augment.json", params.paths.models / "augment.json")
+    shutil.copy(base.paths.augmentation, params.paths.augmentation)
     shutil.copy(base.paths.reports / "augment_preview.png", params.paths.reports / "augment_preview.png")
     params_file = folder / "params.yaml"
     write_params(raw, params_file)
     for stage in ("train", "evaluate", "scenes"):
         print(f"== {name}: {stage}", flush=True)
         subprocess.run([sys.executable, "-m", f"facemask.stages.{stage}", "--params", str(params_file)], check=True)
-    run_id = mlflow_tracking.read_run_ref(params.paths.models / "mlflow_run.json")["run_id"]
+    run_id = mlflow_tracking.read_run_ref(params.paths.classifier_run)["run_id"]
     mlflow.MlflowClient().set_tag(run_id, "comparison", tag)
     mlflow.MlflowClient().set_tag(run_id, "variant", name)
     test = json.loads((params.paths.reports / "metrics.json").read_text())

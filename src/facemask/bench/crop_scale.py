@@ -36,7 +36,7 @@ ENGINES = ("pool", "dask")
 def scaled_project(tmp: Path, images: int, factor: int) -> Path:
     """A manifest of `images` images repeated `factor` times, raw folders linked per repetition."""
     params = validate(compose())
-    manifest = pd.read_csv(params.paths.interim / "manifest.csv", keep_default_na=False)
+    manifest = pd.read_csv(params.paths.manifest, keep_default_na=False)
     keys = manifest[["source", "relpath"]].drop_duplicates()
     if images:
         keys = keys.head(images)
@@ -48,7 +48,7 @@ def scaled_project(tmp: Path, images: int, factor: int) -> Path:
             (tmp / "raw" / f"r{k}~{source}").symlink_to((params.paths.raw / source).resolve())
         copies.append(part.assign(id=f"r{k}-" + part["id"], source=f"r{k}~" + part["source"]))
     (tmp / "interim").mkdir()
-    pd.concat(copies).sort_values("id").to_csv(tmp / "interim/manifest.csv", index=False)
+    pd.concat(copies).sort_values("id").to_csv(tmp / "interim" / params.paths.manifest.name, index=False)
     return tmp
 
 
@@ -97,7 +97,8 @@ def run_child(root: Path, engine: str, workers: int, baseline: Path | None = Non
     sampler.join()
     if proc.returncode != 0:
         raise RuntimeError(f"crop stage failed ({engine}):\n{err[-3000:]}")
-    images = int(pd.read_csv(root / "interim/manifest.csv", usecols=["source", "relpath"]).drop_duplicates().shape[0])
+    manifest = pd.read_csv(root / "interim" / validate(compose()).paths.manifest.name, usecols=["source", "relpath"])
+    images = int(manifest.drop_duplicates().shape[0])
     return {"images": images, "seconds": round(seconds, 1), "images_per_s": round(images / seconds, 2),
             "cpu_s": round(sum(cpu.values()), 1), "peak_rss_mib": round(peak / 2**20)}  # fmt: skip
 

@@ -1,6 +1,6 @@
 """Latency of `detect` on 640x480 frames with 1, 3 and 8 real faces, in-process and over HTTP.
 
-    python -m facemask.bench.latency                      # in-process (models/classifier.pt)
+    python -m facemask.bench.latency                      # in-process (paths.classifier)
     python -m facemask.bench.latency --url http://127.0.0.1:3000   # also over HTTP (make serve)
 
 Prints a table of median and p95 milliseconds and frames per second; needs FACEMASK_MIRROR (or
@@ -62,7 +62,7 @@ def row(name: str, faces: int, found: int, times: list[float]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--classifier", default="models/classifier.pt")
+    parser.add_argument("--classifier", help="default: paths.classifier of --params")
     parser.add_argument("--url", help="a served Bento to time over HTTP as well")
     parser.add_argument("--images", help="folder of face photos (default: the mirror's face-mask-2class/with_mask)")
     parser.add_argument("--repeats", type=int, default=50)
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(photos) < 8:
         parser.error(f"need 8 face photos of at least 200 px in {folder}")
     params = load_params(args.params)
-    pipe = MaskPipeline.from_params(params, Path(args.classifier))
+    pipe = MaskPipeline.from_params(params, Path(args.classifier or params.paths.classifier))
     lines = [
         f"detect latency on 640x480 frames ({pipe.detector.name} + {pipe.classifier.meta['backbone']}, "
         f"{args.repeats} runs each)",

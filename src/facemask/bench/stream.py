@@ -49,7 +49,7 @@ def load_clip(path: Path, frames: int, width: int = 640) -> list:
 
 def in_process(params, clip: list, streams: int, frame_diff: bool) -> tuple[float, float]:
     """Total frames/s and the share of frames that ran the detector."""
-    pipe = MaskPipeline.from_params(params, params.paths.models / "classifier.pt")
+    pipe = MaskPipeline.from_params(params, params.paths.classifier)
     cfg = params.stream.model_copy(
         update={"frame_diff": params.stream.frame_diff.model_copy(update={"enabled": frame_diff})}
     )

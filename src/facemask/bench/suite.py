@@ -42,7 +42,7 @@ def bench_crop(params: Params, quick: bool) -> list[dict]:
     from facemask.face_crops import process
     from facemask.pipeline import FaceFinder
 
-    rows = pd.read_csv(params.paths.interim / "manifest.csv", keep_default_na=False)
+    rows = pd.read_csv(params.paths.manifest, keep_default_na=False)
     rows = rows[rows["split"] == "test"]
     groups = [part.to_dict("records") for _, part in rows.groupby(["source", "relpath"], sort=True)]
     groups = groups[: 30 if quick else 120]
@@ -71,8 +71,8 @@ def bench_classifier(params: Params, quick: bool) -> list[dict]:
 
     from facemask.classifier import MaskClassifier
 
-    clf = MaskClassifier.load(params.paths.models / "classifier.pt")
-    table = pd.read_csv(params.paths.interim / "crops.csv", keep_default_na=False)
+    clf = MaskClassifier.load(params.paths.classifier)
+    table = pd.read_csv(params.paths.crop_table, keep_default_na=False)
     names = table[table["crop"] != ""]["crop"].head(64)
     crops = [read_image(params.paths.crops / n, params.data.max_image_pixels) for n in names]
     out = []
@@ -102,7 +102,7 @@ def bench_pipeline(params: Params, quick: bool) -> list[dict]:
     photos = sorted(p for p in folder.glob("*.jpg") if min(image_file_size(p)) >= 200)[:3]
     if len(photos) < 3:
         raise FileNotFoundError(f"need 3 face photos of at least 200 px in {folder} (set FACEMASK_MIRROR)")
-    pipe = MaskPipeline.from_params(params, params.paths.models / "classifier.pt")
+    pipe = MaskPipeline.from_params(params, params.paths.classifier)
     out = []
     for size in ((640, 480), (1280, 720)):
         frame = make_frame(photos, 3, params.data.max_image_pixels, size)
@@ -248,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("reports/bench"))
     args = parser.parse_args(argv)
     params = load_params(args.params)
-    missing = [p for p in (params.paths.models / "classifier.pt", params.paths.interim / "crops.csv") if not p.exists()]
+    missing = [p for p in (params.paths.classifier, params.paths.crop_table) if not p.exists()]
     if missing:
         print(f"bench: {', '.join(map(str, missing))} missing: run the pipeline first (dvc repro)", file=sys.stderr)
         return 2

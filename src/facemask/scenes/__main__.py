@@ -27,17 +27,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. scenes.dir=/path detector=yunet")
     parser.add_argument(
         "--classifier",
-        default="models/classifier.pt",
-        help="classifier.pt, or an MLflow URI such as models:/facemask-classifier@champion",
+        help="a classifier file, or an MLflow URI such as models:/facemask-classifier@champion "
+        "(default: paths.classifier, the train stage's)",
     )
     parser.add_argument("--out", type=Path, default=Path("reports/scenes-adhoc"), help="report folder")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         params = validate(compose(args.overrides), "conf/ + overrides")
-        if "://" in args.classifier or args.classifier.startswith("models:/"):
+        classifier = args.classifier or str(params.paths.classifier)
+        if "://" in classifier or classifier.startswith("models:/"):
             mlflow_tracking.setup(params.mlflow)
-        run, result = evaluate_scenes(params, mlflow_tracking.classifier_file(args.classifier))
+        run, result = evaluate_scenes(params, mlflow_tracking.classifier_file(classifier))
     except (FacemaskError, FileNotFoundError) as err:
         print(f"scenes: {err}", file=sys.stderr)
         return 2

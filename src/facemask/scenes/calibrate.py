@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.split == "eval":
             scenes = load_scenes(evaluation_folder(params.scenes), params.scenes.source.label_map)
         else:
-            scenes = split_scenes(params.paths.interim / "manifest.csv", params.paths.raw, args.split)
+            scenes = split_scenes(params.paths.manifest, params.paths.raw, args.split)
         detections = detect_scenes(
             build_detector(params.detector), params.pipeline, scenes, params.data.max_image_pixels
         )

@@ -73,7 +73,7 @@ def best_threshold(sweep: pd.DataFrame, tolerance: float = 0.002) -> float:
 def fit_rejection(params: Params, classifier: MaskClassifier) -> tuple[float, pd.DataFrame]:
     """The threshold for `classifier` with the configured detector and pipeline, fitted on the
     val-split training scenes of the ingest manifest; and the sweep it was chosen from."""
-    scenes = split_scenes(params.paths.interim / "manifest.csv", params.paths.raw, "val")
+    scenes = split_scenes(params.paths.manifest, params.paths.raw, "val")
     settings = params.pipeline.model_copy(update={"reject_min_probability": None})
     pipeline = MaskPipeline.from_classifier(
         build_detector(params.detector), classifier, params.crop.model_dump(), settings, params.detector.box_fit

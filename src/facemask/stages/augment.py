@@ -18,9 +18,9 @@ log = logging.getLogger("facemask.augment")
 
 def augment(params: Params) -> None:
     pipeline = build_augmentation(params.augment.transforms, seed=params.seed)
-    out = params.paths.models / "augment.json"
+    out = params.paths.augmentation
     save_augmentation(pipeline, out)
-    crops = pd.read_csv(params.paths.interim / "crops.csv").dropna(subset=["crop"])
+    crops = pd.read_csv(params.paths.crop_table).dropna(subset=["crop"])
     train = crops[crops["split"] == "train"]
     per_label = max(1, params.augment.preview_count // (2 * train["label"].nunique()))
     sample = train.sample(frac=1.0, random_state=params.seed).groupby("label").head(per_label)

@@ -150,7 +150,7 @@ def detection_report(rows: pd.DataFrame) -> dict:
 
 
 def crop(params: Params) -> None:
-    out_dir, table = params.paths.crops, params.paths.interim / "crops.csv"
+    out_dir, table = params.paths.crops, params.paths.crop_table
     tmp_dir, tmp_table = out_dir.with_name(out_dir.name + ".tmp"), table.with_name(table.name + ".tmp")
     shutil.rmtree(tmp_dir, ignore_errors=True)
     tmp_dir.mkdir(parents=True)
@@ -158,7 +158,7 @@ def crop(params: Params) -> None:
         with tmp_table.open("w", newline="") as fh:
             writer = csv.DictWriter(fh, COLUMNS, restval="", extrasaction="raise")
             writer.writeheader()
-            for rows in run_all(params, params.paths.interim / "manifest.csv", tmp_dir):
+            for rows in run_all(params, params.paths.manifest, tmp_dir):
                 writer.writerows(rows)
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)

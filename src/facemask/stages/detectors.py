@@ -24,7 +24,7 @@ log = logging.getLogger("facemask.detectors")
 
 def compare(params: Params) -> None:
     paths = params.paths
-    ref = mlflow_tracking.attach(params.mlflow, paths.models / "mlflow_run.json")
+    ref = mlflow_tracking.attach(params.mlflow, paths.classifier_run)
     rows = []
     for variant in params.scenes.compare:
         cfg = params.detectors[variant.detector]
@@ -35,7 +35,7 @@ def compare(params: Params) -> None:
             continue
         settings = params.pipeline.model_copy(update={"detect_long_side": variant.detect_long_side})
         variant_params = params.model_copy(update={"detector": cfg, "pipeline": settings})
-        _, result = evaluate_scenes(variant_params, paths.models / "classifier.pt", desc=variant.name)
+        _, result = evaluate_scenes(variant_params, paths.classifier, desc=variant.name)
         metrics = flat_metrics(result, prefix="")
         with (
             mlflow.start_run(run_id=ref["run_id"]),

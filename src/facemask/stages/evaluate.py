@@ -42,7 +42,7 @@ def per_group(table: pd.DataFrame, y_true: np.ndarray, proba: np.ndarray, labels
 
 def evaluate(params: Params) -> None:
     paths = params.paths
-    classifier = MaskClassifier.load(paths.models / "classifier.pt")
+    classifier = MaskClassifier.load(paths.classifier)
     labels = classifier.labels
     table = split_crops(params, "test")
     unknown = set(table["label"]) - set(labels)
@@ -71,7 +71,7 @@ def evaluate(params: Params) -> None:
     for name, fig in figures.items():
         fig.savefig(paths.reports / "figures" / name, dpi=110)
 
-    ref = mlflow_tracking.attach(params.mlflow, paths.models / "mlflow_run.json")
+    ref = mlflow_tracking.attach(params.mlflow, paths.classifier_run)
     with mlflow.start_run(run_id=ref["run_id"]):
         flat = {
             "test.accuracy": result["accuracy"],

@@ -92,7 +92,7 @@ def ingest(params: Params) -> None:
     df.insert(0, "id", ids)
     mf.summarise(df, report)
 
-    out = params.paths.interim / "manifest.csv"
+    out = params.paths.manifest
     out.parent.mkdir(parents=True, exist_ok=True)
     df.sort_values("id").to_csv(out, index=False)
     write_json(params.paths.reports / "ingest.json", dataclasses.asdict(report))

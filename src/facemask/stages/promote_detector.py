@@ -34,11 +34,10 @@ def score(params: Params, scenes: list[Scene], weights: Path) -> dict:
 
 def promote_detector(params: Params) -> None:
     paths, ml = params.paths, params.mlflow
-    out = paths.models / "detector"
-    ref = mlflow_tracking.attach(ml, out / "mlflow_run.json")
+    ref = mlflow_tracking.attach(ml, paths.detector_run)
     scenes = load_scenes(evaluation_folder(params.scenes), params.scenes.source.label_map)
     digest = scenes_digest(scenes)
-    result = score(params, scenes, out / "detector.onnx")
+    result = score(params, scenes, paths.detector_onnx)
     client = MlflowClient()
 
     def rescore(version: str) -> dict[str, float]:

@@ -22,12 +22,12 @@ log = logging.getLogger("facemask.scenes")
 
 def scenes(params: Params) -> None:
     paths = params.paths
-    run, result = evaluate_scenes(params, paths.models / "classifier.pt")
+    run, result = evaluate_scenes(params, paths.classifier)
     out = paths.reports / "scenes"
     figures = write_reports(run, result, run.labels, out, params.scenes.gallery_size, params.scenes.iou_threshold)
     write_json(out / "metrics.json", summary(result))
 
-    ref = mlflow_tracking.attach(params.mlflow, paths.models / "mlflow_run.json")
+    ref = mlflow_tracking.attach(params.mlflow, paths.classifier_run)
     with mlflow.start_run(run_id=ref["run_id"]):
         mlflow.log_metrics(flat_metrics(result))
         for name, fig in figures.items():

@@ -57,12 +57,12 @@ def train(params: Params) -> None:
         if meta["reject_label"] is not None:  # the rejection threshold belongs to this model
             classifier = MaskClassifier(network, labels, Preprocessor.from_config(params.model), meta)
             meta["reject_min_probability"] = record_rejection(params, classifier)
-        save_classifier(network, params.model, labels, paths.models / "classifier.pt", meta)
+        save_classifier(network, params.model, labels, paths.classifier, meta)
 
         frame = fitted.history
         frame.to_csv(paths.reports / "train_history.csv", index=False)
         mlflow.log_figure(plots.training_curves(frame), "plots/training_curves.png")
-        mlflow.log_artifact(str(paths.models / "augment.json"), "augment")
+        mlflow.log_artifact(str(paths.augmentation), "augment")
         mlflow.log_artifact(str(paths.reports / "augment_preview.png"), "augment")
         example = np.zeros((1, 3, params.model.input_size, params.model.input_size), dtype=np.float32)
         model_info = mlflow.pytorch.log_model(
@@ -71,7 +71,7 @@ def train(params: Params) -> None:
             input_example=example,
             serialization_format="pickle",
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"timm=={timm.__version__}"],
-            extra_files=[str(paths.models / "classifier.pt")],  # the artefact the service loads
+            extra_files=[str(paths.classifier)],  # the artefact the service loads
         )
         summary = {
             "best_val_macro_f1": round(fitted.best_score, 4),
@@ -82,9 +82,7 @@ def train(params: Params) -> None:
         }
         mlflow.log_metrics({f"train_summary.{k}": v for k, v in summary.items() if v is not None})
         uri = mlflow_tracking.tracking_uri(params.mlflow)
-        mlflow_tracking.write_run_ref(
-            paths.models / "mlflow_run.json", run.info.run_id, experiment_id, uri, model_info.model_uri
-        )
+        mlflow_tracking.write_run_ref(paths.classifier_run, run.info.run_id, experiment_id, uri, model_info.model_uri)
     write_json(paths.reports / "train.json", summary)
     best, epochs = summary["best_val_macro_f1"], summary["epochs"]
     log.info("best val macro-F1 %.4f after %d epochs (%.0f s)", best, epochs, fitted.seconds)

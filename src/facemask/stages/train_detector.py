@@ -34,7 +34,7 @@ def build(params: Params) -> tuple[SceneDataModule, DetectorModule]:
     """The data module and the Lightning module of a fine-tuning run."""
     cfg, paths = params.detector_train, params.paths
     dm = SceneDataModule(
-        paths.interim / "manifest.csv",
+        paths.manifest,
         paths.raw,
         cfg,
         params.pipeline.detect_long_side or 640,
@@ -53,7 +53,7 @@ def build(params: Params) -> tuple[SceneDataModule, DetectorModule]:
 def train_detector(params: Params) -> None:
     pl.seed_everything(params.seed, workers=True)
     cfg, paths = params.detector_train, params.paths
-    out, reports = paths.models / "detector", paths.reports / "detector"
+    reports = paths.reports / "detector"
     dm, module = build(params)
     log.info("%d training scenes, %d validation scenes", len(dm.train_scenes), len(dm.val_scenes))
 
@@ -63,10 +63,12 @@ def train_detector(params: Params) -> None:
         mlflow.log_params({"data.train_scenes": len(dm.train_scenes), "data.val_scenes": len(dm.val_scenes)})
         mlflow.set_tags({"stage": "train_detector", "facemask.kind": "detector", "init": cfg.init})
         fitted = fit_recorded(module, dm, "detector_train", cfg.lightning, cfg.callbacks, params.mlflow,
-                              run.info.run_id, out / "checkpoints")  # fmt: skip
+                              run.info.run_id, paths.detector_onnx.parent / "checkpoints")  # fmt: skip
         network = module.network.eval().cpu()
-        torch.save(network.state_dict(), out / "detector.pt")
-        onnx_path = export_onnx(network, out / "detector.onnx")
+        for path in (paths.detector_weights, paths.detector_onnx):
+            path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(network.state_dict(), paths.detector_weights)
+        onnx_path = export_onnx(network, paths.detector_onnx)
 
         frame = fitted.history
         reports.mkdir(parents=True, exist_ok=True)
@@ -87,9 +89,7 @@ def train_detector(params: Params) -> None:
         }
         mlflow.log_metrics({f"summary.{k}": v for k, v in summary.items() if isinstance(v, int | float)})
         uri = mlflow_tracking.tracking_uri(params.mlflow)
-        mlflow_tracking.write_run_ref(
-            out / "mlflow_run.json", run.info.run_id, experiment_id, uri, model_info.model_uri
-        )
+        mlflow_tracking.write_run_ref(paths.detector_run, run.info.run_id, experiment_id, uri, model_info.model_uri)
     write_json(reports / "train.json", summary)
     log.info(
         "best val AP %.4f (recall %s) after %d epochs (%.0f s)",

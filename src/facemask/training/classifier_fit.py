@@ -19,11 +19,11 @@ def build_classifier_fit(params: Params) -> tuple[CropDataModule, MaskClassifier
     """The data module and the Lightning module of a training run (also used by `make bench`)."""
     tp, paths, labels = params.trainer, params.paths, params.classifier_labels
     dm = CropDataModule(
-        paths.interim / "crops.csv",
+        paths.crop_table,
         paths.crops,
         labels,
         Preprocessor.from_config(params.model),
-        load_augmentation(paths.models / "augment.json"),
+        load_augmentation(paths.augmentation),
         batch_size=tp.batch_size,
         num_workers=tp.num_workers,
         balance=tp.balance,
