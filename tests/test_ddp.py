@@ -47,10 +47,12 @@ def train_ddp(tmp_path, tracking: str) -> float:
     """Train with trainer=ddp against the tracking server; the test face macro-F1 of the model."""
     root, name = tmp_path / "ddp", "ddp"
     assert (REPO / "data/interim/crops.csv").is_file(), "run `make test` (it builds the crops first)"
-    # raw: the train stage fits the rejection threshold on the pipeline's val-split scenes
+    # raw: the train stage fits the rejection threshold on the pipeline's val-split scenes, through the
+    # pipeline's detector (the one that cut the crops)
     paths = [f"paths.interim={REPO / 'data/interim'}", f"paths.crops={REPO / 'data/crops'}",
              f"paths.raw={REPO / 'data/raw'}", f"paths.models={root / 'models'}",
-             f"paths.reports={root / 'reports'}"]  # fmt: skip
+             f"paths.reports={root / 'reports'}",
+             f"paths.detector_onnx={REPO / 'models/detector/detector.onnx'}"]  # fmt: skip
     config = [*SETTINGS, *paths, f"mlflow.experiment=ddp-test-{name}", "trainer=ddp"]
     (root / "models").mkdir(parents=True)
     (root / "reports").mkdir()

@@ -190,7 +190,7 @@ def test_close_up_photos_are_not_blown_up_past_the_detector(shared, yunet_weight
     from facemask.pipeline import detect_at
 
     params = validate(compose([]))
-    detector = YuNetDetector.from_config(params.detector, yunet_weights)
+    detector = YuNetDetector.from_config(params.detectors["yunet"], yunet_weights)
     small = [
         p
         for p in real_images(shared, "face-mask-2class/without_mask", 400)

@@ -25,7 +25,7 @@ import requests
 import yaml
 from PIL import Image
 
-from facemask.config import compose, write_params
+from facemask.config import compose, load_params, write_params
 
 from .conftest import API_KEY, BIN, FPS, REPO, chromium_binary, entrance_frames, entrance_video, run
 
@@ -185,7 +185,7 @@ def test_health_endpoints(server):
         assert requests.get(f"{server}/{path}", timeout=5).status_code == 200
     info = requests.post(f"{server}/info", json={}, timeout=10, headers=KEY).json()
     assert info["labels"] == ["mask", "no_mask", "incorrect"]
-    assert info["detector"] == "yunet"
+    assert info["detector"] == load_params(REPO / "params.yaml").detector.name  # the configured one
 
 
 def stable_ids(answers: list[dict]) -> tuple[set, set]:
