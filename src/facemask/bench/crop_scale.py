@@ -33,8 +33,9 @@ from facemask.config import compose, validate, write_params
 ENGINES = ("pool", "dask")
 
 
-def scaled_project(tmp: Path, images: int, factor: int) -> Path:
-    """A manifest of `images` images repeated `factor` times, raw folders linked per repetition."""
+def scaled_project(tmp: Path, images: int, factor: int) -> tuple[Path, int]:
+    """A manifest of `images` images repeated `factor` times, raw folders linked per repetition; the
+    project folder and how many images its manifest lists."""
     params = validate(compose())
     manifest = pd.read_csv(params.paths.manifest, keep_default_na=False)
     keys = manifest[["source", "relpath"]].drop_duplicates()
@@ -49,12 +50,13 @@ def scaled_project(tmp: Path, images: int, factor: int) -> Path:
         copies.append(part.assign(id=f"r{k}-" + part["id"], source=f"r{k}~" + part["source"]))
     (tmp / "interim").mkdir()
     pd.concat(copies).sort_values("id").to_csv(tmp / "interim" / params.paths.manifest.name, index=False)
-    return tmp
+    return tmp, len(keys) * factor
 
 
-def run_child(root: Path, engine: str, workers: int, baseline: Path | None = None) -> dict:
-    """One crop stage in a child process: its images/s, CPU seconds and peak tree RSS. Engine
-    `baseline`: the crop stage of the source tree `baseline` (its own config), on `workers`."""
+def run_child(root: Path, images: int, engine: str, workers: int, baseline: Path | None = None) -> dict:
+    """One crop stage over the `images` images of project `root`, in a child process: its images/s,
+    CPU seconds and peak tree RSS. Engine `baseline`: the crop stage of the source tree `baseline`
+    (its own config), on `workers`."""
     paths = [f"paths.raw={root / 'raw'}", f"paths.interim={root / 'interim'}", f"paths.crops={root / 'crops'}",
              f"paths.reports={root / 'reports'}", f"crop.workers={workers}"]  # fmt: skip
     params_file = root / "params.yaml"
@@ -97,8 +99,6 @@ def run_child(root: Path, engine: str, workers: int, baseline: Path | None = Non
     sampler.join()
     if proc.returncode != 0:
         raise RuntimeError(f"crop stage failed ({engine}):\n{err[-3000:]}")
-    manifest = pd.read_csv(root / "interim" / validate(compose()).paths.manifest.name, usecols=["source", "relpath"])
-    images = int(manifest.drop_duplicates().shape[0])
     return {"images": images, "seconds": round(seconds, 1), "images_per_s": round(images / seconds, 2),
             "cpu_s": round(sum(cpu.values()), 1), "peak_rss_mib": round(peak / 2**20)}  # fmt: skip
 
@@ -130,8 +130,9 @@ def main(argv: list[str] | None = None) -> int:
             tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="crop-scale-")))
             for k in range(args.repeat):
                 for n, (engine, baseline) in enumerate(engines):
-                    root = scaled_project(tmp / f"{n}-{k}", args.images, factor)
-                    runs.setdefault((factor, engine), []).append(run_child(root, engine, args.workers, baseline))
+                    root, images = scaled_project(tmp / f"{n}-{k}", args.images, factor)
+                    result = run_child(root, images, engine, args.workers, baseline)
+                    runs.setdefault((factor, engine), []).append(result)
                     print(json.dumps({"data": f"{factor}x", "engine": engine, **runs[factor, engine][-1]}),
                           file=sys.stderr, flush=True)  # fmt: skip
     rows = []
