@@ -4,7 +4,8 @@
 
 Every `--every`-th photo of the close-up sources (face-mask-2class, maskedface-net-sample in the
 mirror) through both detectors at the pipeline's `detect_long_side`, each box mapped by its
-`box_fit`; the largest face of each photo at score >= `crop.min_score` is compared. Prints, per
+`box_fit`; each photo's face is the one the crop stage would cut (`face_crops.photo_faces`: score >=
+`crop.min_score`, the largest of several). Prints, per
 folder, the share of photos each detector finds a face in, and by face size at 640 px the median
 and 10th-percentile IoU between the two boxes and the median vertical offset of the detector's box
 centre (in face heights; positive: lower). A detector whose boxes slide onto the mask and chin on
@@ -23,8 +24,8 @@ import pandas as pd
 
 from facemask.boxes import iou_matrix
 from facemask.config import compose, validate
-from facemask.detection import Face
 from facemask.errors import FacemaskError
+from facemask.face_crops import photo_faces
 from facemask.imageio import read_image
 from facemask.pipeline import FaceFinder, fit_box
 
@@ -36,24 +37,18 @@ FOLDERS = (
 )
 
 
-def largest(faces: list[Face], min_score: float) -> Face | None:
-    kept = [f for f in faces if f.score >= min_score]
-    return max(kept, key=lambda f: f.area) if kept else None
-
-
 def compare(reference: str, detector: str, every: int, overrides: list[str]) -> pd.DataFrame:
     """One row per photo: found by each, IoU of the fitted boxes, the face's side at 640, offset."""
-    finders, fits = {}, {}
-    for name in (reference, detector):
-        params = validate(compose([f"detector={name}", *overrides]), f"detector={name}")
-        finders[name], fits[name] = FaceFinder.from_params(params), params.detector.box_fit
-    min_score, pixels = params.crop.min_score, params.data.max_image_pixels
+    settings = {n: validate(compose([f"detector={n}", *overrides]), f"detector={n}") for n in (reference, detector)}
+    finders = {n: FaceFinder.from_params(params) for n, params in settings.items()}
+    fits = {n: params.detector.box_fit for n, params in settings.items()}
+    pixels = settings[reference].data.max_image_pixels
     datasets = Path(os.environ.get("FACEMASK_MIRROR", "")) / "datasets"
     rows = []
     for folder in FOLDERS:
         for path in sorted((datasets / folder).glob("*.jpg"))[::every]:
             image = read_image(path, pixels)
-            ref, got = (largest(finders[n].detect(image), min_score) for n in (reference, detector))
+            ref, got = (photo_faces(finders[n], image, settings[n])[0][1] for n in (reference, detector))
             row = {"folder": folder, reference: ref is not None, detector: got is not None}
             if ref is not None and got is not None:
                 a, b = fit_box(ref.box, fits[reference]), fit_box(got.box, fits[detector])
