@@ -23,12 +23,11 @@ def test_a_part_of_a_face_is_not_a_second_person():
     from facemask.pipeline import FaceResult
     from facemask.serving.decisions import NESTED_SHARE, gate_decision
 
-    share = NESTED_SHARE
     probs = {"mask": 0.01, "no_mask": 0.98, "incorrect": 0.01}
     whole = FaceResult((0, 2, 129, 126), 0.92, "no_mask", 0.99, probs)
     parts = [FaceResult((56, 18, 144, 110), 0.89, "no_mask", 0.98, probs),
              FaceResult((1, 0, 76, 88), 0.45, "no_mask", 0.98, probs)]  # fmt: skip
     assert gate_decision([whole, *parts], 0.6, 0.0, nested_share=1.0).reason == "several_faces"  # all counted
-    assert gate_decision([whole, *parts], 0.6, 0.0, share).reason == "no_mask"
+    assert gate_decision([whole, *parts], 0.6, 0.0, NESTED_SHARE).reason == "no_mask"
     neighbour = FaceResult((100, 0, 229, 124), 0.9, "no_mask", 0.97, probs)  # 0.22 of it overlaps
-    assert gate_decision([whole, neighbour], 0.6, 0.0, share).reason == "several_faces"
+    assert gate_decision([whole, neighbour], 0.6, 0.0, NESTED_SHARE).reason == "several_faces"
