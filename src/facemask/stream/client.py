@@ -45,8 +45,10 @@ def open_source(source: str) -> cv2.VideoCapture:
 
 
 def _transient(err: BaseException) -> bool:
-    """Worth retrying: the service is down or restarting (not an HTTP refusal of the handshake)."""
-    return isinstance(err, OSError | InvalidHandshake | TimeoutError) and not isinstance(err, InvalidStatus)
+    """Worth retrying: the service is down or restarting, including a server that closes the socket
+    mid-handshake while it shuts down (not an HTTP refusal of the handshake)."""
+    transient = OSError | InvalidHandshake | ConnectionClosed | TimeoutError
+    return isinstance(err, transient) and not isinstance(err, InvalidStatus)
 
 
 class StreamClient:
@@ -78,7 +80,7 @@ class StreamClient:
             if err.response.status_code == 403:  # refused, not down: waiting will not help
                 raise ConnectionError(f"the service refused the stream: {err} (API key? FACEMASK_API_KEY)") from err
             raise
-        except (OSError, InvalidHandshake, TimeoutError) as err:
+        except (OSError, InvalidHandshake, ConnectionClosed, TimeoutError) as err:
             raise ConnectionError(f"service at {self.url} unreachable for {self.max_wait_s:.0f} s: {err}") from err
         raise AssertionError("unreachable")  # pragma: no cover (Retrying either returns or raises)
 
