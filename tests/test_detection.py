@@ -29,7 +29,7 @@ def test_yunet_finds_the_face_in_real_photos(yunet, shared):
     found = 0
     files = real_images(shared, "maskedface-net-sample/incorrect", 10)
     for path in files:
-        faces = detect_at(yunet, read_image(path, MAX_PIXELS), settings.detect_long_side, settings.max_upscale)
+        faces = detect_at(yunet, read_image(path, MAX_PIXELS), settings)
         found += bool(faces)
         for f in faces:
             assert f.landmarks.shape == (5, 2)
@@ -200,9 +200,10 @@ def test_close_up_photos_are_not_blown_up_past_the_detector(shared, yunet_weight
     confident = params.pipeline.gate_min_score
 
     def faces(cap: float) -> list[int]:
-        side = 960  # a long side that would enlarge these photos over 6 times
+        # a long side that would enlarge these photos over 6 times; every part of a face counted
+        settings = params.pipeline.model_copy(update={"detect_long_side": 960, "max_upscale": cap, "nested_share": 1.0})
         return [
-            sum(f.score >= confident for f in detect_at(detector, read_image(p, MAX_PIXELS), side, cap))
+            sum(f.score >= confident for f in detect_at(detector, read_image(p, MAX_PIXELS), settings))
             for p in small[:12]
         ]
 
@@ -210,3 +211,39 @@ def test_close_up_photos_are_not_blown_up_past_the_detector(shared, yunet_weight
     assert sum(n == 1 for n in capped) >= 11, capped
     unbounded = faces(16.0)
     assert sum(n == 1 for n in unbounded) <= 6, unbounded
+
+
+class Recorded:
+    """A detector that answers the boxes another detector gave on a real photo."""
+
+    name = "recorded"
+
+    def __init__(self, faces: list[Face]):
+        self.faces = faces
+
+    def detect(self, image: np.ndarray) -> list[Face]:
+        return self.faces
+
+
+def test_parts_of_a_face_are_dropped_after_nms(shared):
+    """The fine-tuned detector's boxes on a held-out face-mask-2class photo (0_0_pubajia_0159, 146x118):
+    the whole face and two parts of it (0.83 and 0.98 of their area inside it, IoU 0.43 and 0.41: NMS
+    keeps them). At `pipeline.nested_share` the parts go; a neighbour overlapping 0.22 of its area stays,
+    and a larger box scored lower hides no face."""
+    image = read_image(shared / "datasets/face-mask-2class/without_mask/0_0_pubajia_0159.jpg", MAX_PIXELS)
+    assert image.shape[:2] == (118, 146)
+    settings = validate(compose()).pipeline.model_copy(update={"detect_long_side": 0})
+    assert settings.nested_share == 0.7
+
+    def face(box, score):
+        return Face(np.array(box, dtype=np.float32), score)
+
+    def kept(faces: list[Face], at=settings) -> list[float]:
+        return [f.score for f in detect_at(Recorded(faces), image, at)]
+
+    whole = face((0, 2, 129, 126), 0.92)
+    parts = [face((56, 18, 144, 110), 0.89), face((1, 0, 76, 88), 0.45)]
+    assert kept([whole, *parts]) == [0.92]
+    assert kept([whole, *parts], settings.model_copy(update={"nested_share": 1.0})) == [0.92, 0.89, 0.45]
+    assert kept([whole, face((100, 0, 229, 124), 0.9)]) == [0.92, 0.9]  # a neighbour, 0.22 of it overlapping
+    assert kept([face((-20, -20, 146, 118), 0.35), whole]) == [0.35, 0.92]  # a false frame scored lower

@@ -19,18 +19,37 @@ def as_boxes(boxes: np.ndarray | Sequence[Sequence[float]]) -> np.ndarray:
     return np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
 
 
-def iou_matrix(a: np.ndarray | Sequence[Box], b: np.ndarray | Sequence[Box]) -> np.ndarray:
-    """(len(a), len(b)) intersection over union of two sets of boxes; 0 where a box has no area."""
-    a, b = as_boxes(a), as_boxes(b)
+def areas(boxes: np.ndarray) -> np.ndarray:
+    """(N,) areas of an (N, 4) box array; 0 for a box with no extent."""
+    return np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None)
+
+
+def intersections(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(len(a), len(b)) areas where two (N, 4) box arrays overlap."""
     x1 = np.maximum(a[:, None, 0], b[None, :, 0])
     y1 = np.maximum(a[:, None, 1], b[None, :, 1])
     x2 = np.minimum(a[:, None, 2], b[None, :, 2])
     y2 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    area_a = np.clip(a[:, 2] - a[:, 0], 0, None) * np.clip(a[:, 3] - a[:, 1], 0, None)
-    area_b = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
-    union = area_a[:, None] + area_b[None, :] - inter
+    return np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+
+
+def iou_matrix(a: np.ndarray | Sequence[Box], b: np.ndarray | Sequence[Box]) -> np.ndarray:
+    """(len(a), len(b)) intersection over union of two sets of boxes; 0 where a box has no area."""
+    a, b = as_boxes(a), as_boxes(b)
+    inter = intersections(a, b)
+    union = areas(a)[:, None] + areas(b)[None, :] - inter
     return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+
+
+def nested(boxes: np.ndarray | Sequence[Box], scores: np.ndarray | Sequence[float], share: float) -> np.ndarray:
+    """(N,) True where a box lies `share` or more of its area inside a larger box scored at least as
+    high: a part of that face (a chin, half a face), not a face of its own. NMS keeps such parts, as
+    their IoU with the whole face is small; a larger box scored lower never hides a face."""
+    boxes, scores = as_boxes(boxes), np.asarray(scores, dtype=np.float32)
+    area = areas(boxes)
+    inside = intersections(boxes, boxes) >= share * area[:, None]
+    container = (area[None, :] > area[:, None]) & (scores[None, :] >= scores[:, None])
+    return (inside & container).any(axis=1) & (area > 0)
 
 
 def match(

@@ -378,6 +378,7 @@ class Pipeline(_Strict):
     detect_long_side: int = Field(ge=0, le=8192)
     classifier_runtime: ClassifierRuntime  # onnxruntime: the network's ONNX export (conf/pipeline)
     max_upscale: float = Field(ge=1, le=16)
+    nested_share: float = Field(gt=0, le=1)  # 1: keep every detection NMS kept
     gate_min_score: float = Field(ge=0, le=1)
     # p(background) that drops a box; null: the value calibrated for the classifier (its artefact)
     reject_min_probability: float | None = Field(gt=0, le=1)

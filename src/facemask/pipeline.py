@@ -13,7 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from facemask.boxes import Box
+from facemask.boxes import Box, nested
 from facemask.classifier import MaskClassifier
 from facemask.config import BoxFit, Params, Pipeline
 from facemask.detection import Face, FaceDetector, build_detector
@@ -35,16 +35,23 @@ class FaceResult:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "detection"}
 
 
-def detect_at(detector: FaceDetector, frame: np.ndarray, long_side: int, max_upscale: float) -> list[Face]:
-    """Faces in frame coordinates, the detector seeing the frame resized to `long_side` (0: as is),
-    enlarged at most `max_upscale` times (a close-up blown up further outgrows the detector's anchors)."""
+def detect_at(detector: FaceDetector, frame: np.ndarray, settings: Pipeline) -> list[Face]:
+    """Faces in frame coordinates, the detector seeing the frame resized to `detect_long_side` (0: as
+    is), enlarged at most `max_upscale` times (a close-up blown up further outgrows the detector's
+    anchors); parts of a face (`nested_share` of their area inside a larger, higher-scored face) dropped."""
     h, w = frame.shape[:2]
-    scale = min(long_side / max(h, w), max_upscale) if long_side else 1.0
+    long_side = settings.detect_long_side
+    scale = min(long_side / max(h, w), settings.max_upscale) if long_side else 1.0
     if abs(scale - 1.0) < 1e-3:
-        return detector.detect(frame)
-    interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-    resized = cv2.resize(frame, (round(w * scale), round(h * scale)), interpolation=interpolation)
-    return [face.transformed(scale) for face in detector.detect(resized)]
+        faces = detector.detect(frame)
+    else:
+        interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+        resized = cv2.resize(frame, (round(w * scale), round(h * scale)), interpolation=interpolation)
+        faces = [face.transformed(scale) for face in detector.detect(resized)]
+    if len(faces) < 2 or settings.nested_share >= 1:
+        return faces
+    parts = nested([f.box for f in faces], [f.score for f in faces], settings.nested_share)
+    return [f for f, part in zip(faces, parts, strict=True) if not part]
 
 
 def fit_box(box: np.ndarray, fit: BoxFit) -> np.ndarray:
@@ -80,7 +87,7 @@ class FaceFinder:
 
     def detect(self, frame: np.ndarray) -> list[Face]:
         """Faces in frame coordinates; the detector sees the frame resized to `detect_long_side`."""
-        return detect_at(self.detector, frame, self.settings.detect_long_side, self.settings.max_upscale)
+        return detect_at(self.detector, frame, self.settings)
 
     def crop(self, frame: np.ndarray, faces: list[Face]) -> list[np.ndarray]:
         """One `crop_size` square crop per face, cut from the frame at its own resolution."""
@@ -105,14 +112,14 @@ class MaskPipeline:
         settings: Pipeline | None = None,
         box_fit: BoxFit | None = None,
     ):
-        """`settings` default: detect at the frame's own size, the gate counting every detection.
+        """`settings` default: detect at the frame's own size, every detection kept and counted by the gate.
 
         A classifier trained with a rejection class (the crop stage's `background`) drops the faces
         it gives that class `settings.reject_min_probability` or more: they are never reported."""
         self.classifier = classifier
         self.settings = settings or Pipeline(
-            detect_long_side=0, classifier_runtime="torch", max_upscale=1.0, gate_min_score=0.0,
-            reject_min_probability=None,
+            detect_long_side=0, classifier_runtime="torch", max_upscale=1.0, nested_share=1.0,
+            gate_min_score=0.0, reject_min_probability=None,
         )  # fmt: skip
         self.finder = FaceFinder(detector, self.settings, crop_size, margin, align)
         self.box_fit = box_fit or BoxFit()

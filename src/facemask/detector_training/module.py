@@ -81,7 +81,7 @@ class DetectorModule(pl.LightningModule):
         detector = RetinaFaceMobileNetDetector(self.network, d.score_threshold, d.nms_threshold, d.top_k, d.min_face)
         for index in batch.tolist():
             image = read_image(self.val_scenes[index].path, self.max_pixels)
-            faces = detect_at(detector, image, self.pipeline.detect_long_side, self.pipeline.max_upscale)
+            faces = detect_at(detector, image, self.pipeline)
             self._found.append(np.array([[*f.box, f.score] for f in faces], dtype=np.float32).reshape(-1, 5))
 
     def on_validation_epoch_end(self) -> None:

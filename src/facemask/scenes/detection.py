@@ -28,9 +28,7 @@ def detect_scenes(detector: FaceDetector, settings: Pipeline, scenes: list[Scene
     """Per scene an (N, 5) array x1, y1, x2, y2, score of raw detections, found as served."""
     out = []
     for scene in tqdm(scenes, desc=f"detect ({detector.name})", unit="scene"):
-        faces = detect_at(
-            detector, read_image(scene.image, max_pixels), settings.detect_long_side, settings.max_upscale
-        )
+        faces = detect_at(detector, read_image(scene.image, max_pixels), settings)
         out.append(np.array([[*f.box, f.score] for f in faces], dtype=np.float32).reshape(-1, 5))
     return out
 
