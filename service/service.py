@@ -24,9 +24,9 @@ with bentoml.importing():
     import cv2
     import numpy as np
 
-    from facemask.draw import draw_faces
+    from facemask.draw import draw_faces, label_colours
     from facemask.imageio import ImageError, decode_image, encode_jpeg
-    from facemask.serving.decisions import gate_decision
+    from facemask.serving.decisions import GateRule
     from facemask.serving.guard import SUBPROTOCOL, Guard, GuardMiddleware, load_api_keys
     from facemask.serving.live import CameraLimitError, LiveStreams
     from facemask.serving.packaging import (
@@ -48,7 +48,7 @@ GUARD = Guard()  # configured once the models are loaded; until then guarded cal
 class FaceOut(BaseModel):
     box: list[float] = Field(description="x1, y1, x2, y2 in image pixels")
     score: float = Field(description="face detector score")
-    label: str = Field(description="mask | no_mask | incorrect")
+    label: str = Field(description="the class (info: labels): mask | no_mask | incorrect by default")
     confidence: float
     probabilities: dict[str, float]
 
@@ -63,7 +63,9 @@ class DetectOut(BaseModel):
 class GateOut(BaseModel):
     model_version: str
     allow: bool
-    reason: str = Field(description="ok | no_face | several_faces | no_mask | mask_incorrect | low_confidence")
+    reason: str = Field(
+        description="ok | no_face | several_faces | low_confidence | a class's reason: no_mask | mask_incorrect"
+    )
     message: str
     faces: list[FaceOut]
 
@@ -81,6 +83,10 @@ class FaceMask:
         self.limits = load_serving_config(det.path)
         self.pool = PipelinePool(lambda: load_pipeline(clf.path, det.path), self.limits.pipelines)
         self.pipeline = self.pool.first
+        compliant = self.pipeline.compliant
+        self.gate_rule = GateRule(compliant, self.limits.gate_deny, self.limits.gate_min_confidence,
+                                  self.pipeline.settings.gate_min_score).check(self.pipeline.labels)  # fmt: skip
+        self.colours = label_colours(self.pipeline.labels, compliant)
         meta = clf.info.metadata
         self.model_version = f"{meta.get('mlflow_model', clf.tag.name)}/v{meta.get('mlflow_version', clf.tag.version)}"
         self.live = LiveStreams(self.pool, load_stream_config(det.path), self.limits, METRICS)
@@ -119,7 +125,7 @@ class FaceMask:
         """The image with boxes and labels drawn (JPEG); the model version is in a response header."""
         frame, faces = self._run(image)
         out = Path(ctx.temp_dir) / "annotated.jpg"
-        out.write_bytes(encode_jpeg(draw_faces(frame, faces)))
+        out.write_bytes(encode_jpeg(draw_faces(frame, faces, self.colours)))
         ctx.response.headers["X-Model-Version"] = self.model_version
         ctx.response.headers["X-Faces"] = str(len(faces))
         return out
@@ -128,7 +134,7 @@ class FaceMask:
     def gate(self, image: ImageFile) -> GateOut:
         """May this person enter? Allow one correctly masked face; otherwise deny with the reason."""
         _, faces = self._run(image)
-        decision = gate_decision(faces, self.limits.gate_min_confidence, self.pipeline.settings.gate_min_score)
+        decision = self.gate_rule.decide(faces)
         return GateOut(
             model_version=self.model_version,
             allow=decision.allow,
@@ -143,6 +149,7 @@ class FaceMask:
         return {
             "model_version": self.model_version,
             "labels": self.pipeline.labels,
+            "compliant": self.pipeline.compliant,
             "detector": self.pipeline.detector.name,
             "limits": self.limits.model_dump(mode="json", exclude={"api_keys_file", "allowed_origins"}),
             "api_keys_required": GUARD.keys_required,

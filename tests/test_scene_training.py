@@ -18,10 +18,11 @@ import pytest
 import torch
 
 from facemask.classifier import MaskClassifier
-from facemask.config import compose, validate, write_params
+from facemask.config import ConfigError, Params, compose, validate, write_params
 from facemask.data.voc import SceneError, load_scenes
 from facemask.detection import build_detector
 from facemask.detection.align import crop_face
+from facemask.draw import COMPLIANT, PALETTE, hex_colour, label_colours
 from facemask.face_crops import process, scene_faces
 from facemask.imageio import read_image
 from facemask.pipeline import FaceFinder, MaskPipeline, fit_box, unfit_box
@@ -29,9 +30,10 @@ from facemask.preprocess import Preprocessor
 from facemask.scenes.average_precision import scene_metrics
 from facemask.scenes.evaluate import to_prediction
 from facemask.scenes.rejection import best_threshold, rejection_sweep
-from facemask.serving.decisions import gate_decision
+from facemask.serving.decisions import GateRule
+from facemask.stream.compliance import hourly
 from facemask.stream.session import CameraSession
-from facemask.stream.sinks import EventSinks
+from facemask.stream.sinks import EventSinks, read_events
 
 from .conftest import MAX_PIXELS, copy_scenes, dev_scene_stems, real_images, train_scene_stems
 
@@ -210,7 +212,7 @@ def pipeline_with(params, finder, logits: list[float]) -> MaskPipeline:
     assert labels[-1] == "background"
     classifier = MaskClassifier(
         FixedLogits(logits), labels, Preprocessor.from_config(params.model),
-        {"crop": params.crop.model_dump(), "reject_label": "background"},
+        {"crop": params.crop.model_dump(), "reject_label": "background", "compliant_label": params.data.compliant},
     )  # fmt: skip
     return MaskPipeline.from_classifier(finder.detector, classifier, None, params.pipeline, params.detector.box_fit)
 
@@ -246,7 +248,7 @@ def test_a_face_rejected_as_background_never_reaches_the_answer(finder, params, 
     assert len(faces) >= 4
     rejecting = pipeline_with(params, finder, [0.0, 0.0, 0.0, 3.0])  # p(background) ~ 0.87
     assert rejecting(frame) == []
-    assert gate_decision(rejecting(frame), 0.6).reason == "no_face"
+    assert GateRule("mask", params.serving.gate_deny, 0.6).decide(rejecting(frame)).reason == "no_face"
     doubtful = pipeline_with(params, finder, [1.0, 0.0, 0.0, 0.5])  # p(background) ~ 0.25: kept
     results = doubtful(frame)
     assert len(results) == len(faces)
@@ -282,7 +284,7 @@ def test_an_alert_snapshot_is_cut_from_the_alerted_face_when_a_face_before_it_is
     labels = params.classifier_labels
     classifier = MaskClassifier(
         RowLogits(logits), labels, Preprocessor.from_config(params.model),
-        {"crop": params.crop.model_dump(), "reject_label": "background"},
+        {"crop": params.crop.model_dump(), "reject_label": "background", "compliant_label": params.data.compliant},
     )  # fmt: skip
     pipeline = MaskPipeline.from_classifier(finder.detector, classifier, None, params.pipeline, params.detector.box_fit)
     cfg = params.stream.model_dump()
@@ -330,3 +332,72 @@ def test_the_rejection_sweep_drops_every_face_below_the_classifiers_doubt_and_no
     assert sweep["detector_recall"].tolist()[:2] == [0.0, 0.0]
     assert sweep["detector_recall"].tolist()[2:] == [found["detector_recall"]] * 2 and found["detector_recall"] > 0.5
     assert best_threshold(sweep) == 1.0  # the same mAP at 0.7 and 1.0: the one that rejects least
+
+
+RENAMED = {"mask": "covered", "no_mask": "bare", "incorrect": "half"}
+
+
+def renamed_params() -> Params:
+    """The default configuration with every class renamed (sources, scenes, gate, alerts)."""
+    raw = compose(["detector=yunet"])
+    data = raw["data"]
+    data["labels"], data["compliant"] = [RENAMED[lb] for lb in data["labels"]], RENAMED[data["compliant"]]
+    for source in [*data["sources"].values(), raw["scenes"]["source"]]:
+        source["label_map"] = {k: RENAMED[v] for k, v in source["label_map"].items()}
+    raw["serving"]["gate_deny"] = {RENAMED[k]: v for k, v in raw["serving"]["gate_deny"].items()}
+    raw["stream"]["alerts"]["classes"] = [RENAMED[lb] for lb in raw["stream"]["alerts"]["classes"]]
+    with pytest.raises(ConfigError, match="compliant 'mask' is not one of the labels"):
+        validate({**raw, "data": {**data, "compliant": "mask"}})
+    with pytest.raises(ConfigError, match="gate_deny must give a reason for each of"):
+        validate({**raw, "serving": {**raw["serving"], "gate_deny": {"bare": "no_mask"}}})
+    return validate(raw)
+
+
+def test_renamed_classes_flow_through_gate_stream_compliance_and_colours(finder, crowd, tmp_path):
+    """No class name is written in the code: with the classes renamed in the configuration, a classifier
+    trained on them (its artefact names the compliant class) drives the gate, the live tracks and their
+    colours, the alerts, the stats events and the compliance report."""
+    params = renamed_params()
+    frame = read_image(crowd.image, MAX_PIXELS)
+    faces = finder.detect(frame)
+    assert len(faces) >= 3
+    covered, bare, half = [4.0, 0.0, 0.0, 0.0], [0.0, 4.0, 0.0, 0.0], [0.0, 0.0, 4.0, 0.0]
+    logits = [covered, bare] + [half] * (len(faces) - 2)
+    meta = {"crop": params.crop.model_dump(), "reject_label": "background", "compliant_label": params.data.compliant}
+    classifier = MaskClassifier(
+        RowLogits(logits), params.classifier_labels, Preprocessor.from_config(params.model), meta
+    )
+    pipeline = MaskPipeline.from_classifier(finder.detector, classifier, None, params.pipeline, params.detector.box_fit)
+    assert pipeline.labels == ["covered", "bare", "half"] and pipeline.compliant == "covered"
+
+    results = pipeline(frame)
+    gate = GateRule(pipeline.compliant, params.serving.gate_deny, 0.6).check(pipeline.labels)
+    assert [gate.decide([r]).reason for r in results[:3]] == ["ok", "no_mask", "mask_incorrect"]
+    with pytest.raises(ValueError, match="does not cover the classifier's classes"):
+        GateRule("mask", {"no_mask": "no_mask"}, 0.6).check(pipeline.labels)
+
+    colours = label_colours(pipeline.labels, pipeline.compliant)
+    assert colours == {"covered": COMPLIANT, "bare": PALETTE[0], "half": PALETTE[1]}
+    cfg = params.stream.model_dump()
+    cfg["sinks"].update(jsonl=tmp_path / "events.jsonl", log=False)
+    cfg["alerts"].update(camera_cooldown_s=0, min_score=0.0, snapshots="off")
+    cfg["frame_diff"]["enabled"] = False
+    cfg = type(params.stream).model_validate(cfg)
+    sinks = EventSinks(cfg.sinks)
+    session = CameraSession("door", pipeline, cfg, sinks)
+    answers = [session.process(frame, now=1000.0 + 0.5 * t) for t in range(8)]
+    session.close(now=1004.0)
+    sinks.close()
+    tracks = answers[-1]["tracks"]
+    assert sorted(t["label"] for t in tracks) == sorted(r.label for r in results)
+    assert all(t["colour"] == hex_colour(colours[t["label"]]) for t in tracks)
+    assert answers[-1]["compliance"] == pytest.approx(1 / len(results))
+    assert {a["class"] for answer in answers for a in answer["alerts"]} == {"bare", "half"}
+
+    events = list(read_events(tmp_path / "events.jsonl"))
+    stats = [e for e in events if e["type"] == "stats"]
+    assert stats and stats[0]["compliant"] == "covered"
+    assert {k for k in stats[0] if k.startswith("faces_")} == {"faces_covered", "faces_bare", "faces_half"}
+    table = hourly(events)
+    assert table["faces"].sum() == 8 * len(results)
+    assert table["masked_share"].tolist() == [pytest.approx(1 / len(results))]

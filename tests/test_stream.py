@@ -222,8 +222,8 @@ def test_event_log_rotates_by_size_without_losing_a_line(tmp_path):
 
     def write(t: int) -> None:
         for i in range(100):
-            log.append({"type": "stats", "camera": f"c{t}", "time": 3600.0 * 10 + i, "frames": 1, "faces_mask": 1,
-                        "faces_no_mask": 0, "faces_incorrect": 0, "id": f"{t}-{i}"})  # fmt: skip
+            log.append({"type": "stats", "camera": f"c{t}", "time": 3600.0 * 10 + i, "frames": 1, "compliant": "mask",
+                        "faces_mask": 1, "faces_no_mask": 0, "faces_incorrect": 0, "id": f"{t}-{i}"})  # fmt: skip
 
     threads = [threading.Thread(target=write, args=(t,)) for t in range(4)]
     [t.start() for t in threads]
@@ -243,7 +243,7 @@ def test_event_log_rotates_by_size_without_losing_a_line(tmp_path):
 
     old = files[0]
     os.utime(old, (time.time() - 3 * 86400,) * 2)
-    for i in range(30):  # the next rotation deletes what is past the retention
+    for i in range(100):  # over rotate_bytes: the next rotation deletes what is past the retention
         log.append({"type": "test", "n": i})
     assert not old.exists() and files[1].exists()
 
@@ -308,7 +308,8 @@ def test_the_stream_survives_a_bad_frame(pipeline, video, tmp_path):
 
 
 def test_compliance_per_camera_and_hour(tmp_path):
-    """Hand-made events across two hours and two cameras give the expected hourly table."""
+    """Hand-made events across two hours and two cameras give the expected hourly table. The masked class
+    is the one each stats event names (`compliant`); events without it need --compliant."""
     from facemask.stream.compliance import main
 
     events = tmp_path / "events.jsonl"
@@ -316,6 +317,7 @@ def test_compliance_per_camera_and_hour(tmp_path):
         {
             "type": "stats",
             "camera": "door",
+            "compliant": "mask",
             "time": 3600 * 10 + 60,
             "frames": 10,
             "faces_mask": 8,
@@ -325,6 +327,7 @@ def test_compliance_per_camera_and_hour(tmp_path):
         {
             "type": "stats",
             "camera": "door",
+            "compliant": "mask",
             "time": 3600 * 10 + 120,
             "frames": 10,
             "faces_mask": 2,
@@ -334,6 +337,7 @@ def test_compliance_per_camera_and_hour(tmp_path):
         {
             "type": "stats",
             "camera": "door",
+            "compliant": "mask",
             "time": 3600 * 11 + 5,
             "frames": 10,
             "faces_mask": 4,
@@ -352,7 +356,9 @@ def test_compliance_per_camera_and_hour(tmp_path):
         {"type": "alert", "camera": "door", "time": 3600 * 10 + 90, "track": 3, "class": "no_mask"},
     ]
     events.write_text("\n".join(json.dumps(r) for r in rows) + "\nnot json\n")
-    assert main([str(events), "--out", str(tmp_path / "out")]) == 0
+    assert main([str(events), "--out", str(tmp_path / "out")]) == 2  # the ward's events name no class
+    assert not (tmp_path / "out").exists()
+    assert main([str(events), "--out", str(tmp_path / "out"), "--compliant", "mask"]) == 0
     import pandas as pd
 
     table = pd.read_csv(tmp_path / "out/compliance.csv")

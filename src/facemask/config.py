@@ -121,6 +121,7 @@ class EvalGuard(_Strict):
 
 class Data(_Strict):
     labels: list[str] = Field(min_length=2)
+    compliant: str  # the class worn correctly (the gate admits it, compliance counts it)
     sources: dict[str, Source] = Field(min_length=1)
     image_extensions: list[str]
     max_per_class: int | None = Field(gt=0)
@@ -131,6 +132,8 @@ class Data(_Strict):
 
     @model_validator(mode="after")
     def _labels_known(self) -> Data:
+        if self.compliant not in self.labels:
+            raise ValueError(f"compliant {self.compliant!r} is not one of the labels {self.labels}")
         for name, source in self.sources.items():
             unknown = set(source.label_map.values()) - set(self.labels)
             if unknown:
@@ -472,6 +475,7 @@ class Serving(_Strict):
     max_frame_bytes: int = Field(ge=1024, le=16_000_000)  # uvicorn closes a WebSocket on a message over 16 MiB
     max_pixels: int = Field(ge=1)
     gate_min_confidence: float = Field(ge=0, le=1)
+    gate_deny: dict[str, str]  # the gate's reason for each class but the compliant one
     pipelines: int = Field(ge=1, le=64)
     max_waiting: int = Field(ge=0)
     max_cameras: int = Field(ge=1)
@@ -511,6 +515,9 @@ class Params(_Strict):
             raise ValueError(f"scenes.source.label_map maps onto unknown labels {sorted(unknown)}")
         if self.crop.background.label in self.data.labels:
             raise ValueError(f"crop.background.label {self.crop.background.label!r} is also a face label")
+        others = set(self.data.labels) - {self.data.compliant}
+        if set(self.serving.gate_deny) != others:
+            raise ValueError(f"serving.gate_deny must give a reason for each of {sorted(others)}")
         unknown = set(self.stream.alerts.classes) - set(self.data.labels)
         if unknown:
             raise ValueError(f"stream.alerts.classes names unknown labels {sorted(unknown)}")

@@ -99,6 +99,16 @@ def face_labels(classifier: MaskClassifier) -> list[str]:
     return [lb for lb in classifier.labels if lb != classifier.meta.get("reject_label")]
 
 
+def compliant_label(classifier: MaskClassifier) -> str:
+    """The class worn correctly (the training config's `data.compliant`, kept in the artefact)."""
+    label = classifier.meta.get("compliant_label")
+    if label not in face_labels(classifier):
+        raise ValueError(
+            f"the classifier artefact names no compliant class among {face_labels(classifier)}: retrain it"
+        )
+    return label
+
+
 class MaskPipeline:
     """Finds every face in a BGR frame and classifies its mask, all faces in one batch."""
 
@@ -164,6 +174,11 @@ class MaskPipeline:
     def labels(self) -> list[str]:
         """The face classes the pipeline answers (a rejection class is never an answer)."""
         return face_labels(self.classifier)
+
+    @property
+    def compliant(self) -> str:
+        """The class worn correctly (gate, compliance, colours)."""
+        return compliant_label(self.classifier)
 
     def detect_faces(self, frame: np.ndarray) -> list[Face]:
         """Faces in frame coordinates (kept apart from `classify` so callers can reuse detections).

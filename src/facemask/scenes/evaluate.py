@@ -22,9 +22,9 @@ from facemask.classifier import MaskClassifier
 from facemask.compute import ordered_map
 from facemask.config import Params
 from facemask.data.voc import Scene, evaluation_folder, load_scenes
-from facemask.draw import COLOURS
+from facemask.draw import UNKNOWN, label_colours
 from facemask.imageio import read_image
-from facemask.pipeline import FaceResult, MaskPipeline, face_labels
+from facemask.pipeline import FaceResult, MaskPipeline, compliant_label, face_labels
 from facemask.scenes.average_precision import MISSED, SIZES, Prediction, scene_metrics
 
 
@@ -33,6 +33,7 @@ class SceneRun:
     scenes: list[Scene]
     predictions: list[Prediction]
     labels: list[str]  # the pipeline's face classes
+    compliant: str  # ... and the one worn correctly
     detect_ms: np.ndarray
     classify_ms: np.ndarray
     max_pixels: int  # the decoder's limit the scenes were read with
@@ -101,13 +102,13 @@ def run_pipeline(params: Params, classifier: Path, scenes: list[Scene], desc: st
     warm_up = scenes[0].image if scenes else None
     spec = PipelineSpec(params, Path(classifier), warm_up, one_thread=not params.engine.in_process(workers))
     items = ((scene.image, max_pixels) for scene in scenes)
-    labels = face_labels(MaskClassifier.load(classifier))
+    model = MaskClassifier.load(classifier)
     outputs = list(tqdm(ordered_map(predict_scene, items, build_pipeline, spec, workers, params.engine),
                         total=len(scenes), desc=desc, unit="scene"))  # fmt: skip
     preds = [p for p, _, _ in outputs]
     det_ms = np.array([d for _, d, _ in outputs])
     cls_ms = np.array([c for _, _, c in outputs])
-    return SceneRun(scenes, preds, labels, det_ms, cls_ms, max_pixels)
+    return SceneRun(scenes, preds, face_labels(model), compliant_label(model), det_ms, cls_ms, max_pixels)
 
 
 def evaluate_scenes(params: Params, classifier: Path, desc: str = "scenes") -> tuple[SceneRun, dict]:
@@ -143,7 +144,7 @@ def errors(run: SceneRun, iou_threshold: float) -> pd.DataFrame:
 
 def gallery(run: SceneRun, table: pd.DataFrame, count: int, tile: int = 160) -> np.ndarray:
     """A grid of the `count` worst errors: the face with some context, and what went wrong."""
-    tiles = []
+    tiles, colours = [], label_colours(run.labels, run.compliant)
     for row in table.head(count).itertuples():
         image = read_image(run.scenes[row.scene].image, run.max_pixels)
         x1, y1, x2, y2 = row.box
@@ -152,7 +153,7 @@ def gallery(run: SceneRun, table: pd.DataFrame, count: int, tile: int = 160) -> 
         cx1, cy1 = int(max(0, x1 - pad)), int(max(0, y1 - pad))
         cx2, cy2 = int(min(w, x2 + pad)), int(min(h, y2 + pad))
         crop = image[cy1:cy2, cx1:cx2].copy()
-        colour = COLOURS.get(row.predicted, (200, 200, 200)) if row.kind != "missed" else (255, 255, 255)
+        colour = colours.get(row.predicted, UNKNOWN) if row.kind != "missed" else (255, 255, 255)
         cv2.rectangle(crop, (int(x1 - cx1), int(y1 - cy1)), (int(x2 - cx1), int(y2 - cy1)), colour, 1)
         scale = (tile - 28) / max(crop.shape[:2])
         crop = cv2.resize(crop, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR)

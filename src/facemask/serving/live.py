@@ -78,7 +78,7 @@ class LiveStreams:
         with session.lock, self.pool.lease() as pipeline:
             result = session.process(frame, pipeline=pipeline)
         if self.metrics:
-            self.metrics.observe(camera, result, session)
+            self.metrics.observe(camera, result)
         return result
 
     def expire_idle(self, now: float | None = None) -> list[str]:

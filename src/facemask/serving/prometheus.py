@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import bentoml
 
-from facemask.stream.session import CameraSession
-
 
 class LiveMetrics:
     """Created once per process (Prometheus names must be unique)."""
@@ -31,14 +29,14 @@ class LiveMetrics:
             name="facemask_masked_share", documentation="Share of tracked faces masked", labelnames=["camera"]
         )
 
-    def observe(self, camera: str, result: dict, session: CameraSession) -> None:
+    def observe(self, camera: str, result: dict) -> None:
         self.frames.labels(camera=camera, detector="ran" if result["detector_ran"] else "reused").inc()
         for track in result["tracks"]:
             self.faces.labels(camera=camera, label=track["label"]).inc()
         for alert in result["alerts"]:
             self.alerts.labels(camera=camera, label=alert["class"]).inc()
-        if session.total.masked_share is not None:
-            self.masked_share.labels(camera=camera).set(session.total.masked_share)
+        if result["compliance"] is not None:
+            self.masked_share.labels(camera=camera).set(result["compliance"])
 
     def forget(self, camera: str, labels: list[str]) -> None:
         """Remove an expired camera's series."""

@@ -53,6 +53,7 @@ def train(params: Params) -> None:
             "timm": timm.__version__,
             "crop": params.crop.model_dump(mode="json", include=CROP_GEOMETRY),  # serving crops faces as training did
             "reject_label": params.crop.background.label if params.crop.background.enabled else None,
+            "compliant_label": params.data.compliant,  # the gate, compliance and drawings read it here
         }
         if meta["reject_label"] is not None:  # the rejection threshold belongs to this model
             classifier = MaskClassifier(network, labels, Preprocessor.from_config(params.model), meta)

@@ -16,17 +16,23 @@ import pandas as pd
 from facemask.stream.sinks import event_files, read_events
 
 
-def hourly(events: list[dict]) -> pd.DataFrame:
-    """Face counts per class, masked share and alerts per camera and hour (UTC)."""
-    stats = pd.DataFrame([e for e in events if e.get("type") == "stats"])
+def hourly(events: list[dict], compliant: str | None = None) -> pd.DataFrame:
+    """Face counts per class, masked share and alerts per camera and hour (UTC). The masked faces are
+    those of each stats event's `compliant` class (`compliant` stands in for events that lack it)."""
+    stats = pd.DataFrame([{"compliant": compliant, **e} for e in events if e.get("type") == "stats"])
     alerts = pd.DataFrame([e for e in events if e.get("type") == "alert"])
     if stats.empty:
         raise ValueError("the event file holds no `stats` events")
+    if stats["compliant"].isna().any():
+        raise ValueError("stats events without `compliant` (the class counted as masked): give it with --compliant")
     stats["hour"] = pd.to_datetime(stats["time"], unit="s", utc=True).dt.floor("h")
     faces = [c for c in stats.columns if c.startswith("faces_")]
-    table = stats.groupby(["camera", "hour"])[[*faces, "frames"]].sum().reset_index()
+    stats[faces] = stats[faces].fillna(0).astype(int)
+    stats["masked"] = [row[f"faces_{c}"] if f"faces_{c}" in stats else 0 for c, (_, row) in
+                       zip(stats["compliant"], stats.iterrows(), strict=True)]  # fmt: skip
+    table = stats.groupby(["camera", "hour"])[[*faces, "masked", "frames"]].sum().reset_index()
     table["faces"] = table[faces].sum(axis=1)
-    table["masked_share"] = (table.get("faces_mask", 0) / table["faces"]).where(table["faces"] > 0)
+    table["masked_share"] = (table.pop("masked") / table["faces"]).where(table["faces"] > 0)
     if alerts.empty:
         table["alerts"] = 0
     else:
@@ -61,12 +67,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("events", type=Path, help="the JSONL event file (stream.sinks.jsonl)")
     parser.add_argument("--out", type=Path, default=Path("reports/compliance"))
+    parser.add_argument("--compliant", help="the masked class of stats events that do not name it (older files)")
     args = parser.parse_args(argv)
     if not event_files(args.events):
         print(f"compliance: {args.events} not found", file=sys.stderr)
         return 2
     try:
-        table = hourly([e for e in read_events(args.events) if e.get("type") in ("stats", "alert")])
+        table = hourly([e for e in read_events(args.events) if e.get("type") in ("stats", "alert")], args.compliant)
     except ValueError as err:
         print(f"compliance: {args.events}: {err}", file=sys.stderr)
         return 2

@@ -20,6 +20,7 @@ import numpy as np
 from facemask.config import Stream
 from facemask.detection import Face
 from facemask.detection.align import crop_face
+from facemask.draw import hex_colour, label_colours
 from facemask.imageio import encode_jpeg
 from facemask.pipeline import MaskPipeline
 from facemask.stream.sinks import EventSinks
@@ -33,16 +34,18 @@ class Counters:
     faces: Counter = field(default_factory=Counter)  # smoothed class per track and frame
     alerts: int = 0
 
-    @property
-    def masked_share(self) -> float | None:
+    def share(self, label: str) -> float | None:
+        """The share of faces (per track and frame) of class `label`; None before any face."""
         total = sum(self.faces.values())
-        return self.faces["mask"] / total if total else None
+        return self.faces[label] / total if total else None
 
 
 class CameraSession:
     def __init__(self, camera: str, pipeline: MaskPipeline, cfg: Stream, sinks: EventSinks | None = None):
         self.camera, self.pipeline, self.cfg, self.sinks = camera, pipeline, cfg, sinks
         self.tracker = Tracker(cfg, pipeline.labels)
+        self.compliant = pipeline.compliant
+        self.colours = {lb: hex_colour(c) for lb, c in label_colours(pipeline.labels, self.compliant).items()}
         self.total, self.window = Counters(), Counters()
         self._faces: list[Face] = []
         self._thumb: np.ndarray | None = None
@@ -92,11 +95,15 @@ class CameraSession:
             "time": now,
             "detector_ran": not reused,
             "tracks": [
-                {**t.to_dict(), "alerting": t.alerted_at is not None and t.label in self.cfg.alerts.classes}
+                {
+                    **t.to_dict(),
+                    "colour": self.colours.get(t.label),
+                    "alerting": t.alerted_at is not None and t.label in self.cfg.alerts.classes,
+                }
                 for t in tracks
             ],
             "alerts": alerts,
-            "compliance": self.total.masked_share,
+            "compliance": self.total.share(self.compliant),
             "stats": stats,
         }
 
@@ -151,6 +158,7 @@ class CameraSession:
             "frames": w.frames,
             "detector_runs": w.detector_runs,
             "alerts": w.alerts,
+            "compliant": self.compliant,  # the class the compliance report counts as masked
             **{f"faces_{lb}": w.faces[lb] for lb in self.pipeline.labels},
         }
         if self.sinks is not None:
