@@ -74,6 +74,12 @@ def test_packaged_limits_with_deployment_overrides(limits, tmp_path):
         load_serving_config(tmp_path, {"FACEMASK_MAX_FRAME_BYTES": "lots"})
     with pytest.raises(ConfigError, match="max_frame_bytes"):  # over what uvicorn lets through
         load_serving_config(tmp_path, {"FACEMASK_MAX_FRAME_BYTES": str(64 * 2**20)})
+    deny = load_serving_config(
+        tmp_path, {"FACEMASK_GATE_DENY": '{"no_mask": "mask_required", "incorrect": "mask_incorrect"}'}
+    )
+    assert deny.gate_deny == {"no_mask": "mask_required", "incorrect": "mask_incorrect"}
+    with pytest.raises(ConfigError, match="FACEMASK_GATE_DENY: not JSON"):
+        load_serving_config(tmp_path, {"FACEMASK_GATE_DENY": "no_mask=mask_required"})
     assert json.loads((tmp_path / "serving.json").read_text())["pipelines"] == limits.pipelines
 
 

@@ -135,12 +135,21 @@ def load_stream_config(detector_dir: Path | str) -> Stream:
 
 def load_serving_config(detector_dir: Path | str, environ=os.environ) -> Serving:
     """The service's limits packaged beside the detector, each overridable by FACEMASK_<NAME>
-    (a list as comma-separated values); a bad value is a ConfigError naming the variable."""
+    (a list as comma-separated values, a mapping as JSON); a bad value is a ConfigError naming the variable."""
     raw = json.loads(Path(detector_dir, "serving.json").read_text())
     for name, field in Serving.model_fields.items():
         value = environ.get(f"FACEMASK_{name.upper()}")
-        if value is not None:
-            raw[name] = [v.strip() for v in value.split(",") if v.strip()] if field.annotation == list[str] else value
+        if value is None:
+            continue
+        if field.annotation == list[str]:
+            raw[name] = [v.strip() for v in value.split(",") if v.strip()]
+        elif field.annotation == dict[str, str]:
+            try:
+                raw[name] = json.loads(value)
+            except json.JSONDecodeError as err:
+                raise ConfigError(f"bad service setting FACEMASK_{name.upper()}: not JSON ({err})") from None
+        else:
+            raw[name] = value
     try:
         return Serving.model_validate(raw)
     except ValueError as err:
