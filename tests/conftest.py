@@ -5,6 +5,7 @@ Bento and served (with an API key and small upload limits)."""
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import requests
+import yaml
 
 from facemask.subprocesses import free_port, stop, wait_ready
 from facemask.tracking_server import tracking_server
@@ -152,6 +154,19 @@ def mlflow_server(team_tracking_server) -> str:
 API_KEY = "test-key-" + "0123456789abcdef"  # the served Bento's key in the tests
 
 
+def pipeline_output(path: str) -> Path:
+    """A file the pipeline made (e.g. models/classifier.pt), checked against dvc.lock: the tests that
+    judge a model judge the one `dvc repro` built from the committed params, not whatever a hand-run
+    stage or an experiment left in the working tree."""
+    lock = yaml.safe_load((REPO / "dvc.lock").read_text())
+    recorded = {o["path"]: o["md5"] for stage in lock["stages"].values() for o in stage.get("outs", [])}
+    assert path in recorded, f"dvc.lock records no {path}"
+    assert (REPO / path).is_file(), f"{path} is missing: run `make test` (it runs `dvc repro` first)"
+    digest = hashlib.md5((REPO / path).read_bytes()).hexdigest()
+    assert digest == recorded[path], f"{path} is not the file dvc.lock records: run `dvc repro` (make pipeline)"
+    return REPO / path
+
+
 def run(cmd: list[str], env: dict, timeout: int = 600) -> str:
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
@@ -160,9 +175,9 @@ def run(cmd: list[str], env: dict, timeout: int = 600) -> str:
 
 @pytest.fixture(scope="session")
 def bento_env(tmp_path_factory, shared):
-    assert (REPO / "models/classifier.pt").is_file() and (REPO / "reports/promotion.json").is_file(), (
-        "the service tests need the pipeline's champion: run `make test` (it runs `dvc repro` first)"
-    )
+    # the classifier and detector dvc.lock records, as registered by the pipeline's promote stages
+    for path in ("models/classifier.pt", "models/detector/detector.onnx", "reports/promotion.json"):
+        pipeline_output(path)
     home = tmp_path_factory.mktemp("bentoml")
     env = {
         **os.environ,

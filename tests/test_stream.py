@@ -26,7 +26,7 @@ from facemask.pipeline import MaskPipeline
 from facemask.stream.session import CameraSession
 from facemask.stream.sinks import EventSinks, read_jsonl
 
-from .conftest import FPS, REPO, entrance_video, free_port
+from .conftest import FPS, REPO, entrance_video, free_port, pipeline_output
 
 pytestmark = pytest.mark.slow
 
@@ -52,7 +52,9 @@ def frames(path: Path):
 def pipeline(monkeypatch_module, shared) -> MaskPipeline:
     monkeypatch_module.setenv("FACEMASK_MIRROR", str(shared))
     params = load_params(REPO / "params.yaml")
-    return MaskPipeline.from_params(params, REPO / "models/classifier.pt")
+    if params.detector.weights.path:  # a detector the pipeline trains: the one dvc.lock records
+        pipeline_output(params.detector.weights.path)
+    return MaskPipeline.from_params(params, pipeline_output("models/classifier.pt"))
 
 
 @pytest.fixture(scope="module")
