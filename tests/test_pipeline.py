@@ -408,6 +408,17 @@ def test_bad_params_stop_a_stage_and_keep_outputs(project):
     assert proc.returncode == 2
     assert "trainer.lr: Input should be greater than 0" in proc.stderr
     assert model.stat().st_mtime_ns == before
+    # the detector the rejection threshold is fitted through is missing: refused before any training
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["detector"] = params["detectors"]["retinaface_ft"]  # reads paths.detector_onnx
+    params["detector"]["weights"]["path"] = str(root / "models/elsewhere/detector.onnx")
+    bad.write_text(yaml.safe_dump(params))
+    proc = subprocess.run(
+        [sys.executable, "-m", "facemask.stages.train", "--params", str(bad)],
+        cwd=root, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "models/elsewhere/detector.onnx does not exist" in proc.stderr
+    assert "Epoch" not in proc.stderr + proc.stdout and model.stat().st_mtime_ns == before
 
 
 def test_detection_pipeline_object_on_real_frames(project, monkeypatch):

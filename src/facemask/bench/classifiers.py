@@ -39,7 +39,9 @@ def run_variant(name: str, overrides: list[str], root: Path, tag: str, base: Par
     """Train, evaluate and score one variant on the dev scenes (the pipeline's crops and augmentation,
     from `base`'s paths); its row of the table."""
     folder = root / name
-    raw = compose([*overrides, f"paths.models={folder}/models", f"paths.reports={folder}/reports"])
+    detector = [f"paths.{k}={getattr(base.paths, k)}" for k in ("detector_weights", "detector_onnx", "detector_run")]
+    # the variant's own models and reports; the pipeline's detector (the rejection fit and scenes use it)
+    raw = compose([*overrides, f"paths.models={folder}/models", f"paths.reports={folder}/reports", *detector])
     params = validate(raw, f"variant {name}")
     params.paths.models.mkdir(parents=True, exist_ok=True)
     params.paths.reports.mkdir(parents=True, exist_ok=True)

@@ -20,6 +20,7 @@ from facemask import mlflow_tracking, plots
 from facemask.classifier import MaskClassifier, save_classifier
 from facemask.cli import run_stage, write_json
 from facemask.config import Params
+from facemask.detection import detector_backend
 from facemask.preprocess import Preprocessor
 from facemask.scenes.rejection import fit_rejection
 from facemask.training.classifier_fit import build_classifier_fit
@@ -34,6 +35,8 @@ CROP_GEOMETRY = {"size", "margin", "align"}
 def train(params: Params) -> None:
     pl.seed_everything(params.seed, workers=True)
     tp, paths, labels = params.trainer, params.paths, params.classifier_labels
+    if params.crop.background.enabled:  # the rejection threshold is fitted through the detector: fail now,
+        detector_backend(params.detector).weights_file(params.detector)  # not after the training
     dm, module = build_classifier_fit(params)
     if rank_zero_only.rank != 0:  # a DDP process Lightning or torchrun started: it trains, rank zero records
         trainer, _ = build_trainer(tp.lightning, tp.callbacks, checkpoint_dir=paths.models / "checkpoints")
