@@ -48,7 +48,7 @@ GUARD = Guard()  # configured once the models are loaded; until then guarded cal
 class FaceOut(BaseModel):
     box: list[float] = Field(description="x1, y1, x2, y2 in image pixels")
     score: float = Field(description="face detector score")
-    label: str = Field(description="the class (info: labels): mask | no_mask | incorrect by default")
+    label: str = Field(description="the class, one of info's labels (mask | no_mask | incorrect by default)")
     confidence: float
     probabilities: dict[str, float]
 
@@ -64,7 +64,8 @@ class GateOut(BaseModel):
     model_version: str
     allow: bool
     reason: str = Field(
-        description="ok | no_face | several_faces | low_confidence | a class's reason: no_mask | mask_incorrect"
+        description="ok | no_face | several_faces | low_confidence | the class's serving.gate_deny reason "
+        "(no_mask | mask_incorrect by default)"
     )
     message: str
     faces: list[FaceOut]

@@ -46,9 +46,10 @@ def open_source(source: str) -> cv2.VideoCapture:
 
 def _transient(err: BaseException) -> bool:
     """Worth retrying: the service is down or restarting, including a server that closes the socket
-    mid-handshake while it shuts down (not an HTTP refusal of the handshake)."""
-    transient = OSError | InvalidHandshake | ConnectionClosed | TimeoutError
-    return isinstance(err, transient) and not isinstance(err, InvalidStatus)
+    mid-handshake or answers 503 while it shuts down or starts (not an HTTP refusal such as 403)."""
+    if isinstance(err, InvalidStatus):  # 503: starting up or shutting down; 403 and the rest are answers
+        return err.response.status_code == 503
+    return isinstance(err, OSError | InvalidHandshake | ConnectionClosed | TimeoutError)
 
 
 class StreamClient:
@@ -79,6 +80,8 @@ class StreamClient:
         except InvalidStatus as err:
             if err.response.status_code == 403:  # refused, not down: waiting will not help
                 raise ConnectionError(f"the service refused the stream: {err} (API key? FACEMASK_API_KEY)") from err
+            if err.response.status_code == 503:
+                raise ConnectionError(f"service at {self.url} unavailable for {self.max_wait_s:.0f} s: {err}") from err
             raise
         except (OSError, InvalidHandshake, ConnectionClosed, TimeoutError) as err:
             raise ConnectionError(f"service at {self.url} unreachable for {self.max_wait_s:.0f} s: {err}") from err
