@@ -125,7 +125,7 @@ def routed(access_log: Path) -> dict[str, list[str]]:
 
 
 def test_two_replicas_behind_one_port_keep_each_camera_on_one_replica(bento, bento_env, shared, tmp_path):
-    """Two Bento processes, nginx in front with the repository's proxy config: each of six cameras
+    """Two Bento processes, nginx in front with the repository's proxy config: each of 16 cameras
     streams twice (two connections); every frame of a camera reaches the same one replica, both
     replicas serve cameras, and a stateless request is answered through the same port."""
     from websockets.sync.client import connect
@@ -141,7 +141,7 @@ def test_two_replicas_behind_one_port_keep_each_camera_on_one_replica(bento, ben
         proxy = start_proxy(tmp_path / "nginx", [u.removeprefix("http://") for _, u in replicas], port)
         try:
             frames = [encode_jpeg(f) for _, f in zip(range(3), entrance_frames(shared), strict=False)]
-            cameras = [f"gate-{i}" for i in range(6)]
+            cameras = [f"gate-{i}" for i in range(16)]  # six all landed on one replica in 1 run of ~30
             for _ in range(2):  # a camera reconnects: it must land where it was
                 for camera in cameras:
                     with connect(f"ws://127.0.0.1:{port}/live/ws/{camera}", additional_headers=KEY) as ws:
@@ -150,7 +150,7 @@ def test_two_replicas_behind_one_port_keep_each_camera_on_one_replica(bento, ben
                             assert "error" not in json.loads(ws.recv(timeout=60))
             stop(proxy)  # nginx writes a connection's log line when it closes
             where = routed(tmp_path / "nginx/logs/access.log")
-            assert sorted(where) == cameras
+            assert sorted(where) == sorted(cameras)
             for camera, upstreams in where.items():
                 assert len(upstreams) == 2 and len(set(upstreams)) == 1, (camera, upstreams)
             used = {u[0] for u in where.values()}
