@@ -28,8 +28,7 @@ def hourly(events: list[dict], compliant: str | None = None) -> pd.DataFrame:
     stats["hour"] = pd.to_datetime(stats["time"], unit="s", utc=True).dt.floor("h")
     faces = [c for c in stats.columns if c.startswith("faces_")]
     stats[faces] = stats[faces].fillna(0).astype(int)
-    stats["masked"] = [row[f"faces_{c}"] if f"faces_{c}" in stats else 0 for c, (_, row) in
-                       zip(stats["compliant"], stats.iterrows(), strict=True)]  # fmt: skip
+    stats["masked"] = [stats.at[i, f"faces_{c}"] if f"faces_{c}" in stats else 0 for i, c in stats["compliant"].items()]
     table = stats.groupby(["camera", "hour"])[[*faces, "masked", "frames"]].sum().reset_index()
     table["faces"] = table[faces].sum(axis=1)
     table["masked_share"] = (table.pop("masked") / table["faces"]).where(table["faces"] > 0)
