@@ -99,7 +99,7 @@ compliance: ## compliance CSV per camera and hour + plot from the event file (EV
 bench-classifiers: ## train + score classifier recipes end to end, one MLflow experiment, one table (after dvc repro augment)
 	$(RUN) python -m facemask.bench.classifiers
 
-bench-stream: ## frames/s of 1 and 4 concurrent streams, with and without frame differencing (URL=http://...)
+bench-stream: ## frames/s of 1 and 4 concurrent streams: every frame, frame differencing, + region search (URL=http://...)
 	$(RUN) python -m facemask.bench.stream $(if $(URL),--url $(URL),)
 
 loadtest: bento-models ## locust on loopback: detect at RATE (default 24/s) and 2x, 4 camera streams; one table

@@ -170,9 +170,11 @@ class FaceMask:
         await websocket.accept(
             subprotocol=SUBPROTOCOL if SUBPROTOCOL in websocket.scope.get("subprotocols", []) else None
         )
-        diff = websocket.query_params.get("frame_diff")  # "on" / "off" overrides the packaged setting
+        # ?frame_diff=on|off and ?regions=on|off override the packaged settings for a new camera
+        switch = {k: websocket.query_params[k].lower() in ("1", "on", "true") for k in ("frame_diff", "regions")
+                  if k in websocket.query_params}  # fmt: skip
         try:
-            self.live.open(camera, None if diff is None else diff.lower() in ("1", "on", "true"))
+            self.live.open(camera, **switch)
         except ValueError as err:
             await websocket.close(code=1008, reason=str(err))
             return

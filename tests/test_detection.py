@@ -247,3 +247,44 @@ def test_parts_of_a_face_are_dropped_after_nms(shared):
     assert kept([whole, *parts], settings.model_copy(update={"nested_share": 1.0})) == [0.92, 0.89, 0.45]
     assert kept([whole, face((100, 0, 229, 124), 0.9)]) == [0.92, 0.9]  # a neighbour, 0.22 of it overlapping
     assert kept([face((-20, -20, 146, 118), 0.35), whole]) == [0.35, 0.92]  # a false frame scored lower
+
+
+def test_search_regions_grow_clip_and_merge():
+    """Each face box grown by `margin` of its size per side (at least `min_side`), clipped to the
+    frame; overlapping regions merged, also when a merge makes a region reach a third one."""
+    from facemask.boxes import search_regions
+
+    shape = (480, 640, 3)
+    assert search_regions([(100, 100, 140, 150)], shape, 0.5, 16) == [(80, 75, 160, 175)]
+    assert search_regions([(10, 10, 20, 20)], shape, 0.5, 64) == [(0, 0, 47, 47)]  # min_side, clipped
+    assert search_regions([(600, 440, 640, 480)], shape, 1.0, 16) == [(560, 400, 640, 480)]
+    far = search_regions([(100, 100, 140, 150), (400, 100, 440, 150)], shape, 0.5, 16)
+    assert far == [(80, 75, 160, 175), (380, 75, 460, 175)]
+    chain = search_regions([(100, 100, 140, 150), (170, 100, 210, 150), (240, 100, 280, 150)], shape, 0.5, 16)
+    assert chain == [(80, 75, 300, 175)]
+    assert search_regions([], shape, 0.5, 16) == []
+
+
+SCENE = "ilc_0190f7383e7d.jpg"  # a training scene (640x355) with four faces
+
+
+def test_faces_searched_in_regions_are_the_faces_of_the_whole_frame(retinaface_mnet, shared):
+    """A real training scene searched only around its faces, each region at the whole frame's
+    detection scale, gives the same faces (boxes within IoU 0.9, scores within 0.05) as the whole
+    frame; a region with no face gives none."""
+    from facemask.boxes import iou_matrix, search_regions
+
+    image = read_image(shared / "datasets/face-mask-scenes-train/images" / SCENE, MAX_PIXELS)
+    settings = validate(compose()).pipeline.model_copy(update={"nested_share": 0.7})
+    whole = detect_at(retinaface_mnet, image, settings)
+    assert len(whole) == 4
+    regions = search_regions([f.box for f in whole], image.shape, 0.5, 128)
+    assert sum((x2 - x1) * (y2 - y1) for x1, y1, x2, y2 in regions) < 0.5 * image.shape[0] * image.shape[1]
+    found = detect_at(retinaface_mnet, image, settings, regions)
+    assert len(found) == len(whole)
+    iou = iou_matrix([f.box for f in whole], [f.box for f in found])
+    pairs = iou.argmax(axis=1)
+    assert (iou.max(axis=1) >= 0.9).all() and len(set(pairs.tolist())) == len(whole)
+    assert all(abs(w.score - found[j].score) <= 0.05 for w, j in zip(whole, pairs, strict=True))
+    assert not any(f.box[0] < 100 and f.box[1] < 100 for f in whole)
+    assert detect_at(retinaface_mnet, image, settings, [(0, 0, 64, 64)]) == []  # a corner with no face

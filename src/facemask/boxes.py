@@ -70,3 +70,41 @@ def match(
             t = int(candidates[iou[p, candidates].argmax()])
             pairs[t], free[t] = int(p), False
     return pairs
+
+
+Region = tuple[int, int, int, int]  # x1, y1, x2, y2: whole pixels of a frame
+
+
+def search_regions(
+    boxes: np.ndarray | Sequence[Box], shape: tuple[int, ...], margin: float, min_side: int
+) -> list[Region]:
+    """Regions of a `shape` (h, w, ...) frame where these faces will be in the next frame: each box
+    grown by `margin` times its size on every side (and to `min_side`), clipped to the frame;
+    regions that overlap merged (`merge_regions`)."""
+    h, w = shape[:2]
+    regions = []
+    for x1, y1, x2, y2 in as_boxes(boxes):
+        cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+        half_w = max((x2 - x1) * (0.5 + margin), min_side / 2)
+        half_h = max((y2 - y1) * (0.5 + margin), min_side / 2)
+        regions.append((
+            int(max(0, cx - half_w)), int(max(0, cy - half_h)),
+            int(np.ceil(min(w, cx + half_w))), int(np.ceil(min(h, cy + half_h))),
+        ))  # fmt: skip
+    return merge_regions(regions)
+
+
+def merge_regions(regions: Sequence[Region]) -> list[Region]:
+    """Overlapping regions replaced by their bounding box, until none overlap; empty ones dropped."""
+    out = [r for r in regions if r[2] > r[0] and r[3] > r[1]]
+    merged = True
+    while merged and len(out) > 1:
+        merged = False
+        for i, j in [(a, b) for a in range(len(out)) for b in range(a + 1, len(out))]:
+            a, b = out[i], out[j]
+            if a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]:
+                out[i] = (min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3]))
+                del out[j]
+                merged = True
+                break
+    return out

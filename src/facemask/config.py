@@ -440,6 +440,15 @@ class FrameDiff(_Strict):
     max_reuse: int = Field(ge=0)
 
 
+class SearchRegions(_Strict):
+    """Between full-frame detections, the detector searches only around the faces it last found."""
+
+    enabled: bool
+    full_every: int = Field(ge=1, le=100)  # a full-frame detection at least every this many frames
+    margin: float = Field(ge=0, le=10)  # each face's region: its box grown by margin x its size per side
+    max_share: float = Field(gt=0, le=1)  # regions covering this share of the frame: a full pass instead
+
+
 class Webhook(_Strict):
     url: str | None = Field(pattern=r"^https?://")
     timeout_s: float = Field(gt=0)
@@ -463,8 +472,15 @@ class Stream(_Strict):
     smoothing: Smoothing
     alerts: Alerts
     frame_diff: FrameDiff
+    regions: SearchRegions
     stats_interval_s: float = Field(gt=0)
     sinks: Sinks
+
+    def switched(self, **enabled: bool | None) -> Stream:
+        """These settings with sections switched on or off (`frame_diff=True`, `regions=False`;
+        None leaves a section as configured)."""
+        update = {k: getattr(self, k).model_copy(update={"enabled": v}) for k, v in enabled.items() if v is not None}
+        return self.model_copy(update=update)
 
 
 class Serving(_Strict):

@@ -7,13 +7,14 @@ detected, cropped and preprocessed exactly as in training.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from facemask.boxes import Box, nested
+from facemask.boxes import Box, Region, merge_regions, nested
 from facemask.classifier import MaskClassifier
 from facemask.config import BoxFit, Params, Pipeline
 from facemask.detection import Face, FaceDetector, build_detector
@@ -35,23 +36,53 @@ class FaceResult:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "detection"}
 
 
-def detect_at(detector: FaceDetector, frame: np.ndarray, settings: Pipeline) -> list[Face]:
+REGION_GRID = 32  # detector pixels: a searched region starts on the detectors' coarsest stride, so
+# its anchors sit where the whole frame's do and a face in it is seen as in the whole frame
+
+
+def detect_at(
+    detector: FaceDetector, frame: np.ndarray, settings: Pipeline, regions: Sequence[Region] | None = None
+) -> list[Face]:
     """Faces in frame coordinates, the detector seeing the frame resized to `detect_long_side` (0: as
     is), enlarged at most `max_upscale` times (a close-up blown up further outgrows the detector's
-    anchors); parts of a face (`nested_share` of their area inside a larger, higher-scored face) dropped."""
+    anchors); parts of a face (`nested_share` of their area inside a larger, higher-scored face) dropped.
+
+    `regions` (frame pixels): only these parts of the resized frame are searched (a stream's known
+    faces between full passes), each widened to the `REGION_GRID`, so a face looks to the detector
+    as it does in the whole frame."""
     h, w = frame.shape[:2]
     long_side = settings.detect_long_side
     scale = min(long_side / max(h, w), settings.max_upscale) if long_side else 1.0
+    image = frame
     if abs(scale - 1.0) < 1e-3:
-        faces = detector.detect(frame)
+        scale = 1.0
     else:
         interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-        resized = cv2.resize(frame, (round(w * scale), round(h * scale)), interpolation=interpolation)
-        faces = [face.transformed(scale) for face in detector.detect(resized)]
+        image = cv2.resize(frame, (round(w * scale), round(h * scale)), interpolation=interpolation)
+    if regions is None:
+        faces = detector.detect(image)
+    else:
+        faces = [
+            face.transformed(1.0, (-x1, -y1))
+            for x1, y1, x2, y2 in _on_grid(regions, scale, image.shape)
+            for face in detector.detect(image[y1:y2, x1:x2])
+        ]
+    if image is not frame:
+        faces = [face.transformed(scale) for face in faces]
     if len(faces) < 2 or settings.nested_share >= 1:
         return faces
     parts = nested([f.box for f in faces], [f.score for f in faces], settings.nested_share)
     return [f for f, part in zip(faces, parts, strict=True) if not part]
+
+
+def _on_grid(regions: Sequence[Region], scale: float, shape: tuple[int, ...]) -> list[Region]:
+    """Frame regions in pixels of the frame resized by `scale`, widened to `REGION_GRID`, merged."""
+    g, (h, w) = REGION_GRID, shape[:2]
+    return merge_regions([
+        (int(x1 * scale) // g * g, int(y1 * scale) // g * g,
+         min(w, -(-int(np.ceil(x2 * scale)) // g) * g), min(h, -(-int(np.ceil(y2 * scale)) // g) * g))
+        for x1, y1, x2, y2 in regions
+    ])  # fmt: skip
 
 
 def fit_box(box: np.ndarray, fit: BoxFit) -> np.ndarray:
@@ -85,9 +116,10 @@ class FaceFinder:
         detector = detector or build_detector(params.detector)
         return cls(detector, params.pipeline, crop.size, crop.margin, crop.align)
 
-    def detect(self, frame: np.ndarray) -> list[Face]:
-        """Faces in frame coordinates; the detector sees the frame resized to `detect_long_side`."""
-        return detect_at(self.detector, frame, self.settings)
+    def detect(self, frame: np.ndarray, regions: Sequence[Region] | None = None) -> list[Face]:
+        """Faces in frame coordinates; the detector sees the frame (or only its `regions`) resized
+        as `detect_at` says."""
+        return detect_at(self.detector, frame, self.settings, regions)
 
     def crop(self, frame: np.ndarray, faces: list[Face]) -> list[np.ndarray]:
         """One `crop_size` square crop per face, cut from the frame at its own resolution."""
@@ -180,11 +212,12 @@ class MaskPipeline:
         """The class worn correctly (gate, compliance, colours)."""
         return compliant_label(self.classifier)
 
-    def detect_faces(self, frame: np.ndarray) -> list[Face]:
+    def detect_faces(self, frame: np.ndarray, regions: Sequence[Region] | None = None) -> list[Face]:
         """Faces in frame coordinates (kept apart from `classify` so callers can reuse detections).
 
-        With `detect_long_side` set, the detector sees the frame resized to that longer side."""
-        return self.finder.detect(frame)
+        With `detect_long_side` set, the detector sees the frame resized to that longer side;
+        with `regions`, only those parts of it (`detect_at`)."""
+        return self.finder.detect(frame, regions)
 
     def classify(self, frame: np.ndarray, faces: list[Face]) -> list[FaceResult]:
         """Classify given faces of a frame (one batch through the network). Crops come from the

@@ -4,7 +4,8 @@
     python -m facemask.bench.stream --url http://127.0.0.1:3000   # the served Bento over WebSockets
                                                                   # (its key in FACEMASK_API_KEY)
 
-Rows: 1 stream and 4 concurrent streams, each with and without frame differencing. In-process,
+Rows: 1 and 4 concurrent streams, each with the detector on every whole frame, with frame
+differencing, and with frame differencing plus the region search between full passes. In-process,
 the 4 streams take turns on one pipeline (as in one serving worker); over HTTP they are 4
 WebSocket clients in parallel threads. Needs FACEMASK_MIRROR (or --video) for the clip.
 """
@@ -47,12 +48,18 @@ def load_clip(path: Path, frames: int, width: int = 640) -> list:
     return out
 
 
-def in_process(params, clip: list, streams: int, frame_diff: bool) -> tuple[float, float]:
-    """Total frames/s and the share of frames that ran the detector."""
+MODES = {  # row name: (frame differencing, region search)
+    "every frame": (False, False),
+    "frame diff": (True, False),
+    "frame diff + regions": (True, True),
+}
+
+
+def in_process(params, clip: list, streams: int, mode: str) -> tuple[float, float, float]:
+    """Total frames/s, the share of frames the detector ran on and the share it searched whole."""
     pipe = MaskPipeline.from_params(params, params.paths.classifier)
-    cfg = params.stream.model_copy(
-        update={"frame_diff": params.stream.frame_diff.model_copy(update={"enabled": frame_diff})}
-    )
+    frame_diff, regions = MODES[mode]
+    cfg = params.stream.switched(frame_diff=frame_diff, regions=regions)
     sessions = [CameraSession(f"cam{i}", pipe, cfg) for i in range(streams)]
     sessions[0].process(clip[0])  # warm-up
     start = time.perf_counter()
@@ -61,23 +68,29 @@ def in_process(params, clip: list, streams: int, frame_diff: bool) -> tuple[floa
             s.process(frame)
     seconds = time.perf_counter() - start
     runs = sum(s.total.detector_runs for s in sessions) - 1
+    full = sum(s.total.full_detections for s in sessions) - 1
     frames = sum(s.total.frames for s in sessions) - 1
-    return frames / seconds, runs / frames
+    return frames / seconds, runs / frames, full / frames
 
 
-def over_websocket(url: str, clip: list, streams: int, frame_diff: bool) -> tuple[float, float]:
+def over_websocket(url: str, clip: list, streams: int, mode: str) -> tuple[float, float, float]:
     from websockets.sync.client import connect
 
     encoded = [encode_jpeg(f, 85) for f in clip]
-    runs = [0] * streams
+    runs, full = [0] * streams, [0] * streams
     stamp = int(time.time() * 1000)
+    switches = "&".join(
+        f"{k}={'on' if on else 'off'}" for k, on in zip(("frame_diff", "regions"), MODES[mode], strict=True)
+    )
 
     def client(k: int) -> None:
-        ws_url = f"{url.replace('http', 'ws', 1)}/live/ws/bench{stamp}-{k}?frame_diff={'on' if frame_diff else 'off'}"
+        ws_url = f"{url.replace('http', 'ws', 1)}/live/ws/bench{stamp}-{k}?{switches}"
         with connect(ws_url, max_size=2**22, additional_headers=api_key_headers()) as ws:
             for data in encoded:
                 ws.send(data)
-                runs[k] += json.loads(ws.recv(timeout=60))["detector_ran"]
+                answer = json.loads(ws.recv(timeout=60))
+                runs[k] += answer["detector_ran"]
+                full[k] += answer["detection"] == "full"
 
     warmup = f"{url.replace('http', 'ws', 1)}/live/ws/bench{stamp}-warmup"
     with connect(warmup, max_size=2**22, additional_headers=api_key_headers()) as ws:
@@ -91,7 +104,8 @@ def over_websocket(url: str, clip: list, streams: int, frame_diff: bool) -> tupl
     for t in threads:
         t.join()
     seconds = time.perf_counter() - start
-    return streams * len(clip) / seconds, sum(runs) / (streams * len(clip))
+    frames = streams * len(clip)
+    return frames / seconds, sum(runs) / frames, sum(full) / frames
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--video", type=Path, help="default: the mirror's videos/mask-on-1280x720.mp4")
     parser.add_argument("--frames", type=int, default=120)
+    parser.add_argument("--streams", type=int, nargs="+", default=[1, 4], help="concurrent streams per row group")
     parser.add_argument("--url", help="a served Bento (http://host:port) to benchmark over WebSockets")
     args = parser.parse_args(argv)
     video = args.video or Path(os.environ.get("FACEMASK_MIRROR", "")) / "videos/mask-on-1280x720.mp4"
@@ -108,15 +123,15 @@ def main(argv: list[str] | None = None) -> int:
         f"{video.name}: {len(clip)} frames at {clip[0].shape[1]}x{clip[0].shape[0]}, "
         f"{params.detector.name} + {params.model.backbone}; {os.cpu_count()} CPUs"
     )
-    print("| path | streams | frame differencing | total frames/s | per stream | detector ran on |")
-    print("|---|---|---|---|---|---|")
-    for streams in (1, 4):
-        for diff in (False, True):
-            fps, ran = (
-                over_websocket(args.url, clip, streams, diff) if args.url else in_process(params, clip, streams, diff)
+    print("| path | streams | detection | total frames/s | per stream | detector ran on | whole frame searched on |")
+    print("|---|---|---|---|---|---|---|")
+    for streams in args.streams:
+        for mode in MODES:
+            fps, ran, full = (
+                over_websocket(args.url, clip, streams, mode) if args.url else in_process(params, clip, streams, mode)
             )
             path = "websocket" if args.url else "in-process"
-            print(f"| {path} | {streams} | {'on' if diff else 'off'} | {fps:.1f} | {fps / streams:.1f} | {ran:.0%} |")
+            print(f"| {path} | {streams} | {mode} | {fps:.1f} | {fps / streams:.1f} | {ran:.0%} | {full:.0%} |")
     return 0
 
 

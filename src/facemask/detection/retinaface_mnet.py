@@ -195,6 +195,8 @@ class _Postprocess(DetectorBackend):
         """`loc`, `conf`, `lms`: one image's (anchors, 4/2/10) outputs, `conf` softmaxed."""
         priors = self._priors.get((h, w))
         if priors is None:
+            if len(self._priors) >= 64:  # a stream's search regions come in many sizes: bounded
+                self._priors.clear()
             priors = self._priors.setdefault((h, w), prior_boxes(h, w))
         scores = conf[:, 1]
         keep = torch.nonzero(scores > self.score_threshold).squeeze(1)

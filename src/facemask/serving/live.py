@@ -39,9 +39,10 @@ class LiveStreams:
         self._sweeper = threading.Thread(target=self._sweep, name="camera-expiry", daemon=True)
         self._sweeper.start()
 
-    def open(self, camera: str, frame_diff: bool | None = None) -> CameraSession:
+    def open(self, camera: str, frame_diff: bool | None = None, regions: bool | None = None) -> CameraSession:
         """The camera's session; a reconnecting camera keeps its tracks and counters.
-        `frame_diff` overrides the configured frame differencing for a new session."""
+        `frame_diff` / `regions` switch the configured frame differencing / region search on or off
+        for a new session."""
         if not CAMERA_NAME.match(camera):
             raise ValueError("camera names are 1-64 letters, digits, '.', '_' or '-'")
         self.expire_idle()
@@ -50,11 +51,7 @@ class LiveStreams:
             if session is None:
                 if len(self.sessions) >= self.limits.max_cameras:
                     raise CameraLimitError(f"this worker holds its limit of {self.limits.max_cameras} cameras")
-                cfg = self.cfg
-                if frame_diff is not None:
-                    cfg = cfg.model_copy(
-                        update={"frame_diff": cfg.frame_diff.model_copy(update={"enabled": frame_diff})}
-                    )
+                cfg = self.cfg.switched(frame_diff=frame_diff, regions=regions)
                 session = self.sessions[camera] = CameraSession(camera, self.pool.first, cfg, self.sinks)
             self.connections[camera] = self.connections.get(camera, 0) + 1
             session.last_frame = time.time()

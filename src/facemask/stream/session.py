@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from facemask.boxes import search_regions
 from facemask.config import Stream
 from facemask.detection import Face
 from facemask.detection.align import crop_face
@@ -26,11 +27,15 @@ from facemask.pipeline import MaskPipeline
 from facemask.stream.sinks import EventSinks
 from facemask.stream.tracker import Track, Tracker
 
+REGION_MIN_SIDE = 128  # frame px: a search region never smaller (a small face keeps the context the
+# detector needs: on 40 training scenes 141 of 142 faces found as in the whole frame, 137 at 64 px)
+
 
 @dataclass
 class Counters:
     frames: int = 0
-    detector_runs: int = 0
+    detector_runs: int = 0  # frames the detector ran on (the whole frame or regions of it)
+    full_detections: int = 0  # of which on the whole frame
     faces: Counter = field(default_factory=Counter)  # smoothed class per track and frame
     alerts: int = 0
 
@@ -50,18 +55,23 @@ class CameraSession:
         self._faces: list[Face] = []
         self._thumb: np.ndarray | None = None
         self._reused = 0
+        self._since_full = 0  # frames since the detector last searched the whole frame
+        self._last_shape: tuple[int, ...] | None = None
         self._last_alert = -np.inf
         self._window_start: float | None = None
         self.lock = threading.Lock()
         self.last_frame = time.time()
 
-    def _detect(self, frame: np.ndarray, pipeline: MaskPipeline) -> tuple[list[Face], bool]:
-        """The detector's faces, or the previous ones when the frame barely changed."""
-        diff = self.cfg.frame_diff
+    def _detect(self, frame: np.ndarray, pipeline: MaskPipeline) -> tuple[list[Face], str]:
+        """The faces of this frame and how they were found: `reused` (the frame barely changed),
+        `regions` (searched only around the live tracks' last faces: a face missed once is still
+        looked for) or `full` (at least every `regions.full_every` frames: new people appear there)."""
+        diff, roi = self.cfg.frame_diff, self.cfg.regions
         h, w = frame.shape[:2]
         thumb = cv2.cvtColor(
             cv2.resize(frame, (64, max(1, round(64 * h / w))), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2GRAY
         ).astype(np.int16)
+        self._since_full += 1
         if (
             diff.enabled
             and self._thumb is not None
@@ -70,9 +80,16 @@ class CameraSession:
             and float(np.abs(thumb - self._thumb).mean()) < diff.threshold
         ):
             self._reused += 1
-            return self._faces, True
-        self._faces, self._thumb, self._reused = pipeline.detect_faces(frame), thumb, 0
-        return self._faces, False
+            return self._faces, "reused"
+        self._thumb, self._reused = thumb, 0
+        known = [t.face.detection.box for t in self.tracker.tracks.values() if t.face and t.face.detection]
+        if roi.enabled and known and self._since_full < roi.full_every and self._last_shape == frame.shape:
+            regions = search_regions(known, frame.shape, roi.margin, REGION_MIN_SIDE)
+            if sum((x2 - x1) * (y2 - y1) for x1, y1, x2, y2 in regions) < roi.max_share * h * w:
+                self._faces = pipeline.detect_faces(frame, regions)
+                return self._faces, "regions"
+        self._faces, self._since_full, self._last_shape = pipeline.detect_faces(frame), 0, frame.shape
+        return self._faces, "full"
 
     def process(self, frame: np.ndarray, now: float | None = None, pipeline: MaskPipeline | None = None) -> dict:
         if frame is None or frame.ndim != 3 or frame.shape[2] != 3 or frame.size == 0:
@@ -80,20 +97,22 @@ class CameraSession:
         self.last_frame = time.time()
         now = self.last_frame if now is None else now
         pipeline = pipeline or self.pipeline
-        faces, reused = self._detect(frame, pipeline)
+        faces, detection = self._detect(frame, pipeline)
         results = pipeline.classify(frame, faces)
         tracks = self.tracker.update(results, now)
         alerts = [self._alert(frame, t, now) for t in tracks if self._should_alert(t, now)]
         for counters in (self.total, self.window):
             counters.frames += 1
-            counters.detector_runs += not reused
+            counters.detector_runs += detection != "reused"
+            counters.full_detections += detection == "full"
             counters.faces.update(t.label for t in tracks)
             counters.alerts += len(alerts)
         stats = self._maybe_stats(now)
         return {
             "camera": self.camera,
             "time": now,
-            "detector_ran": not reused,
+            "detector_ran": detection != "reused",
+            "detection": detection,
             "tracks": [
                 {
                     **t.to_dict(),
@@ -157,6 +176,7 @@ class CameraSession:
             "time": now,
             "frames": w.frames,
             "detector_runs": w.detector_runs,
+            "full_detections": w.full_detections,
             "alerts": w.alerts,
             "compliant": self.compliant,  # the class the compliance report counts as masked
             **{f"faces_{lb}": w.faces[lb] for lb in self.pipeline.labels},
