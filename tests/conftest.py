@@ -12,6 +12,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -305,3 +306,81 @@ def entrance_video(shared: Path, path: Path) -> Path:
         writer.write(frame)
     writer.release()
     return path
+
+
+class Broker:
+    """A real MQTT broker (Debian's mosquitto) on a loopback port, with persistence, so subscribers'
+    sessions and their queued QoS 1 messages survive a stop and a start (`make test` installs it)."""
+
+    def __init__(self, root: Path):
+        exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        assert Path(exe).is_file(), "mosquitto is not installed: `make mqtt-broker` (apt-get install mosquitto)"
+        self.exe, self.root, self.port, self.proc = exe, root, free_port(), None
+        root.mkdir(parents=True, exist_ok=True)
+        self.config = root / "mosquitto.conf"
+        self.config.write_text(
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
+            f"persistence_location {root}/\nautosave_interval 1\nlog_dest file {root / 'mosquitto.log'}\n"
+        )
+        if os.getuid() == 0:  # mosquitto drops root for the `mosquitto` user, which must write the store
+            shutil.chown(root, user="mosquitto")
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen([self.exe, "-c", str(self.config)], start_new_session=True)
+        deadline = time.time() + 20
+        while True:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            assert self.proc.poll() is None and time.time() < deadline, "mosquitto did not start"
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop(self.proc)
+            self.proc = None
+
+
+class Subscriber:
+    """A paho client that records every message on `topic` (QoS 1, a persistent session)."""
+
+    def __init__(self, url: str, topic: str = "facemask/#", name: str = "test-subscriber"):
+        import threading
+
+        import paho.mqtt.client as mqtt
+
+        self.messages: list[tuple[str, dict | str, bool]] = []
+        self.lock = threading.Lock()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=name, clean_session=False)
+        self.client.on_connect = lambda c, *_: c.subscribe(topic, qos=1)
+        self.client.on_message = self._record
+        self.client.reconnect_delay_set(0.2, 1)
+        host, port = url.removeprefix("mqtt://").split(":")
+        self.client.connect(host, int(port))
+        self.client.loop_start()
+
+    def _record(self, _client, _userdata, message) -> None:
+        text = message.payload.decode()
+        payload = json.loads(text) if text.startswith("{") else text
+        with self.lock:
+            self.messages.append((message.topic, payload, bool(message.retain)))
+
+    def on(self, topic: str) -> list:
+        with self.lock:
+            return [payload for t, payload, _ in self.messages if t == topic]
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@pytest.fixture
+def broker(tmp_path):
+    b = Broker(tmp_path / "mosquitto")
+    b.start()
+    yield b
+    b.stop()

@@ -24,7 +24,7 @@ from facemask.serving.packaging import ModelLoadError, load_pipeline
 from facemask.stream.client import StreamClient
 from facemask.stream.sinks import read_jsonl
 
-from .conftest import API_KEY, FPS, REPO, entrance_frames, free_port, start_bento, start_mlflow, stop
+from .conftest import API_KEY, FPS, REPO, Subscriber, entrance_frames, free_port, start_bento, start_mlflow, stop
 from .test_registry import log_candidate
 
 pytestmark = pytest.mark.slow
@@ -40,13 +40,18 @@ def paced(client: StreamClient, frames: list[bytes]) -> list[dict]:
     return answers
 
 
-def test_a_stopped_then_killed_service_loses_no_event(bento, bento_env, shared, tmp_path):
-    """SIGTERM after 2 s of video: the camera's partial stats window reaches the event file and every
-    event the dead webhook did not take is in the pending file. Restarted, the same client
-    reconnects and streams on; killed (SIGKILL) right after an alert, every alert it had been told
-    about is in the event file, and after a second restart the stream carries on."""
+def test_a_stopped_then_killed_service_loses_no_event(bento, bento_env, broker, shared, tmp_path):
+    """SIGTERM after 2 s of video: the camera's partial stats window reaches the event file, the MQTT
+    broker (retained) and says `offline`, and every event the dead webhook did not take is in the
+    pending file. Restarted, the same client reconnects and streams on; killed (SIGKILL) right after
+    an alert, every alert it had been told about is in the event file, the broker announces the
+    service `offline` by its last will, and after a second restart the stream carries on."""
     events = tmp_path / "events.jsonl"
-    env = {**bento_env, "FACEMASK_EVENTS": str(events), "FACEMASK_WEBHOOK_URL": f"http://127.0.0.1:{free_port()}/"}
+    env = {
+        **bento_env, "FACEMASK_EVENTS": str(events), "FACEMASK_WEBHOOK_URL": f"http://127.0.0.1:{free_port()}/",
+        "FACEMASK_MQTT_URL": broker.url,
+    }  # fmt: skip
+    subscriber = Subscriber(broker.url)
     log, port = tmp_path / "serve.log", free_port()
     frames = [encode_jpeg(f) for f in entrance_frames(shared)]
     client = StreamClient(f"ws://127.0.0.1:{port}/live/ws/door", max_wait_s=180, api_key=API_KEY)
@@ -61,6 +66,8 @@ def test_a_stopped_then_killed_service_loses_no_event(bento, bento_env, shared, 
     assert sum(e[f"faces_{lb}"] for e in stats for lb in ("mask", "no_mask", "incorrect")) >= 18
     pending = read_jsonl(events.with_suffix(".pending.jsonl"))
     assert [e["id"] for e in pending] == [e["id"] for e in written], "events the webhook never took were lost"
+    assert [c["id"] for c in subscriber.on("facemask/door/compliance")] == [stats[0]["id"]]
+    assert subscriber.on("facemask/availability") == ["online", "offline"]
 
     proc, _ = start_bento(bento, env, log, port)
     second = []
@@ -70,8 +77,14 @@ def test_a_stopped_then_killed_service_loses_no_event(bento, bento_env, shared, 
             break
     told = [a for answer in first + second for a in answer["alerts"]]
     assert told, "no alert within the clip"
+    assert subscriber.on("facemask/availability")[-1] == "online"
     stop(proc, signal.SIGKILL)  # no shutdown hook runs
     assert {a["id"] for a in told} <= {e["id"] for e in read_jsonl(events) if e["type"] == "alert"}
+    deadline = time.time() + 30
+    while subscriber.on("facemask/availability")[-1] != "offline":  # the broker's last will for it
+        assert time.time() < deadline, subscriber.on("facemask/availability")
+        time.sleep(0.1)
+    subscriber.close()
 
     proc, _ = start_bento(bento, env, log, port)
     try:

@@ -26,7 +26,7 @@ from facemask.pipeline import MaskPipeline
 from facemask.stream.session import CameraSession
 from facemask.stream.sinks import EventSinks, read_jsonl
 
-from .conftest import FPS, REPO, entrance_video, free_port, pipeline_output
+from .conftest import FPS, REPO, Subscriber, entrance_video, free_port, pipeline_output
 
 pytestmark = pytest.mark.slow
 
@@ -64,12 +64,18 @@ def monkeypatch_module():
 
 
 def stream_cfg(
-    tmp_path: Path, webhook: str | None = None, snapshots: str = "store", regions: dict | None = None, **frame_diff
+    tmp_path: Path,
+    webhook: str | None = None,
+    snapshots: str = "store",
+    regions: dict | None = None,
+    mqtt: str | None = None,
+    **frame_diff,
 ):
     params = load_params(REPO / "params.yaml")
     cfg = params.stream.model_dump()
     cfg["sinks"]["jsonl"] = tmp_path / "events.jsonl"
     cfg["sinks"]["webhook"].update(url=webhook, timeout_s=0.5, retries=1, backoff_s=0.05, retry_s=0.2)
+    cfg["sinks"]["mqtt"].update(url=mqtt, timeout_s=2.0, retry_s=1.0)
     cfg["alerts"]["snapshots"] = snapshots
     cfg["frame_diff"].update(frame_diff)
     cfg["regions"].update(regions or {})
@@ -246,6 +252,75 @@ def test_webhook_down_then_up_delivers_every_event_exactly_once(tmp_path):
     assert sorted(e["n"] for e in hook.received) == list(range(45))
     assert [e["id"] for e in read_jsonl(cfg.jsonl)] == [e["id"] for e in sorted(hook.received, key=lambda e: e["n"])]
     assert not cfg.jsonl.with_suffix(".pending.jsonl").exists()
+
+
+def test_alerts_and_compliance_reach_a_real_mqtt_broker(pipeline, video, broker, tmp_path):
+    """The entrance clip streamed with MQTT on: the alert arrives once on `facemask/entrance/events`
+    (its id, class and camera as in the event file, the snapshot left out), every stats window on
+    `.../compliance`, the last one retained for a subscriber that comes later, and availability
+    `online` then `offline` (retained) when the sinks close."""
+    subscriber = Subscriber(broker.url)
+    cfg = stream_cfg(tmp_path, mqtt=broker.url)
+    sinks = EventSinks(cfg.sinks)
+    session = CameraSession("entrance", pipeline, cfg, sinks)
+    run(session, video)
+    session.close(now=1008.0)
+    sinks.close()
+    written = read_jsonl(cfg.sinks.jsonl)
+    alerts = [e for e in written if e["type"] == "alert"]
+    stats = [e for e in written if e["type"] == "stats"]
+    assert len(alerts) == 1 and len(stats) >= 4
+    wait_for(lambda: subscriber.on("facemask/availability")[-1:] == ["offline"])
+    subscriber.close()
+    (event,) = subscriber.on("facemask/entrance/events")
+    assert (event["id"], event["class"], event["camera"]) == (alerts[0]["id"], alerts[0]["class"], "entrance")
+    assert event["snapshot"] is True and "snapshot_jpeg_b64" not in event
+    compliance = subscriber.on("facemask/entrance/compliance")
+    assert [c["id"] for c in compliance] == [e["id"] for e in stats]
+    last = stats[-1]
+    faces = {lb: last[f"faces_{lb}"] for lb in pipeline.labels}
+    assert compliance[-1]["faces"] == faces and compliance[-1]["frames"] == last["frames"]
+    assert compliance[-1]["compliance"] == round(faces["mask"] / sum(faces.values()), 4)
+    assert subscriber.on("facemask/availability") == ["online", "offline"]
+
+    later = Subscriber(broker.url, name="later")
+    wait_for(lambda: len(later.messages) >= 2)
+    retained = {topic: (payload, kept) for topic, payload, kept in later.messages}
+    later.close()
+    assert retained["facemask/entrance/compliance"] == (compliance[-1], True)
+    assert retained["facemask/availability"] == ("offline", True)
+    assert "facemask/entrance/events" not in retained  # alerts are events, never retained
+
+
+def test_mqtt_broker_down_mid_stream_loses_no_event(pipeline, video, broker, tmp_path):
+    """The broker stops 2 s into the clip, before the alert, and comes back after the clip: the frame
+    loop never waits for it, and once it is back every event of the outage arrives, in order."""
+    subscriber = Subscriber(broker.url)
+    cfg = stream_cfg(tmp_path, mqtt=broker.url)
+    sinks = EventSinks(cfg.sinks)
+    session = CameraSession("entrance", pipeline, cfg, sinks)
+    clip = list(frames(video))
+    for t, frame in clip[:25]:
+        session.process(frame, now=1000.0 + t)
+    wait_for(lambda: len(subscriber.on("facemask/entrance/compliance")) == 1)
+    broker.stop()
+    slowest = 0.0
+    for t, frame in clip[25:]:
+        start = time.perf_counter()
+        session.process(frame, now=1000.0 + t)
+        slowest = max(slowest, time.perf_counter() - start)
+    session.close(now=1008.0)
+    assert slowest < 1.0, f"a frame waited {slowest:.1f} s for the broker"
+    written = read_jsonl(cfg.sinks.jsonl)
+    assert len([e for e in written if e["type"] == "alert" and e["time"] > 1002.5]) == 1
+    broker.start()
+    wanted = [e["id"] for e in written]
+    wait_for(lambda: {m["id"] for _, m, _ in subscriber.messages if isinstance(m, dict)} >= set(wanted), 60)
+    sinks.close()
+    subscriber.close()
+    got = [m["id"] for _, m, _ in subscriber.messages if isinstance(m, dict)]
+    assert sorted(set(got), key=got.index) == wanted, "events arrived out of order"
+    assert len(subscriber.on("facemask/entrance/events")) == 1
 
 
 def test_event_log_rotates_by_size_without_losing_a_line(tmp_path):

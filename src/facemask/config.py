@@ -458,12 +458,25 @@ class Webhook(_Strict):
     retry_s: float = Field(gt=0)  # how often the pending file is retried while idle
 
 
+class Mqtt(_Strict):
+    url: str | None = Field(pattern=r"^mqtts?://[A-Za-z0-9.\-]+(:\d{1,5})?/?$")  # null: no MQTT
+    topic_prefix: str = Field(pattern=r"^[A-Za-z0-9_\-]+(/[A-Za-z0-9_\-]+)*$")  # no wildcards
+    username: str | None
+    password_env: str = Field(pattern=r"^[A-Z_][A-Z0-9_]*$")  # the environment variable with the password
+    ca_file: Path | None  # mqtts: the CA that signed the broker's certificate (null: the system's)
+    keepalive_s: int = Field(ge=5, le=3600)
+    timeout_s: float = Field(gt=0)  # the broker's acknowledgement of one event
+    max_queue: int = Field(ge=1)  # events waiting in memory; more spill to the pending file
+    retry_s: float = Field(gt=0)  # the pending file is retried this often; the longest reconnect delay
+
+
 class Sinks(_Strict):
     log: bool
     jsonl: Path
     rotate_bytes: int = Field(ge=1000)  # the event file rotates at this size or each UTC day
     retention_days: float = Field(gt=0)  # rotated event files older than this are deleted
     webhook: Webhook
+    mqtt: Mqtt
 
 
 class Stream(_Strict):

@@ -124,12 +124,15 @@ def load_pipeline(classifier_dir: Path | str, detector_dir: Path | str) -> MaskP
 
 def load_stream_config(detector_dir: Path | str) -> Stream:
     """The live post-processing settings packaged beside the detector; the event file and the
-    webhook URL can be set per deployment (FACEMASK_EVENTS, FACEMASK_WEBHOOK_URL)."""
+    webhook and MQTT broker URLs can be set per deployment (FACEMASK_EVENTS, FACEMASK_WEBHOOK_URL,
+    FACEMASK_MQTT_URL)."""
     raw = json.loads(Path(detector_dir, "stream.json").read_text())
     if os.environ.get("FACEMASK_EVENTS"):
         raw["sinks"]["jsonl"] = os.environ["FACEMASK_EVENTS"]
     if os.environ.get("FACEMASK_WEBHOOK_URL"):
         raw["sinks"]["webhook"]["url"] = os.environ["FACEMASK_WEBHOOK_URL"]
+    if os.environ.get("FACEMASK_MQTT_URL"):
+        raw["sinks"]["mqtt"]["url"] = os.environ["FACEMASK_MQTT_URL"]
     return Stream.model_validate(raw)
 
 

@@ -1,11 +1,12 @@
-"""Where events go: a structured log, an append-only JSONL event log and a webhook.
+"""Where events go: a structured log, an append-only JSONL event log, a webhook and MQTT (`stream.mqtt`).
 
 Every event gets an `id` and is appended (flushed and fsynced) to the event log before anything
 else is tried, so a failing webhook loses nothing. The log rotates to `<name>.<UTC time>.jsonl` at a
 size or at the first event of a new UTC day, and rotated files past the retention are deleted.
-The webhook posts from a background thread; its session retries with backoff (urllib3 `Retry`); its in-memory queue is
-bounded, and what cannot be posted (or does not fit) waits in `<events>.pending.jsonl`, which is
-retried while running, read back as a stream, and kept on shutdown for the next start.
+The webhook and MQTT deliver from background threads (`Delivery`); each in-memory queue is bounded,
+and what cannot be delivered (or does not fit) waits in a pending file (`<events>.pending.jsonl`,
+`<events>.mqtt-pending.jsonl`), which is retried while running, read back as a stream, and kept on
+shutdown for the next start.
 """
 
 from __future__ import annotations
@@ -136,26 +137,23 @@ class EventLog:
         self.handler.close()
 
 
-class Webhook:
-    """POSTs events from a background thread; undelivered ones wait in the pending file."""
+class Delivery:
+    """Delivers events from a background thread, in order; what cannot be delivered (or does not
+    fit the bounded in-memory queue) waits in the `pending` file, which is retried every `retry_s`
+    and after each delivered event, streamed back in order, and kept on shutdown for the next start.
+    Subclasses say how one event is delivered (`_deliver`)."""
 
-    def __init__(self, url: str, pending: Path, cfg):
-        self.url, self.pending, self.cfg = url, pending, cfg
+    name = "delivery"
+
+    def __init__(self, pending: Path, max_queue: int, retry_s: float):
+        self.pending, self.retry_s = pending, retry_s
         self.delivered = 0
-        retry = Retry(
-            total=cfg.retries,
-            backoff_factor=cfg.backoff_s,
-            status_forcelist=(429, 500, 502, 503, 504),
-            allowed_methods=None,  # POST too: an event carries its id, so a repeat is recognisable
-            raise_on_status=False,
-        )
-        self.session = requests.Session()
-        self.session.mount("http://", HTTPAdapter(max_retries=retry))
-        self.session.mount("https://", HTTPAdapter(max_retries=retry))
-        self._queue: queue.Queue[dict] = queue.Queue(maxsize=cfg.max_queue)
+        self._queue: queue.Queue[dict] = queue.Queue(maxsize=max_queue)
         self._file_lock = threading.Lock()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="webhook", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+
+    def start(self) -> None:
         self._thread.start()
 
     def send(self, event: dict) -> None:
@@ -164,26 +162,15 @@ class Webhook:
         except queue.Full:  # a long outage: the file holds what memory does not
             self._spill([event])
 
+    def _deliver(self, event: dict) -> bool:
+        raise NotImplementedError
+
     def _spill(self, events: list[dict]) -> None:
         with self._file_lock:
             append_jsonl(self.pending, events)
 
-    def _post(self, event: dict) -> bool:
-        """One delivery: the session retries connection errors and 429/5xx answers itself."""
-        try:
-            response = self.session.post(self.url, json=event, timeout=self.cfg.timeout_s)
-        except requests.RequestException as err:
-            log.warning(
-                "webhook %s: not delivered after %d retries (%s)", self.url, self.cfg.retries, type(err).__name__
-            )
-            return False
-        if response.status_code >= 300:
-            log.warning("webhook %s: not delivered (HTTP %d)", self.url, response.status_code)
-            return False
-        return True
-
     def _replay_pending(self) -> bool:
-        """Post the pending file's events in order, streaming it; True when it is empty after."""
+        """Deliver the pending file's events in order, streaming it; True when it is empty after."""
         replay = self.pending.with_suffix(".replay.jsonl")
         with self._file_lock:
             if not replay.exists():  # a replay left by a killed process goes first
@@ -192,7 +179,7 @@ class Webhook:
                 os.replace(self.pending, replay)
         events = iter_jsonl(replay)
         for event in events:
-            if self._stop.is_set() or not self._post(event):
+            if self._stop.is_set() or not self._deliver(event):
                 with self._file_lock:  # the undelivered rest goes back in front of anything newer
                     rest = [event, *events]
                     newer = list(iter_jsonl(self.pending))
@@ -210,11 +197,11 @@ class Webhook:
         backlog = not self._replay_pending()
         while not self._stop.is_set():
             try:
-                event = self._queue.get(timeout=self.cfg.retry_s)
+                event = self._queue.get(timeout=self.retry_s)
             except queue.Empty:
                 backlog = not self._replay_pending()
                 continue
-            if backlog or not self._post(event):  # keep the order: behind the pending ones
+            if backlog or not self._deliver(event):  # keep the order: behind the pending ones
                 self._spill([event])
                 backlog = not self._replay_pending()
             else:
@@ -223,7 +210,11 @@ class Webhook:
                     backlog = not self._replay_pending()
 
     def close(self, wait_s: float = 10.0) -> None:
-        """Stop; every event not yet delivered is kept in the pending file."""
+        """Stop, after up to half of `wait_s` for the queue to empty (a final stats window goes out
+        with a reachable receiver); every event not yet delivered is kept in the pending file."""
+        deadline = time.monotonic() + wait_s / 2
+        while not self._queue.empty() and self._thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
         self._stop.set()
         self._thread.join(wait_s)
         rest = []
@@ -236,6 +227,41 @@ class Webhook:
             self._spill(rest)
 
 
+class Webhook(Delivery):
+    """POSTs each event as JSON; its session retries with backoff (urllib3 `Retry`)."""
+
+    name = "webhook"
+
+    def __init__(self, url: str, pending: Path, cfg):
+        super().__init__(pending, cfg.max_queue, cfg.retry_s)
+        self.url, self.cfg = url, cfg
+        retry = Retry(
+            total=cfg.retries,
+            backoff_factor=cfg.backoff_s,
+            status_forcelist=(429, 500, 502, 503, 504),
+            allowed_methods=None,  # POST too: an event carries its id, so a repeat is recognisable
+            raise_on_status=False,
+        )
+        self.session = requests.Session()
+        self.session.mount("http://", HTTPAdapter(max_retries=retry))
+        self.session.mount("https://", HTTPAdapter(max_retries=retry))
+        self.start()
+
+    def _deliver(self, event: dict) -> bool:
+        """One delivery: the session retries connection errors and 429/5xx answers itself."""
+        try:
+            response = self.session.post(self.url, json=event, timeout=self.cfg.timeout_s)
+        except requests.RequestException as err:
+            log.warning(
+                "webhook %s: not delivered after %d retries (%s)", self.url, self.cfg.retries, type(err).__name__
+            )
+            return False
+        if response.status_code >= 300:
+            log.warning("webhook %s: not delivered (HTTP %d)", self.url, response.status_code)
+            return False
+        return True
+
+
 class EventSinks:
     """Fan-out of events to the configured sinks; the event log is written first."""
 
@@ -243,19 +269,23 @@ class EventSinks:
         self.path = Path(cfg.jsonl)
         self.events = EventLog(self.path, cfg.rotate_bytes, cfg.retention_days)
         self.log = cfg.log
-        self.webhook = None
+        self.deliveries: list[Delivery] = []
         if cfg.webhook.url:
-            self.webhook = Webhook(cfg.webhook.url, self.path.with_suffix(".pending.jsonl"), cfg.webhook)
+            self.deliveries.append(Webhook(cfg.webhook.url, self.path.with_suffix(".pending.jsonl"), cfg.webhook))
+        if cfg.mqtt.url:
+            from facemask.stream.mqtt import MqttSink
+
+            self.deliveries.append(MqttSink(cfg.mqtt, self.path.with_suffix(".mqtt-pending.jsonl")))
 
     def emit(self, event: dict) -> None:
         event.setdefault("id", uuid.uuid4().hex)
         self.events.append(event)
         if self.log:
             log.info("%s", json.dumps({k: v for k, v in event.items() if k != "snapshot_jpeg_b64"}))
-        if self.webhook is not None:
-            self.webhook.send(event)
+        for delivery in self.deliveries:
+            delivery.send(event)
 
     def close(self) -> None:
-        if self.webhook is not None:
-            self.webhook.close()
+        for delivery in self.deliveries:
+            delivery.close()
         self.events.close()

@@ -1,0 +1,156 @@
+"""INT8 static quantization of the served classifier and detector, measured against fp32.
+
+    python -m facemask.bench.quantization [--calibration 320] [--out reports/bench/quantization.json]
+
+ONNX Runtime's static quantization (QDQ, per-channel int8 weights, uint8 activations) of the
+classifier's ONNX export and of the fine-tuned detector's graph, calibrated on training-split face
+crops and training-split scenes (as the detector sees them: long side 640), then compared on the
+test-split crops (top-1 agreement with fp32, largest probability gap, accuracy against the labels)
+and timed (classifier ms per batch of 1/4/8 crops, detector ms per 640x480 frame). A measurement
+for choosing a precision: nothing here is served. Needs the pipeline outputs (`dvc repro`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import statistics
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import torch
+
+from facemask.bench.latency import timed
+from facemask.classifier import MaskClassifier
+from facemask.config import load_params
+from facemask.detection.retinaface_mnet import preprocess
+from facemask.detector_training.scene_data import manifest_scenes
+from facemask.imageio import read_image
+
+
+def quantize(model: Path, batches: Iterator[dict[str, np.ndarray]], out: Path) -> Path:
+    """`model` statically quantized to int8 (QDQ, per-channel), calibrated on `batches`."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(batches, None)
+
+    prepared = out.with_suffix(".pre.onnx")
+    quant_pre_process(str(model), str(prepared))
+    quantize_static(
+        str(prepared), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+    )  # fmt: skip
+    return out
+
+
+def session(model: Path):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+
+
+def export_classifier(classifier: MaskClassifier, path: Path) -> Path:
+    """The classifier's network as ONNX (dynamic batch), exported as its onnxruntime runtime does."""
+    size = classifier.preprocessor.input_size
+    graph = io.BytesIO()
+    torch.onnx.export(
+        classifier.network.eval(), (torch.rand(4, 3, size, size),), graph, input_names=["input"],
+        output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17,
+        dynamo=False,
+    )  # fmt: skip
+    path.write_bytes(graph.getvalue())
+    return path
+
+
+def letterboxed(path: Path, side: int = 640) -> np.ndarray:
+    """A scene resized to long side `side`, padded to a square (the detector's calibration input)."""
+    image = read_image(path, 40_000_000)
+    scale = side / max(image.shape[:2])
+    image = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    pad = ((0, side - image.shape[0]), (0, side - image.shape[1]), (0, 0))
+    return np.pad(image, pad, constant_values=114)
+
+
+def median_ms(fn: Callable[[], object], repeats: int = 40) -> float:
+    return statistics.median(timed(fn, repeats))
+
+
+def classifier_rows(classifier: MaskClassifier, calibration: list, test: list, truth: np.ndarray, tmp: Path) -> list:
+    """fp32 and int8 rows: ms per batch of 1/4/8 crops, test accuracy, int8's agreement with fp32."""
+    pre = classifier.preprocessor
+    fp32 = export_classifier(classifier, tmp / "classifier.onnx")
+    batches = (pre.batch(calibration[i : i + 16], bgr=True).numpy() for i in range(0, len(calibration), 16))
+    int8 = quantize(fp32, ({"input": x} for x in batches), tmp / "classifier.int8.onnx")
+    rows, probs = [], {}
+    for precision, model in (("fp32", fp32), ("int8", int8)):
+        run = session(model).run
+        logits = [
+            run(None, {"input": pre.batch(test[i : i + 64], bgr=True).numpy()})[0] for i in range(0, len(test), 64)
+        ]
+        probs[precision] = torch.softmax(torch.from_numpy(np.concatenate(logits)), dim=1).numpy()
+        row = {"model": f"classifier {classifier.meta['backbone']}", "precision": precision}
+        for b in (1, 4, 8):
+            x = pre.batch(test[:b], bgr=True).numpy()
+            row[f"ms, batch {b}"] = round(median_ms(lambda run=run, x=x: run(None, {"input": x})), 2)
+        row["test accuracy"] = round(float((probs[precision].argmax(1) == truth).mean()), 4)
+        rows.append(row)
+    rows[-1]["top-1 = fp32"] = round(float((probs["int8"].argmax(1) == probs["fp32"].argmax(1)).mean()), 4)
+    rows[-1]["largest probability gap"] = round(float(np.abs(probs["int8"] - probs["fp32"]).max()), 4)
+    return rows
+
+
+def detector_rows(detector: Path, scenes: list[Path], frame: np.ndarray, tmp: Path) -> list:
+    """fp32 and int8 rows of the detector's graph: ms per `frame`."""
+    name = session(detector).get_inputs()[0].name
+    int8 = quantize(detector, ({name: preprocess(letterboxed(p))} for p in scenes), tmp / "detector.int8.onnx")
+    rows = []
+    for precision, model in (("fp32", detector), ("int8", int8)):
+        run = session(model).run
+        ms = median_ms(lambda run=run: run(None, {name: preprocess(frame)}))
+        rows.append({"model": "detector (fine-tuned)", "precision": precision, "ms, 640x480 frame": round(ms, 2)})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--calibration", type=int, default=320, help="training crops (and scenes / 5) to calibrate on")
+    parser.add_argument("--out", type=Path, default=Path("reports/bench/quantization.json"))
+    args = parser.parse_args(argv)
+    paths = load_params(args.params).paths
+    torch.set_num_threads(2)
+    classifier = MaskClassifier.load(paths.classifier)
+    table = pd.read_csv(paths.crop_table, keep_default_na=False)
+    table = table[(table["crop"] != "") & table["label"].isin(classifier.labels)].sample(frac=1.0, random_state=0)
+    train, test = table[table["split"] == "train"][: args.calibration], table[table["split"] == "test"]
+    scenes = [s.path for s in manifest_scenes(paths.manifest, paths.raw, "train")[: max(8, args.calibration // 5)]]
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = classifier_rows(
+            classifier,
+            [cv2.imread(str(paths.crops / c)) for c in train["crop"]],
+            [cv2.imread(str(paths.crops / c)) for c in test["crop"]],
+            np.array([classifier.labels.index(lb) for lb in test["label"]]),
+            Path(tmp),
+        )
+        frame = cv2.resize(read_image(scenes[0], 40_000_000), (640, 480))
+        rows += detector_rows(Path(paths.detector_onnx), scenes, frame, Path(tmp))
+    print(f"calibrated on {len(train)} training crops and {len(scenes)} training scenes; {len(test)} test crops")
+    print(pd.DataFrame(rows).fillna("").to_markdown(index=False))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(rows, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
