@@ -142,3 +142,51 @@ def test_onnx_runtime_answers_as_pytorch_on_real_faces(shared, cfg):
     assert len(set(a.argmax(1))) >= 2  # the answers vary, so agreeing on them means something
     assert (a.argmax(1) == b.argmax(1)).all()
     assert np.abs(a - b).max() < 1e-3
+
+
+def test_int8_models_load_and_answer_as_fp32_on_real_faces(shared, cfg, tmp_path):
+    """`make bench-quantization`'s steps on models we control: the classifier above and the stock
+    RetinaFace graph, statically quantized on real calibration images (not the ones scored). The
+    int8 classifier keeps fp32's top-1 on at least 90 % of 64 real face photos (probabilities that
+    sum to one); the int8 detector loads and finds most faces fp32 finds in real scenes (IoU >= 0.5;
+    measured 53-56 of 63, and only 36-44 at IoU 0.8: its boxes move, one reason it stays fp32)."""
+    from facemask.bench.quantization import export_classifier, letterboxed, quantize, session
+    from facemask.boxes import match
+    from facemask.detection.retinaface_mnet import RetinaFaceMobileNet, RetinaFaceOnnxDetector, load_state, preprocess
+    from facemask.detector_training.export import export_onnx
+
+    torch.manual_seed(0)
+    network = create_network(cfg, 4)
+    with torch.no_grad():
+        network.get_classifier().weight.mul_(20)
+    pre = Preprocessor.from_config(cfg)
+    classifier = MaskClassifier(network, ["mask", "no_mask", "incorrect", "background"], pre, {})
+    photos = [
+        read_image(f, MAX_PIXELS)
+        for folder in ("face-mask-2class/with_mask", "face-mask-2class/without_mask", "maskedface-net-sample/correct")
+        for f in real_images(shared, folder, 32)
+    ]
+    calibration, scored = photos[::3], [p for i, p in enumerate(photos) if i % 3][:64]
+    fp32 = export_classifier(classifier, tmp_path / "classifier.onnx")
+    batches = iter([{"input": pre.batch(calibration, bgr=True).numpy()}])
+    int8 = quantize(fp32, batches, tmp_path / "classifier.int8.onnx")
+    x = pre.batch(scored, bgr=True).numpy()
+    a, b = (torch.softmax(torch.from_numpy(session(m).run(None, {"input": x})[0]), 1).numpy() for m in (fp32, int8))
+    assert b.shape == (64, 4) and np.allclose(b.sum(1), 1, atol=1e-5)
+    assert len(set(a.argmax(1))) >= 2
+    assert (a.argmax(1) == b.argmax(1)).mean() >= 0.9
+
+    stock = load_state(RetinaFaceMobileNet(), shared / "models/retinaface-mobilenet0.25/mobilenet0.25_Final.pth")
+    graph = export_onnx(stock, tmp_path / "detector.onnx")
+    scenes = sorted((shared / "datasets/face-mask-scenes-train/images").glob("*.jpg"))
+    quantize(graph, ({"input": preprocess(letterboxed(p))} for p in scenes[20:36]), tmp_path / "detector.int8.onnx")
+    detectors = [
+        RetinaFaceOnnxDetector(tmp_path / f, 0.5, 0.4, 750, 8) for f in ("detector.onnx", "detector.int8.onnx")
+    ]
+    faces = found = 0
+    for path in scenes[8:20]:
+        image = read_image(path, MAX_PIXELS)
+        full, quantized = (d.detect(image) for d in detectors)
+        faces += len(full)
+        found += len(match([f.box for f in full], [f.box for f in quantized], np.ones(len(quantized)), 0.5))
+    assert faces >= 50 and found >= 0.8 * faces, (found, faces)

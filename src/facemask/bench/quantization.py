@@ -6,7 +6,8 @@ ONNX Runtime's static quantization (QDQ, per-channel int8 weights, uint8 activat
 classifier's ONNX export and of the fine-tuned detector's graph, calibrated on training-split face
 crops and training-split scenes (as the detector sees them: long side 640), then compared on the
 test-split crops (top-1 agreement with fp32, largest probability gap, accuracy against the labels)
-and timed (classifier ms per batch of 1/4/8 crops, detector ms per 640x480 frame). A measurement
+and timed (classifier ms per batch of 1/4/8 crops, detector ms per 640x480 frame; fp32 and int8 in
+alternating rounds, medians). A measurement
 for choosing a precision: nothing here is served. Needs the pipeline outputs (`dvc repro`).
 """
 
@@ -82,44 +83,50 @@ def letterboxed(path: Path, side: int = 640) -> np.ndarray:
     return np.pad(image, pad, constant_values=114)
 
 
-def median_ms(fn: Callable[[], object], repeats: int = 40) -> float:
-    return statistics.median(timed(fn, repeats))
+def paired_ms(runs: dict[str, Callable[[], object]], rounds: int = 8, repeats: int = 8) -> dict[str, float]:
+    """Median ms of each callable, timed in alternating rounds (this machine's speed drifts by the
+    minute: interleaving keeps the comparison fair)."""
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, fn in runs.items():
+            times[name] += timed(fn, repeats, warmup=1)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def classifier_rows(classifier: MaskClassifier, calibration: list, test: list, truth: np.ndarray, tmp: Path) -> list:
     """fp32 and int8 rows: ms per batch of 1/4/8 crops, test accuracy, int8's agreement with fp32."""
     pre = classifier.preprocessor
-    fp32 = export_classifier(classifier, tmp / "classifier.onnx")
+    models = {"fp32": export_classifier(classifier, tmp / "classifier.onnx")}
     batches = (pre.batch(calibration[i : i + 16], bgr=True).numpy() for i in range(0, len(calibration), 16))
-    int8 = quantize(fp32, ({"input": x} for x in batches), tmp / "classifier.int8.onnx")
-    rows, probs = [], {}
-    for precision, model in (("fp32", fp32), ("int8", int8)):
-        run = session(model).run
+    models["int8"] = quantize(models["fp32"], ({"input": x} for x in batches), tmp / "classifier.int8.onnx")
+    runs = {precision: session(model).run for precision, model in models.items()}
+    rows = {p: {"model": f"classifier {classifier.meta['backbone']}", "precision": p} for p in models}
+    probs = {}
+    for precision, run in runs.items():
         logits = [
             run(None, {"input": pre.batch(test[i : i + 64], bgr=True).numpy()})[0] for i in range(0, len(test), 64)
         ]
         probs[precision] = torch.softmax(torch.from_numpy(np.concatenate(logits)), dim=1).numpy()
-        row = {"model": f"classifier {classifier.meta['backbone']}", "precision": precision}
-        for b in (1, 4, 8):
-            x = pre.batch(test[:b], bgr=True).numpy()
-            row[f"ms, batch {b}"] = round(median_ms(lambda run=run, x=x: run(None, {"input": x})), 2)
-        row["test accuracy"] = round(float((probs[precision].argmax(1) == truth).mean()), 4)
-        rows.append(row)
-    rows[-1]["top-1 = fp32"] = round(float((probs["int8"].argmax(1) == probs["fp32"].argmax(1)).mean()), 4)
-    rows[-1]["largest probability gap"] = round(float(np.abs(probs["int8"] - probs["fp32"]).max()), 4)
-    return rows
+    for b in (1, 4, 8):
+        x = pre.batch(test[:b], bgr=True).numpy()
+        ms = paired_ms({p: (lambda run=run, x=x: run(None, {"input": x})) for p, run in runs.items()})
+        for precision in models:
+            rows[precision][f"ms, batch {b}"] = round(ms[precision], 2)
+    for precision in models:
+        rows[precision]["test accuracy"] = round(float((probs[precision].argmax(1) == truth).mean()), 4)
+    rows["int8"]["top-1 = fp32"] = round(float((probs["int8"].argmax(1) == probs["fp32"].argmax(1)).mean()), 4)
+    rows["int8"]["largest probability gap"] = round(float(np.abs(probs["int8"] - probs["fp32"]).max()), 4)
+    return list(rows.values())
 
 
 def detector_rows(detector: Path, scenes: list[Path], frame: np.ndarray, tmp: Path) -> list:
     """fp32 and int8 rows of the detector's graph: ms per `frame`."""
     name = session(detector).get_inputs()[0].name
     int8 = quantize(detector, ({name: preprocess(letterboxed(p))} for p in scenes), tmp / "detector.int8.onnx")
-    rows = []
-    for precision, model in (("fp32", detector), ("int8", int8)):
-        run = session(model).run
-        ms = median_ms(lambda run=run: run(None, {name: preprocess(frame)}))
-        rows.append({"model": "detector (fine-tuned)", "precision": precision, "ms, 640x480 frame": round(ms, 2)})
-    return rows
+    x = preprocess(frame)
+    runs = {precision: session(model).run for precision, model in (("fp32", detector), ("int8", int8))}
+    ms = paired_ms({p: (lambda run=run: run(None, {name: x})) for p, run in runs.items()}, repeats=4)
+    return [{"model": "detector (fine-tuned)", "precision": p, "ms, 640x480 frame": round(ms[p], 2)} for p in runs]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -146,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         frame = cv2.resize(read_image(scenes[0], 40_000_000), (640, 480))
         rows += detector_rows(Path(paths.detector_onnx), scenes, frame, Path(tmp))
     print(f"calibrated on {len(train)} training crops and {len(scenes)} training scenes; {len(test)} test crops")
-    print(pd.DataFrame(rows).fillna("").to_markdown(index=False))
+    print(pd.DataFrame(rows).astype(object).fillna("").to_markdown(index=False))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(rows, indent=2) + "\n")
     return 0
