@@ -87,6 +87,16 @@ def run(session: CameraSession, video: Path) -> list[dict]:
     return [session.process(frame, now=1000.0 + t) for t, frame in frames(video)]
 
 
+def streamed_events(pipeline: MaskPipeline, video: Path, cfg) -> list[dict]:
+    """The clip through a camera session with `cfg`'s sinks, closed after; the event file's events."""
+    sinks = EventSinks(cfg.sinks)
+    session = CameraSession("entrance", pipeline, cfg, sinks)
+    run(session, video)
+    session.close(now=1008.0)
+    sinks.close()
+    return read_jsonl(cfg.sinks.jsonl)
+
+
 def test_tracks_are_stable_and_one_alert_fires(pipeline, video, tmp_path):
     cfg = stream_cfg(tmp_path)
     sinks = EventSinks(cfg.sinks)
@@ -201,12 +211,7 @@ def wait_for(condition, timeout: float = 20.0) -> None:
 def test_a_dead_webhook_loses_no_event(pipeline, video, tmp_path):
     port = free_port()
     cfg = stream_cfg(tmp_path, webhook=f"http://127.0.0.1:{port}/hook")  # nothing listens there yet
-    sinks = EventSinks(cfg.sinks)
-    session = CameraSession("entrance", pipeline, cfg, sinks)
-    run(session, video)
-    session.close(now=1008.0)
-    sinks.close()
-    written = read_jsonl(cfg.sinks.jsonl)
+    written = streamed_events(pipeline, video, cfg)
     pending = read_jsonl(cfg.sinks.jsonl.with_suffix(".pending.jsonl"))
     assert any(e["type"] == "alert" for e in written)
     assert pending == written  # every event is still waiting for the webhook, in order
@@ -261,12 +266,7 @@ def test_alerts_and_compliance_reach_a_real_mqtt_broker(pipeline, video, broker,
     `online` then `offline` (retained) when the sinks close."""
     subscriber = Subscriber(broker.url)
     cfg = stream_cfg(tmp_path, mqtt=broker.url)
-    sinks = EventSinks(cfg.sinks)
-    session = CameraSession("entrance", pipeline, cfg, sinks)
-    run(session, video)
-    session.close(now=1008.0)
-    sinks.close()
-    written = read_jsonl(cfg.sinks.jsonl)
+    written = streamed_events(pipeline, video, cfg)
     alerts = [e for e in written if e["type"] == "alert"]
     stats = [e for e in written if e["type"] == "stats"]
     assert len(alerts) == 1 and len(stats) >= 4
