@@ -12,6 +12,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -312,18 +313,21 @@ class Broker:
     """A real MQTT broker (Debian's mosquitto) on a loopback port, with persistence, so subscribers'
     sessions and their queued QoS 1 messages survive a stop and a start (`make test` installs it)."""
 
-    def __init__(self, root: Path):
+    def __init__(self):
         exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         assert Path(exe).is_file(), "mosquitto is not installed: `make mqtt-broker` (apt-get install mosquitto)"
+        # its own folder straight under the temp dir: run as root, mosquitto drops to the `mosquitto`
+        # user, which cannot enter pytest's private tmp_path (its store and log would be lost silently)
+        root = Path(tempfile.mkdtemp(prefix="facemask-mosquitto-"))
         self.exe, self.root, self.port, self.proc = exe, root, free_port(), None
-        root.mkdir(parents=True, exist_ok=True)
         self.config = root / "mosquitto.conf"
         self.config.write_text(
             f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
             f"persistence_location {root}/\nautosave_interval 1\nlog_dest file {root / 'mosquitto.log'}\n"
         )
-        if os.getuid() == 0:  # mosquitto drops root for the `mosquitto` user, which must write the store
+        if os.getuid() == 0:  # the `mosquitto` user writes the store and the log
             shutil.chown(root, user="mosquitto")
+            os.chmod(root, 0o755)
 
     @property
     def url(self) -> str:
@@ -343,6 +347,10 @@ class Broker:
         if self.proc is not None:
             stop(self.proc)
             self.proc = None
+
+    def remove(self) -> None:
+        self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
 
 
 class Subscriber:
@@ -379,8 +387,9 @@ class Subscriber:
 
 
 @pytest.fixture
-def broker(tmp_path):
-    b = Broker(tmp_path / "mosquitto")
+def broker():
+    b = Broker()
     b.start()
     yield b
-    b.stop()
+    assert (b.root / "mosquitto.log").stat().st_size > 0, "the broker could not write its log"
+    b.remove()
