@@ -56,7 +56,8 @@ class MqttSink(Delivery):
         super().__init__(pending, cfg.max_queue, cfg.retry_s)
         self.cfg, self.prefix = cfg, cfg.topic_prefix.rstrip("/")
         url = urlsplit(cfg.url)
-        self.address = f"{url.hostname}:{url.port or (8883 if url.scheme == 'mqtts' else 1883)}"
+        port = url.port or (8883 if url.scheme == "mqtts" else 1883)
+        self.address = f"{url.hostname}:{port}"
         client_id = f"facemask-{socket.gethostname()}-{os.getpid()}"
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id)
         if cfg.username:
@@ -67,7 +68,7 @@ class MqttSink(Delivery):
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.reconnect_delay_set(min_delay=1, max_delay=max(1, int(cfg.retry_s)))
-        self.client.connect_async(url.hostname, url.port or (8883 if url.scheme == "mqtts" else 1883), cfg.keepalive_s)
+        self.client.connect_async(url.hostname, port, cfg.keepalive_s)
         self.client.loop_start()  # paho's network thread connects and reconnects by itself
         self.start()
 
