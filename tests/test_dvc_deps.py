@@ -97,7 +97,8 @@ def test_the_code_names_no_artefact_file_itself():
     file names, so moving one is a conf/ change. Only the model stores' own file names remain: the
     BentoML model folder (serving/packaging.py) and the MLflow run's artifacts (mlflow_tracking.py)."""
     names = {Path(v).name for v in PARAMS["paths"].values() if Path(v).suffix}
-    assert {"manifest.csv", "crops.csv", "classifier.pt", "detector.onnx"} <= names
+    handed = {"manifest.csv", "crops.csv", "classifier.pt", "detector.onnx", "metrics.json", "augment_preview.png"}
+    assert handed <= names
     stores = {"serving/packaging.py", "mlflow_tracking.py"}
     spelled = {
         (str(f.relative_to(PACKAGE)), name)

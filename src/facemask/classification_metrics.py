@@ -101,4 +101,6 @@ if __name__ == "__main__":
     import sys
     from pathlib import Path
 
-    print(format_table(json.loads(Path(sys.argv[1] if len(sys.argv) > 1 else "reports/metrics.json").read_text())))
+    if len(sys.argv) != 2:
+        sys.exit("usage: python -m facemask.classification_metrics METRICS_JSON (the evaluate stage's paths.metrics)")
+    print(format_table(json.loads(Path(sys.argv[1]).read_text())))

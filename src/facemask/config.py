@@ -40,8 +40,11 @@ class Paths(_Strict):
     manifest: Path
     crop_table: Path
     augmentation: Path
+    augment_preview: Path
     classifier: Path
     classifier_run: Path
+    metrics: Path
+    scene_metrics: Path
     detector_weights: Path
     detector_onnx: Path
     detector_run: Path

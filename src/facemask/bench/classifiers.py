@@ -46,7 +46,7 @@ def run_variant(name: str, overrides: list[str], root: Path, tag: str, base: Par
     params.paths.models.mkdir(parents=True, exist_ok=True)
     params.paths.reports.mkdir(parents=True, exist_ok=True)
     shutil.copy(base.paths.augmentation, params.paths.augmentation)
-    shutil.copy(base.paths.reports / "augment_preview.png", params.paths.reports / "augment_preview.png")
+    shutil.copy(base.paths.augment_preview, params.paths.augment_preview)
     params_file = folder / "params.yaml"
     write_params(raw, params_file)
     for stage in ("train", "evaluate", "scenes"):
@@ -55,8 +55,8 @@ def run_variant(name: str, overrides: list[str], root: Path, tag: str, base: Par
     run_id = mlflow_tracking.read_run_ref(params.paths.classifier_run)["run_id"]
     mlflow.MlflowClient().set_tag(run_id, "comparison", tag)
     mlflow.MlflowClient().set_tag(run_id, "variant", name)
-    test = json.loads((params.paths.reports / "metrics.json").read_text())
-    dev = json.loads((params.paths.reports / "scenes" / "metrics.json").read_text())
+    test = json.loads(params.paths.metrics.read_text())
+    dev = json.loads(params.paths.scene_metrics.read_text())
     train = json.loads((params.paths.reports / "train.json").read_text())
     by_source = test["per_source"]
     close = [by_source[s] for s in CLOSE_UPS if s in by_source]

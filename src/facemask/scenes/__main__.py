@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"scenes: {err}", file=sys.stderr)
         return 2
     write_reports(run, result, run.labels, args.out, params.scenes.gallery_size, params.scenes.iou_threshold)
-    write_json(args.out / "metrics.json", summary(result))
+    write_json(args.out / params.paths.scene_metrics.name, summary(result))
     print(f"{result['scenes']} scenes, {result['faces']} faces; reports in {args.out}")
     print(format_scene_table(result, run.labels))
     print(f"median {result['frame_ms_median']:.1f} ms/frame ({result['fps']:.1f} fps)")

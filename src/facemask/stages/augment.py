@@ -29,7 +29,7 @@ def augment(params: Params) -> None:
         rgb = cv2.cvtColor(read_image(params.paths.crops / name, params.data.max_image_pixels), cv2.COLOR_BGR2RGB)
         images += [rgb, rgb]  # each crop twice: two draws of the pipeline side by side
     grid = preview_grid(pipeline, images, columns=8)
-    preview = params.paths.reports / "augment_preview.png"
+    preview = params.paths.augment_preview
     preview.parent.mkdir(parents=True, exist_ok=True)
     cv2.imwrite(str(preview), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
     log.info("augmentation pipeline (%d transforms) -> %s; preview -> %s", len(pipeline.transforms), out, preview)

@@ -57,7 +57,7 @@ def evaluate(params: Params) -> None:
     result["per_source"] = per_group(table, y_true, proba, labels, "source")
     if "kind" in table:
         result["per_kind"] = per_group(table, y_true, proba, labels, "kind")
-    write_json(paths.reports / "metrics.json", result)
+    write_json(paths.metrics, result)
     confusion_rows(y_true, proba.argmax(axis=1), labels).to_csv(paths.reports / "confusion.csv", index=False)
     curves = pr_curve_frames(y_true, proba, labels)
     (paths.reports / "pr").mkdir(parents=True, exist_ok=True)
@@ -86,7 +86,7 @@ def evaluate(params: Params) -> None:
         mlflow.log_metrics(flat)
         for name, fig in figures.items():
             mlflow.log_figure(fig, f"plots/{name}")
-        mlflow.log_artifact(str(paths.reports / "metrics.json"), "evaluation")
+        mlflow.log_artifact(str(paths.metrics), "evaluation")
         mlflow.set_tag("evaluated", "true")
     log.info("test accuracy %.4f, macro-F1 %.4f on %d crops", result["accuracy"], result["macro_f1"], result["n"])
     log.info("face macro-F1 %.4f (test split %s)", result["face_macro_f1"], result["test_split"])

@@ -19,7 +19,7 @@ from facemask.registry import promote
 def promote_stage(params: Params) -> None:
     paths, cfg = params.paths, params.mlflow
     ref = mlflow_tracking.attach(cfg, paths.classifier_run)
-    metrics = json.loads((paths.reports / "metrics.json").read_text())
+    metrics = json.loads(paths.metrics.read_text())
     client = MlflowClient()
 
     def rescore(version: str) -> float:

@@ -23,9 +23,9 @@ log = logging.getLogger("facemask.scenes")
 def scenes(params: Params) -> None:
     paths = params.paths
     run, result = evaluate_scenes(params, paths.classifier)
-    out = paths.reports / "scenes"
+    out = paths.scene_metrics.parent
     figures = write_reports(run, result, run.labels, out, params.scenes.gallery_size, params.scenes.iou_threshold)
-    write_json(out / "metrics.json", summary(result))
+    write_json(paths.scene_metrics, summary(result))
 
     ref = mlflow_tracking.attach(params.mlflow, paths.classifier_run)
     with mlflow.start_run(run_id=ref["run_id"]):
@@ -33,7 +33,7 @@ def scenes(params: Params) -> None:
         for name, fig in figures.items():
             mlflow.log_figure(fig, f"plots/scenes/{name}")
         mlflow.log_artifact(str(out / "worst_errors.png"), "plots/scenes")
-        mlflow.log_artifact(str(out / "metrics.json"), "evaluation/scenes")
+        mlflow.log_artifact(str(paths.scene_metrics), "evaluation/scenes")
     print(
         f"\n{result['scenes']} scenes, {result['faces']} faces, "
         f"{params.detector.name} at long side {params.pipeline.detect_long_side or 'native'}"

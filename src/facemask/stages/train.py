@@ -67,7 +67,7 @@ def train(params: Params) -> None:
         frame.to_csv(paths.reports / "train_history.csv", index=False)
         mlflow.log_figure(plots.training_curves(frame), "plots/training_curves.png")
         mlflow.log_artifact(str(paths.augmentation), "augment")
-        mlflow.log_artifact(str(paths.reports / "augment_preview.png"), "augment")
+        mlflow.log_artifact(str(paths.augment_preview), "augment")
         example = np.zeros((1, 3, params.model.input_size, params.model.input_size), dtype=np.float32)
         model_info = mlflow.pytorch.log_model(
             network,
