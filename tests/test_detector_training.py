@@ -3,6 +3,7 @@ scenes, the ONNX export against PyTorch, and the detector promotion gate on a re
 
 from __future__ import annotations
 
+import cv2
 import mlflow
 import numpy as np
 import onnx
@@ -12,7 +13,7 @@ import pytorch_lightning as pl
 import torch
 from mlflow.tracking import MlflowClient
 
-from facemask.config import BoxFit, compose, validate
+from facemask.config import BoxFit, LowResolution, compose, validate
 from facemask.data.voc import load_scenes
 from facemask.detection.retinaface_mnet import (
     RetinaFaceMobileNet,
@@ -26,7 +27,7 @@ from facemask.detection.retinaface_mnet import (
 from facemask.detector_training.export import export_onnx
 from facemask.detector_training.module import DetectorModule
 from facemask.detector_training.multibox import build_targets, match_anchors, multibox_loss
-from facemask.detector_training.scene_data import SceneDataModule, collate, manifest_scenes
+from facemask.detector_training.scene_data import SceneDataModule, collate, low_resolution, manifest_scenes
 from facemask.imageio import read_image
 from facemask.registry import detector_file, promote_detector
 from facemask.scenes.detection import detector_scores
@@ -123,6 +124,23 @@ def test_training_crops_keep_their_faces(scene_project):
     again = dm.train_set[(0, 3)]
     assert torch.equal(again[0], items[3][0])  # (epoch, index) -> the same crop
     assert not torch.equal(dm.train_set[(1, 3)][0], items[3][0])
+
+
+def test_low_resolution_crops_lose_detail_and_keep_their_size(scene_project):
+    """A degraded crop looks like a small frame enlarged to the input: same size and mean, less
+    high-frequency detail (Laplacian variance) than the sharp crop; p = 0 leaves crops untouched."""
+    root, params = scene_project
+    scene = manifest_scenes(root / "manifest.csv", root / "raw", "train")[0]
+    image = read_image(scene.path, MAX_PIXELS)
+    sharpness = lambda im: cv2.Laplacian(cv2.cvtColor(im, cv2.COLOR_BGR2GRAY), cv2.CV_64F).var()  # noqa: E731
+    always = params.detector_train.model_copy(update={"low_resolution": LowResolution(p=1.0, min_scale=0.35)})
+    rng = np.random.default_rng(0)
+    degraded = [low_resolution(image, always, rng) for _ in range(8)]
+    assert all(d.shape == image.shape and d.dtype == np.uint8 for d in degraded)
+    assert all(abs(d.mean() - image.mean()) < 2 for d in degraded)
+    assert max(sharpness(d) for d in degraded) < 0.9 * sharpness(image)
+    never = params.detector_train.model_copy(update={"low_resolution": LowResolution(p=0.0, min_scale=0.35)})
+    assert low_resolution(image, never, rng) is image
 
 
 def test_validation_scores_the_way_the_promotion_gate_does(shared, scene_project):

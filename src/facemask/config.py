@@ -332,6 +332,11 @@ class Photometric(_Strict):
     hue: float = Field(ge=0, le=90)  # +- degrees
 
 
+class LowResolution(_Strict):
+    p: float = Field(ge=0, le=1)  # share of crops degraded
+    min_scale: float = Field(gt=0, le=1)  # shrunk by a log-uniform factor in [min_scale, 1], enlarged back
+
+
 class DetectorTrain(_Strict):
     """Fine-tuning RetinaFace-MobileNet0.25 on the training scenes (stage `train_detector`)."""
 
@@ -355,6 +360,7 @@ class DetectorTrain(_Strict):
     face_centred: float = Field(ge=0, le=1)
     flip: bool
     photometric: Photometric
+    low_resolution: LowResolution
     val_scenes: int | None = Field(ge=1)
     num_workers: int = Field(ge=0)
     lightning: Instantiable  # pytorch_lightning.Trainer arguments

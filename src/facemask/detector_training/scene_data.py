@@ -55,6 +55,18 @@ def photometric(image: np.ndarray, cfg: DetectorTrain, rng: np.random.Generator)
     return cv2.cvtColor(np.clip(hsv, 0, 255).astype(np.uint8), cv2.COLOR_HSV2BGR)
 
 
+def low_resolution(image: np.ndarray, cfg: DetectorTrain, rng: np.random.Generator) -> np.ndarray:
+    """With probability `low_resolution.p`, the image shrunk by a log-uniform factor in
+    [`min_scale`, 1] and enlarged back: the look of a small frame enlarged to the detector's input."""
+    lr = cfg.low_resolution
+    if lr.p == 0 or rng.random() >= lr.p:
+        return image
+    factor = math.exp(rng.uniform(math.log(lr.min_scale), 0.0))
+    h, w = image.shape[:2]
+    small = cv2.resize(image, (max(1, round(w * factor)), max(1, round(h * factor))), interpolation=cv2.INTER_AREA)
+    return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+
+
 def random_crop(
     image: np.ndarray, boxes: np.ndarray, cfg: DetectorTrain, long_side: int, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -129,7 +141,7 @@ class SceneCrops(Dataset):
             boxes = boxes[:, [2, 1, 0, 3]] * np.array([-1, 1, -1, 1], dtype=np.float32) + np.array(
                 [crop.shape[1], 0, crop.shape[1], 0], dtype=np.float32
             )
-        crop = photometric(crop, self.cfg, rng)
+        crop = photometric(low_resolution(crop, self.cfg, rng), self.cfg, rng)
         size = float(self.cfg.input_size)
         return torch.from_numpy(preprocess(crop)[0]), torch.from_numpy(boxes / size)
 
