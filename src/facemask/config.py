@@ -505,6 +505,65 @@ class Stream(_Strict):
         return self.model_copy(update=update)
 
 
+CAMERA_NAME = r"^[A-Za-z0-9_.-]{1,64}$"  # a camera's name: in URLs, topics, file names and metric labels
+
+
+class Zone(_Strict):
+    """A polygon in frame-relative coordinates (0..1, x right, y down). Faces in an `ignore` zone are
+    left out; where a camera has `count` zones, a face outside all of them is left out too."""
+
+    name: str = Field(min_length=1)
+    kind: Literal["count", "ignore"] = "count"
+    points: list[tuple[float, float]] = Field(min_length=3)
+
+    @model_validator(mode="after")
+    def _relative(self) -> Zone:
+        if any(not (0 <= v <= 1) for point in self.points for v in point):
+            raise ValueError(f"zone {self.name!r}: points are frame-relative, each coordinate in [0, 1]")
+        return self
+
+
+class Camera(_Strict):
+    """A camera the service pulls itself: an RTSP or HTTP(S) (MJPEG) URL, a video file, or a device index."""
+
+    name: str = Field(pattern=CAMERA_NAME)
+    source: str | int
+    fps: float = Field(default=5.0, gt=0, le=60)  # frames sampled per second for analysis
+    enabled: bool = True
+    zones: list[Zone] = Field(default_factory=list)
+    anchor: Literal["centre", "feet"] = "centre"  # the point of a face's box a zone must hold
+
+    @model_validator(mode="after")
+    def _source(self) -> Camera:
+        if isinstance(self.source, str) and not self.source.strip():
+            raise ValueError("source is empty")
+        if isinstance(self.source, int) and self.source < 0:
+            raise ValueError("a device index is >= 0")
+        return self
+
+
+class Reconnect(_Strict):
+    initial_s: float = Field(gt=0)  # the first wait after a failed or dropped connection, doubled each try
+    max_s: float = Field(gt=0)  # the longest wait
+    fail_after: int = Field(ge=1)  # attempts in a row before the camera is `failed` (it keeps trying)
+
+
+class Cameras(_Strict):
+    """The cameras the service pulls (RTSP, HTTP, files, devices); WebSocket cameras push instead."""
+
+    open_timeout_s: float = Field(gt=0)
+    read_timeout_s: float = Field(gt=0)
+    reconnect: Reconnect
+    sources: list[Camera]
+
+    @model_validator(mode="after")
+    def _unique(self) -> Cameras:
+        names = [c.name for c in self.sources]
+        if twice := sorted({n for n in names if names.count(n) > 1}):
+            raise ValueError(f"camera names must be unique: {twice} given more than once")
+        return self
+
+
 class Serving(_Strict):
     """The service's limits (one worker). Each can be overridden per deployment by the environment
     variable FACEMASK_<NAME> (e.g. FACEMASK_MAX_UPLOAD_BYTES); API keys never live here."""
@@ -537,6 +596,7 @@ class Params(_Strict):
     scenes: Scenes
     stream: Stream
     serving: Serving
+    cameras: Cameras
     detectors: dict[str, Detector] = Field(default_factory=dict)
     detector_train: DetectorTrain
 

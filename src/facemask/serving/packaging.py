@@ -16,11 +16,13 @@ from pathlib import Path
 
 import bentoml
 import mlflow
+import yaml
 from mlflow.tracking import MlflowClient
+from pydantic import ValidationError
 
 from facemask import mlflow_tracking
 from facemask.classifier import MaskClassifier
-from facemask.config import ConfigError, Detector, Params, Pipeline, Serving, Stream
+from facemask.config import Cameras, ConfigError, Detector, Params, Pipeline, Serving, Stream
 from facemask.detection import build_detector, detector_backend
 from facemask.pipeline import MaskPipeline
 from facemask.registry import DEV_TAG, METRIC_TAG, SPLIT_TAG, detector_file
@@ -69,6 +71,7 @@ def import_champion(params: Params, classifier_version: str | None = None) -> tu
         "pipeline.json": params.pipeline.model_dump_json(indent=2).encode(),
         "stream.json": params.stream.model_dump_json(indent=2).encode(),
         "serving.json": params.serving.model_dump_json(indent=2).encode(),
+        "cameras.json": params.cameras.model_dump_json(indent=2).encode(),
     }
     if weights is not None:
         files[detector.weights.file] = Path(weights).read_bytes()
@@ -134,6 +137,42 @@ def load_stream_config(detector_dir: Path | str) -> Stream:
     if os.environ.get("FACEMASK_MQTT_URL"):
         raw["sinks"]["mqtt"]["url"] = os.environ["FACEMASK_MQTT_URL"]
     return Stream.model_validate(raw)
+
+
+def load_cameras_config(detector_dir: Path | str, environ=os.environ) -> Cameras:
+    """The cameras to pull: those packaged (conf/cameras), or the YAML file FACEMASK_CAMERAS_FILE
+    names (its keys override the packaged ones: usually just `sources`). A bad entry is a ConfigError
+    naming the camera and the key."""
+    packaged = Path(detector_dir, "cameras.json")
+    raw = json.loads(packaged.read_text()) if packaged.is_file() else {}
+    if file := environ.get("FACEMASK_CAMERAS_FILE"):
+        try:
+            override = yaml.safe_load(Path(file).read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as err:
+            raise ConfigError(f"cannot read FACEMASK_CAMERAS_FILE {file}: {err}") from None
+        if not isinstance(override, dict):
+            raise ConfigError(f"FACEMASK_CAMERAS_FILE {file}: expected a mapping with `sources:`, got {override!r:.80}")
+        raw = {**raw, **override}
+    try:
+        return Cameras.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(f"bad cameras config ({file or packaged}): {camera_errors(err, raw)}") from None
+
+
+def camera_errors(err: ValidationError, raw: dict) -> str:
+    """Pydantic's errors with each camera named: `camera 'door' (sources[1]) fps: ...`."""
+    sources = raw.get("sources") if isinstance(raw.get("sources"), list) else []
+    parts = []
+    for e in err.errors():
+        loc = list(e["loc"])
+        where = ".".join(str(p) for p in loc)
+        if len(loc) >= 2 and loc[0] == "sources" and isinstance(loc[1], int):
+            entry = sources[loc[1]] if loc[1] < len(sources) else {}
+            name = entry.get("name", "?") if isinstance(entry, dict) else "?"
+            key = ".".join(str(p) for p in loc[2:] if not isinstance(p, str) or p not in ("str", "int")) or "entry"
+            where = f"camera {name!r} (sources[{loc[1]}]) {key}"
+        parts.append(f"{where}: {e['msg']}")
+    return "; ".join(parts)
 
 
 def load_serving_config(detector_dir: Path | str, environ=os.environ) -> Serving:
