@@ -1,5 +1,6 @@
 """BentoML service: every face in an image found and its mask classified (detect, annotate, gate),
-and live cameras streamed over a WebSocket (`/live/ws/<camera>`, a page at `/live/`).
+live cameras streamed over a WebSocket (`/live/ws/<camera>`, a page at `/live/`), and the configured
+cameras pulled by the service itself (`cameras.sources`; their health on `/cameras/status`).
 
 Thin by design: decoding, the detection pipeline, tracking, alerts, the gate rule, the drawing and
 the front door (API keys, limits, back-pressure: `facemask.serving.guard`) live in `facemask`.
@@ -28,10 +29,12 @@ with bentoml.importing():
     from facemask.imageio import ImageError, decode_image, encode_jpeg
     from facemask.serving.decisions import GateRule
     from facemask.serving.guard import SUBPROTOCOL, Guard, GuardMiddleware, load_api_keys
+    from facemask.serving.cameras import PulledCameras
     from facemask.serving.live import CameraLimitError, LiveStreams
     from facemask.serving.packaging import (
         CLASSIFIER_MODEL,
         DETECTOR_MODEL,
+        load_cameras_config,
         load_pipeline,
         load_serving_config,
         load_stream_config,
@@ -41,6 +44,7 @@ with bentoml.importing():
 
 ImageFile = Annotated[Path, ContentType("image/*")]
 live_app = FastAPI(title="facemask live", docs_url=None, redoc_url=None)
+cameras_app = FastAPI(title="facemask cameras", docs_url=None, redoc_url=None)
 METRICS = LiveMetrics()
 GUARD = Guard()  # configured once the models are loaded; until then guarded calls get 503
 
@@ -75,6 +79,7 @@ class GateOut(BaseModel):
 # admission (serving.pipelines + max_waiting) is the guard's, so more threads only ever wait
 @bentoml.service(name="facemask", threads=16, traffic={"timeout": 30})
 @bentoml.asgi_app(live_app, path="/live")
+@bentoml.asgi_app(cameras_app, path="/cameras")
 class FaceMask:
     classifier_model = bentoml.models.BentoModel(f"{CLASSIFIER_MODEL}:latest")
     detector_model = bentoml.models.BentoModel(f"{DETECTOR_MODEL}:latest")
@@ -91,6 +96,7 @@ class FaceMask:
         meta = clf.info.metadata
         self.model_version = f"{meta.get('mlflow_model', clf.tag.name)}/v{meta.get('mlflow_version', clf.tag.version)}"
         self.live = LiveStreams(self.pool, load_stream_config(det.path), self.limits, METRICS)
+        self.cameras = PulledCameras(self.live, load_cameras_config(det.path), METRICS).start()
         keys = load_api_keys(self.limits)
         if not keys:
             logging.getLogger(__name__).warning(
@@ -104,6 +110,7 @@ class FaceMask:
     @bentoml.on_shutdown
     def flush(self) -> None:
         """Every camera's last stats window to the event file; undelivered webhook events kept."""
+        self.cameras.close()
         self.live.close()
 
     def _run(self, image: Path) -> tuple[np.ndarray, list]:
@@ -156,6 +163,13 @@ class FaceMask:
             "api_keys_required": GUARD.keys_required,
             "opencv": cv2.__version__,
         }
+
+    @cameras_app.get("/status")
+    def camera_status(self) -> list[dict]:
+        """The pulled cameras: state (connecting | connected | reconnecting | failed), last error,
+        frames read / sampled / dropped / analysed, median latency from capture to answer, faces
+        and compliance now. Needs the API key."""
+        return self.cameras.health()
 
     @live_app.get("/", response_class=HTMLResponse)
     def live_page(self) -> str:

@@ -1,6 +1,6 @@
 """The service's front door, one ASGI middleware: API keys, upload size, WebSocket origin and
-back-pressure. Health probes and the pages (GET) stay open; every API call (POST), `/metrics` and
-every WebSocket needs a key once keys are configured.
+back-pressure. Health probes and the pages (GET) stay open; every API call (POST), the data read
+with GET (`/metrics`, `/cameras/status`) and every WebSocket need a key once keys are configured.
 
 A key is sent as `X-API-Key: <key>` or `Authorization: Bearer <key>`; a browser's WebSocket, which
 cannot set headers, offers it as the subprotocol `apikey.<key>` beside `facemask`. Keys are kept as
@@ -23,6 +23,7 @@ from facemask.config import ConfigError, Serving
 
 SUBPROTOCOL = "facemask"
 KEY_PROTOCOL_PREFIX = "apikey."
+KEYED_READS = frozenset({"/metrics", "/cameras/status"})  # GETs that need the key (the others: pages, probes)
 
 
 def load_api_keys(cfg: Serving, environ: Mapping[str, str] = os.environ) -> list[str]:
@@ -128,7 +129,7 @@ class GuardMiddleware:
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "websocket":
             return await self._websocket(scope, receive, send)
-        if scope["type"] != "http" or (scope["method"] in ("GET", "HEAD") and scope["path"] != "/metrics"):
+        if scope["type"] != "http" or (scope["method"] in ("GET", "HEAD") and scope["path"] not in KEYED_READS):
             return await self.app(scope, receive, send)
         guard = self.guard
         if guard.cfg is None:

@@ -14,13 +14,15 @@ import re
 import threading
 import time
 
+from facemask import config
 from facemask.config import Serving, Stream
 from facemask.imageio import ImageError, decode_image
 from facemask.serving.pool import PipelinePool
 from facemask.stream.session import CameraSession
 from facemask.stream.sinks import EventSinks
+from facemask.stream.zones import ZoneFilter
 
-CAMERA_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+CAMERA_NAME = re.compile(config.CAMERA_NAME)
 log = logging.getLogger(__name__)
 
 
@@ -39,10 +41,16 @@ class LiveStreams:
         self._sweeper = threading.Thread(target=self._sweep, name="camera-expiry", daemon=True)
         self._sweeper.start()
 
-    def open(self, camera: str, frame_diff: bool | None = None, regions: bool | None = None) -> CameraSession:
+    def open(
+        self,
+        camera: str,
+        frame_diff: bool | None = None,
+        regions: bool | None = None,
+        zones: ZoneFilter | None = None,
+    ) -> CameraSession:
         """The camera's session; a reconnecting camera keeps its tracks and counters.
         `frame_diff` / `regions` switch the configured frame differencing / region search on or off
-        for a new session."""
+        for a new session; `zones` are the faces it watches (default: all)."""
         if not CAMERA_NAME.match(camera):
             raise ValueError("camera names are 1-64 letters, digits, '.', '_' or '-'")
         self.expire_idle()
@@ -52,7 +60,8 @@ class LiveStreams:
                 if len(self.sessions) >= self.limits.max_cameras:
                     raise CameraLimitError(f"this worker holds its limit of {self.limits.max_cameras} cameras")
                 cfg = self.cfg.switched(frame_diff=frame_diff, regions=regions)
-                session = self.sessions[camera] = CameraSession(camera, self.pool.first, cfg, self.sinks)
+                session = CameraSession(camera, self.pool.first, cfg, self.sinks, zones)
+                self.sessions[camera] = session
             self.connections[camera] = self.connections.get(camera, 0) + 1
             session.last_frame = time.time()
             return session
@@ -71,9 +80,14 @@ class LiveStreams:
             if self.metrics:
                 self.metrics.bad_frames.labels(camera=camera).inc()
             return {"camera": camera, "error": str(err)}
+        return self.analyse(camera, frame)
+
+    def analyse(self, camera: str, frame, now: float | None = None) -> dict:
+        """One decoded frame of an open camera (pushed or pulled) through its session on a free
+        pipeline; `now`: when the frame was taken (default: now)."""
         session = self.sessions[camera]
         with session.lock, self.pool.lease() as pipeline:
-            result = session.process(frame, pipeline=pipeline)
+            result = session.process(frame, now, pipeline=pipeline)
         if self.metrics:
             self.metrics.observe(camera, result)
         return result

@@ -26,6 +26,7 @@ from facemask.imageio import encode_jpeg
 from facemask.pipeline import MaskPipeline
 from facemask.stream.sinks import EventSinks
 from facemask.stream.tracker import Track, Tracker
+from facemask.stream.zones import ZoneFilter
 
 REGION_MIN_SIDE = 128  # frame px: a search region never smaller (a small face keeps the context the
 # detector needs: on 40 training scenes 141 of 142 faces found as in the whole frame, 137 at 64 px)
@@ -46,8 +47,17 @@ class Counters:
 
 
 class CameraSession:
-    def __init__(self, camera: str, pipeline: MaskPipeline, cfg: Stream, sinks: EventSinks | None = None):
+    def __init__(
+        self,
+        camera: str,
+        pipeline: MaskPipeline,
+        cfg: Stream,
+        sinks: EventSinks | None = None,
+        zones: ZoneFilter | None = None,
+    ):
+        """`zones`: the faces this camera watches (default: all)."""
         self.camera, self.pipeline, self.cfg, self.sinks = camera, pipeline, cfg, sinks
+        self.zones = zones or ZoneFilter([])
         self.tracker = Tracker(cfg, pipeline.labels)
         self.compliant = pipeline.compliant
         self.colours = {lb: hex_colour(c) for lb, c in label_colours(pipeline.labels, self.compliant).items()}
@@ -98,6 +108,8 @@ class CameraSession:
         now = self.last_frame if now is None else now
         pipeline = pipeline or self.pipeline
         faces, detection = self._detect(frame, pipeline)
+        if self.zones:
+            faces = [f for f in faces if self.zones.keeps(f.box, frame.shape)]
         results = pipeline.classify(frame, faces)
         tracks = self.tracker.update(results, now)
         alerts = [self._alert(frame, t, now) for t in tracks if self._should_alert(t, now)]

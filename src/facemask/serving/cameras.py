@@ -1,0 +1,130 @@
+"""The cameras the service pulls itself (`cameras.sources`): a reader per camera, and one analysis
+thread per pipeline of the pool taking the newest waiting frame of the camera served least recently
+(round robin). Each camera is a `LiveStreams` session like a WebSocket camera (the same tracks, smoothing,
+alerts, compliance and sinks); it holds its place for as long as the service runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+
+import numpy as np
+
+from facemask.config import Cameras, ConfigError
+from facemask.stream.capture import CameraReader
+from facemask.stream.zones import ZoneFilter
+
+log = logging.getLogger(__name__)
+
+
+class PulledCameras:
+    def __init__(self, live, cfg: Cameras, metrics=None):
+        """`live`: the service's `LiveStreams` (sessions, pipeline pool, sinks)."""
+        self.live, self.cfg, self.metrics = live, cfg, metrics
+        self._wake = threading.Condition()
+        self._busy: set[str] = set()
+        self._served: dict[str, float] = {}  # camera -> when its last frame was taken (monotonic)
+        self._stop = threading.Event()
+        self.readers: dict[str, CameraReader] = {}
+        self.latest: dict[str, dict] = {}  # camera -> its last answer
+        self.analysed: dict[str, int] = {}
+        self._latency: dict[str, deque[float]] = {}
+        enabled = [c for c in cfg.sources if c.enabled]
+        if len(enabled) > live.limits.max_cameras:
+            raise ConfigError(f"cameras.sources enables {len(enabled)} cameras, over serving.max_cameras "
+                              f"({live.limits.max_cameras}): raise FACEMASK_MAX_CAMERAS or disable some")  # fmt: skip
+        for camera in enabled:
+            live.open(camera.name, zones=ZoneFilter(camera.zones, camera.anchor))  # held: never expires
+            self.readers[camera.name] = CameraReader(camera, cfg, on_frame=self._notify)
+            self.analysed[camera.name], self._latency[camera.name] = 0, deque(maxlen=50)
+            self._served[camera.name] = 0.0
+        self._workers = [
+            threading.Thread(target=self._analyse, name=f"camera-analysis-{i}", daemon=True)
+            for i in range(len(live.pool.pipelines) if self.readers else 0)
+        ]
+        if self.readers and metrics:
+            self._workers.append(threading.Thread(target=self._monitor, name="camera-metrics", daemon=True))
+
+    def start(self) -> PulledCameras:
+        for reader in self.readers.values():
+            reader.start()
+        for worker in self._workers:
+            worker.start()
+        if self.readers:
+            log.info("pulling %d camera(s): %s", len(self.readers), ", ".join(self.readers))
+        return self
+
+    def _notify(self) -> None:
+        with self._wake:
+            self._wake.notify()
+
+    def _next(self) -> tuple[str, object] | None:
+        """A waiting frame of the camera served least recently that no other thread is analysing
+        (round robin: a camera sampled faster does not starve the others, nor they it)."""
+        with self._wake:
+            while not self._stop.is_set():
+                waiting = [(self._served[name], name) for name, r in self.readers.items()
+                           if name not in self._busy and r.waiting_since is not None]  # fmt: skip
+                if waiting:
+                    name = min(waiting)[1]
+                    sample = self.readers[name].take()
+                    if sample is not None:
+                        self._busy.add(name)
+                        self._served[name] = time.monotonic()
+                        return name, sample
+                self._wake.wait(0.5)
+        return None
+
+    def _analyse(self) -> None:
+        while (item := self._next()) is not None:
+            name, sample = item
+            try:
+                result = self.live.analyse(name, sample.frame, now=sample.time)
+                latency = time.time() - sample.time
+                self._latency[name].append(latency)
+                self.analysed[name] += 1
+                self.latest[name] = result
+                if self.metrics:
+                    self.metrics.camera_latency.labels(camera=name).observe(latency)
+            except Exception:  # one camera's bad frame must not stop the others
+                log.exception("camera %s: a frame could not be analysed", name)
+            finally:
+                with self._wake:
+                    self._busy.discard(name)
+                    self._wake.notify()
+
+    def _monitor(self) -> None:
+        while not self._stop.wait(2.0):
+            self.health()  # states and counts into Prometheus
+
+    def health(self) -> list[dict]:
+        """Per camera: the reader's state and counts, frames analysed, latency and live figures."""
+        out = []
+        for name, reader in self.readers.items():
+            latency = self._latency[name]
+            last = self.latest.get(name) or {}
+            out.append(
+                {
+                    **reader.health(),
+                    "frames_analysed": self.analysed[name],
+                    "latency_ms": round(float(np.median(latency)) * 1000, 1) if latency else None,
+                    "faces": len(last.get("tracks", [])),
+                    "compliance": last.get("compliance"),
+                    "last_analysed": last.get("time"),
+                }
+            )
+        if self.metrics:
+            self.metrics.observe_cameras(out)
+        return out
+
+    def close(self) -> None:
+        self._stop.set()
+        with self._wake:
+            self._wake.notify_all()
+        for reader in self.readers.values():
+            reader.stop()
+        for worker in self._workers:
+            worker.join(10)
