@@ -12,7 +12,7 @@ FACEMASK_MIRROR ?= $(if $(wildcard ../shared/datasets),$(abspath ../shared),)
 export FACEMASK_MIRROR
 OVERRIDES ?=
 
-.PHONY: help setup params check-params pipeline run test test-fast lint format mlflow-ui mlflow-server postgres proxy mqtt-broker container clean bento-models serve bento bench-latency scenes bench bench-classifiers bench-quantization browser stream compliance bench-stream loadtest api-key audit
+.PHONY: help setup params check-params pipeline run test test-fast lint format mlflow-ui mlflow-server postgres proxy mqtt-broker rtsp-server container clean bento-models serve bento bench-latency scenes bench bench-classifiers bench-quantization browser stream compliance bench-stream loadtest api-key audit
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -52,11 +52,17 @@ proxy: ## Debian's nginx for the two-replica proxy test (apt-get; root or sudo)
 	@command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || { $(SUDO) apt-get update -qq && \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx; }
 
+rtsp-server: ## Debian's GStreamer RTSP server (for the system python3) for the camera tests (apt-get; root or sudo)
+	@/usr/bin/python3 -c "import gi; gi.require_version('GstRtspServer', '1.0'); from gi.repository import GstRtspServer" \
+	  2>/dev/null && gst-inspect-1.0 h264parse >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-gi \
+	  gir1.2-gst-rtsp-server-1.0 gstreamer1.0-tools gstreamer1.0-plugins-good gstreamer1.0-plugins-bad; }
+
 mqtt-broker: ## Debian's mosquitto for the MQTT tests (apt-get; root or sudo)
 	@command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || { $(SUDO) apt-get update -qq && \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends mosquitto; }
 
-test: setup browser postgres proxy mqtt-broker pipeline ## set up, bring the pipeline up to date (the service tests serve its champion), run all tests
+test: setup browser postgres proxy mqtt-broker rtsp-server pipeline ## set up, bring the pipeline up to date (the service tests serve its champion), run all tests
 	@# two test processes (a file each at a time: module fixtures build once; the longest files first,
 	@# tests/conftest.py); most tests wait on a subprocess or a server. The slowest are listed at the end.
 	$(RUN) pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=20
