@@ -27,9 +27,10 @@ with bentoml.importing():
 
     from facemask.draw import draw_faces, label_colours
     from facemask.imageio import ImageError, decode_image, encode_jpeg
-    from facemask.serving.decisions import GateRule
-    from facemask.serving.guard import SUBPROTOCOL, Guard, GuardMiddleware, load_api_keys
     from facemask.serving.cameras import PulledCameras
+    from facemask.serving.decisions import GateRule
+    from facemask.serving.grid import GridFeed
+    from facemask.serving.guard import SUBPROTOCOL, Guard, GuardMiddleware, load_api_keys
     from facemask.serving.live import CameraLimitError, LiveStreams
     from facemask.serving.packaging import (
         CLASSIFIER_MODEL,
@@ -97,6 +98,7 @@ class FaceMask:
         self.model_version = f"{meta.get('mlflow_model', clf.tag.name)}/v{meta.get('mlflow_version', clf.tag.version)}"
         self.live = LiveStreams(self.pool, load_stream_config(det.path), self.limits, METRICS)
         self.cameras = PulledCameras(self.live, load_cameras_config(det.path), METRICS).start()
+        self.grid = GridFeed(self.cameras)
         keys = load_api_keys(self.limits)
         if not keys:
             logging.getLogger(__name__).warning(
@@ -170,6 +172,31 @@ class FaceMask:
         frames read / sampled / dropped / analysed, median latency from capture to answer, faces
         and compliance now. Needs the API key."""
         return self.cameras.health()
+
+    @cameras_app.get("/", response_class=HTMLResponse)
+    def cameras_page(self) -> str:
+        """The grid page: every pulled camera's newest frame with its boxes and zones, its state and
+        compliance, and one alert timeline."""
+        return files("facemask.serving").joinpath("web/cameras.html").read_text(encoding="utf-8")
+
+    @cameras_app.websocket("/ws")
+    async def cameras_feed(self, websocket: WebSocket) -> None:
+        """The grid page's feed: a JSON update every half second, then each camera's new frame as a
+        binary message (`GridFeed`). The API key and Origin were checked by the guard."""
+        await websocket.accept(
+            subprotocol=SUBPROTOCOL if SUBPROTOCOL in websocket.scope.get("subprotocols", []) else None
+        )
+        sent: dict[str, int] = {}
+        alerts_seen = 0
+        try:
+            while True:
+                update, frames, alerts_seen = await asyncio.to_thread(self.grid.update, sent, alerts_seen)
+                await websocket.send_json(update)
+                for message in frames:
+                    await websocket.send_bytes(message)
+                await asyncio.sleep(0.5)
+        except (WebSocketDisconnect, RuntimeError):  # the page was closed mid-send
+            pass
 
     @live_app.get("/", response_class=HTMLResponse)
     def live_page(self) -> str:

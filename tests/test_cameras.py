@@ -27,7 +27,7 @@ from facemask.stream.sinks import read_jsonl
 from facemask.stream.zones import ZoneFilter
 from facemask.subprocesses import stop
 
-from .conftest import API_KEY, REPO, RtspServer, entrance_video, pipeline_output, start_bento
+from .conftest import API_KEY, REPO, RtspServer, chromium_binary, entrance_video, pipeline_output, start_bento
 from .test_stream import frames, stream_cfg
 
 CLIP = "videos/mask-on-1280x720.mp4"  # 30 fps, 8.9 s: a woman unmasked at 2-4 s, then masked
@@ -260,16 +260,24 @@ def test_rtsp_and_file_cameras_at_once_through_one_pool(classifier, shared, tmp_
 
 
 @pytest.mark.slow
-def test_the_served_bento_pulls_its_cameras_and_reports_them_behind_the_key(bento, bento_env, shared, tmp_path,
+def test_the_served_bento_pulls_its_cameras_and_shows_them_on_the_grid_page(bento, bento_env, shared, tmp_path,
                                                                             silent_port):  # fmt: skip
-    """`FACEMASK_CAMERAS_FILE` names a file camera and one that never answers: /cameras/status (with the
-    key) shows the first analysed and the second failed with its error; Prometheus has their states."""
+    """`FACEMASK_CAMERAS_FILE` names three cameras: the entrance clip as a file and over RTSP, and one
+    that never answers. /cameras/status (behind the key) and Prometheus show them; the grid page in
+    Chromium shows the three tiles updating, the alert in the timeline (a click opens its camera), the
+    silent camera failed, and the RTSP camera reconnecting while its server is down, then back."""
+    from playwright.sync_api import sync_playwright
+
     video = entrance_video(shared, tmp_path / "entrance.mp4")
+    server = RtspServer({"entrance": video}, tmp_path / "rtsp.log")
+    server.start()
     file = tmp_path / "cameras.yaml"
     file.write_text(
-        f"reconnect: {{initial_s: 0.2, max_s: 1, fail_after: 2}}\nopen_timeout_s: 2\n"
-        f"sources:\n  - {{name: entrance, source: '{video}', fps: 5}}\n"
+        "reconnect: {initial_s: 0.2, max_s: 1, fail_after: 2}\nopen_timeout_s: 2\nread_timeout_s: 2\nsources:\n"
+        f"  - {{name: entrance, source: '{video}', fps: 5,\n"
+        "     zones: [{name: door, points: [[0, 0], [1, 0], [1, 1], [0, 1]]}]}\n"
         f"  - {{name: silent, source: 'rtsp://admin:pw@127.0.0.1:{silent_port}/x'}}\n"
+        f"  - {{name: rtsp-entrance, source: '{server.url('entrance')}', fps: 5}}\n"
     )
     env = {**bento_env, "FACEMASK_CAMERAS_FILE": str(file), "FACEMASK_EVENTS": str(tmp_path / "events.jsonl")}
     proc, url = start_bento(bento, env, tmp_path / "serve.log")
@@ -277,14 +285,15 @@ def test_the_served_bento_pulls_its_cameras_and_reports_them_behind_the_key(bent
     try:
         assert requests.get(f"{url}/cameras/status", timeout=10).status_code == 401
 
-        def ready() -> list[dict] | None:
-            s = requests.get(f"{url}/cameras/status", headers=key, timeout=10).json()
-            return s if s[0]["frames_analysed"] > 0 and s[1]["state"] == "failed" else None
+        def ready() -> dict[str, dict] | None:
+            s = {c["name"]: c for c in requests.get(f"{url}/cameras/status", headers=key, timeout=10).json()}
+            up = s["entrance"]["frames_analysed"] > 0 and s["rtsp-entrance"]["frames_analysed"] > 0
+            return s if up and s["silent"]["state"] == "failed" else None
 
-        status = until(ready, 60, "the file camera analysed, the silent one failed")
-        entrance, silent = status
-        assert entrance["name"] == "entrance" and entrance["state"] == "connected"
-        assert entrance["latency_ms"] > 0 and entrance["compliance"] is not None
+        status = until(ready, 60, "both entrance cameras analysed, the silent one failed")
+        assert list(status) == ["entrance", "silent", "rtsp-entrance"]  # as configured
+        entrance, silent = status["entrance"], status["silent"]
+        assert entrance["state"] == "connected" and entrance["latency_ms"] > 0 and entrance["compliance"] is not None
         assert silent["source"] == f"rtsp://***@127.0.0.1:{silent_port}/x" and "cannot open" in silent["last_error"]
         metrics = requests.get(f"{url}/metrics", headers=key, timeout=10).text
 
@@ -298,8 +307,37 @@ def test_the_served_bento_pulls_its_cameras_and_reports_them_behind_the_key(bent
         assert series("facemask_camera_state", "0.0", camera="silent", state="connected")
         assert series("facemask_camera_latency_seconds_count", camera="entrance")
         assert series("facemask_camera_frames_total", camera="entrance", kind="read")
-        assert "pw@" not in (tmp_path / "serve.log").read_text()
+
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium_binary(), headless=True, args=["--no-sandbox"])
+            page = browser.new_page()
+            page.goto(f"{url}/cameras/#key={API_KEY}")  # the page sends the key as a WebSocket subprotocol
+            page.wait_for_function("window.grid && Object.keys(window.grid.frames).length === 2", timeout=30_000)
+            assert page.locator(".tile").count() == 3
+            seen = page.evaluate("({...window.grid.frames})")
+            page.wait_for_function(
+                f"['entrance', 'rtsp-entrance'].every(n => window.grid.frames[n] > {json.dumps(seen)}[n] + 2)",
+                timeout=20_000,
+            )  # both tiles keep updating
+            assert "failed" in page.inner_text('.tile[data-camera="silent"] .state')
+            assert "cannot open" in page.inner_text('.tile[data-camera="silent"] .error')
+            page.wait_for_selector("#timeline li.alert", timeout=60_000)
+            alert = page.locator("#timeline li.alert").first
+            assert "person #" in alert.inner_text() and "no mask" in alert.inner_text()
+            camera = alert.get_attribute("data-camera")
+            alert.click()
+            assert "open" in page.get_attribute(f'.tile[data-camera="{camera}"]', "class")
+            server.stop()
+            page.wait_for_function("['reconnecting', 'failed'].includes(window.grid.states['rtsp-entrance'])",
+                                   timeout=20_000)  # fmt: skip
+            server.start()
+            page.wait_for_function("window.grid.states['rtsp-entrance'] === 'connected'", timeout=30_000)
+            back = page.evaluate("window.grid.frames['rtsp-entrance']")
+            page.wait_for_function(f"window.grid.frames['rtsp-entrance'] > {back} + 2", timeout=20_000)
+            browser.close()
+        assert "pw@" not in (tmp_path / "serve.log").read_text()  # the camera's password is never logged
     finally:
         stop(proc)
+        server.stop()
     stats = [e for e in read_jsonl(tmp_path / "events.jsonl") if e["type"] == "stats"]
-    assert any(e["camera"] == "entrance" and e["frames"] > 0 for e in stats), json.dumps(stats)[:500]
+    assert {"entrance", "rtsp-entrance"} <= {e["camera"] for e in stats if e["frames"] > 0}, json.dumps(stats)[:500]

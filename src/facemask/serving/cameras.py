@@ -30,6 +30,9 @@ class PulledCameras:
         self._stop = threading.Event()
         self.readers: dict[str, CameraReader] = {}
         self.latest: dict[str, dict] = {}  # camera -> its last answer
+        self.frames: dict[str, tuple[int, np.ndarray]] = {}  # camera -> (frames analysed, that frame)
+        self.timeline: deque[dict] = deque(maxlen=200)  # every camera's alerts, oldest first
+        self.alert_count = 0  # alerts ever added to the timeline
         self.analysed: dict[str, int] = {}
         self._latency: dict[str, deque[float]] = {}
         enabled = [c for c in cfg.sources if c.enabled]
@@ -85,8 +88,12 @@ class PulledCameras:
                 result = self.live.analyse(name, sample.frame, now=sample.time)
                 latency = time.time() - sample.time
                 self._latency[name].append(latency)
-                self.analysed[name] += 1
-                self.latest[name] = result
+                with self._wake:
+                    self.analysed[name] += 1
+                    self.latest[name] = result
+                    self.frames[name] = (self.analysed[name], sample.frame)
+                    self.timeline.extend(result["alerts"])
+                    self.alert_count += len(result["alerts"])
                 if self.metrics:
                     self.metrics.camera_latency.labels(camera=name).observe(latency)
             except Exception:  # one camera's bad frame must not stop the others
