@@ -97,7 +97,10 @@ class PulledCameras:
                 if self.metrics:
                     self.metrics.camera_latency.labels(camera=name).observe(latency)
             except Exception:  # one camera's bad frame must not stop the others
-                log.exception("camera %s: a frame could not be analysed", name)
+                self.readers[name].frames_bad += 1
+                if self.metrics:
+                    self.metrics.bad_frames.labels(camera=name).inc()
+                log.exception("camera %s: a frame could not be analysed (skipped)", name)
             finally:
                 with self._wake:
                     self._busy.discard(name)

@@ -52,8 +52,10 @@ class CameraReader:
 
     def __init__(self, camera: Camera, cfg: Cameras, on_frame=None):
         self.camera, self.cfg, self.on_frame = camera, cfg, on_frame
-        self.state, self.last_error = "connecting", None
+        self.state, self.last_error = "connecting", None  # the error while not connected
+        self.last_drop: str | None = None  # why the last connection ended (kept once reconnected)
         self.frames_read = self.frames_sampled = self.frames_dropped = self.connections = 0
+        self.frames_bad = 0  # frames that could not be read or analysed (skipped)
         self.connected_since: float | None = None
         self._sample: Sample | None = None
         self._lock = threading.Lock()
@@ -87,11 +89,13 @@ class CameraReader:
             "source": public_source(self.camera.source),
             "state": self.state,
             "last_error": self.last_error,
+            "last_drop": self.last_drop,
             "connected_since": self.connected_since,
             "connections": self.connections,
             "frames_read": self.frames_read,
             "frames_sampled": self.frames_sampled,
             "frames_dropped": self.frames_dropped,
+            "frames_bad": self.frames_bad,
         }
 
     # the thread
@@ -114,6 +118,7 @@ class CameraReader:
             try:
                 self._read(capture)
             except CameraSourceError as err:
+                self.last_drop = str(err)
                 self._failed(err, attempt=1)
                 log.warning("camera %s: %s; reconnecting", self.camera.name, err)
                 self._stop.wait(r.initial_s)
@@ -150,14 +155,21 @@ class CameraReader:
         """Reads until the source fails; every 1/fps seconds a frame becomes the waiting sample."""
         is_file = isinstance(self.camera.source, str) and "://" not in self.camera.source
         file_fps = capture.get(cv2.CAP_PROP_FPS) if is_file else 0.0
+        file_frames = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if is_file else 0
         start = time.monotonic()
         interval, next_sample, read = 1.0 / self.camera.fps, 0.0, 0
         while not self._stop.is_set():
             ok, frame = capture.read()
-            if not ok or frame is None or frame.size == 0:
+            if not ok:
+                if read and is_file and read < file_frames - 1:  # FFmpeg stops at a corrupt stretch
+                    self.frames_bad += 1
+                    raise CameraSourceError(f"the video file is unreadable after frame {read} of {file_frames}")
                 if read and is_file:
                     raise CameraSourceError("the video file ended")
                 raise CameraSourceError("the stream ended or stopped answering" if read else "no frame from the source")
+            if frame is None or frame.ndim != 3 or frame.shape[2] != 3 or frame.size == 0:
+                self.frames_bad += 1  # (a stream's corrupt packets are skipped by FFmpeg itself)
+                continue
             read += 1
             self.frames_read += 1
             if file_fps > 0:  # a file is paced at its own frame rate, as a camera delivers it
