@@ -34,7 +34,7 @@ class PulledCameras:
         self.timeline: deque[dict] = deque(maxlen=200)  # every camera's alerts, oldest first
         self.alert_count = 0  # alerts ever added to the timeline
         self.analysed: dict[str, int] = {}
-        self._latency: dict[str, deque[float]] = {}
+        self.latencies: dict[str, deque[float]] = {}  # camera -> seconds from capture to answer, recent
         enabled = [c for c in cfg.sources if c.enabled]
         if len(enabled) > live.limits.max_cameras:
             raise ConfigError(f"cameras.sources enables {len(enabled)} cameras, over serving.max_cameras "
@@ -42,7 +42,7 @@ class PulledCameras:
         for camera in enabled:
             live.open(camera.name, zones=ZoneFilter(camera.zones, camera.anchor))  # held: never expires
             self.readers[camera.name] = CameraReader(camera, cfg, on_frame=self._notify)
-            self.analysed[camera.name], self._latency[camera.name] = 0, deque(maxlen=50)
+            self.analysed[camera.name], self.latencies[camera.name] = 0, deque(maxlen=600)
             self._served[camera.name] = 0.0
         self._workers = [
             threading.Thread(target=self._analyse, name=f"camera-analysis-{i}", daemon=True)
@@ -87,7 +87,7 @@ class PulledCameras:
             try:
                 result = self.live.analyse(name, sample.frame, now=sample.time)
                 latency = time.time() - sample.time
-                self._latency[name].append(latency)
+                self.latencies[name].append(latency)
                 with self._wake:
                     self.analysed[name] += 1
                     self.latest[name] = result
@@ -114,7 +114,7 @@ class PulledCameras:
         """Per camera: the reader's state and counts, frames analysed, latency and live figures."""
         out = []
         for name, reader in self.readers.items():
-            latency = self._latency[name]
+            latency = self.latencies[name]
             last = self.latest.get(name) or {}
             out.append(
                 {
