@@ -12,7 +12,7 @@ FACEMASK_MIRROR ?= $(if $(wildcard ../shared/datasets),$(abspath ../shared),)
 export FACEMASK_MIRROR
 OVERRIDES ?=
 
-.PHONY: help setup params check-params pipeline run test test-fast lint format mlflow-ui mlflow-server postgres proxy mqtt-broker rtsp-server container clean bento-models serve bento bench-latency scenes bench bench-classifiers bench-quantization bench-cameras browser stream compliance bench-stream loadtest api-key audit
+.PHONY: help setup params check-params pipeline run test test-fast lint format mlflow-ui mlflow-server postgres proxy mqtt-broker rtsp-server container clean bento-models serve bento bench-latency scenes bench bench-classifiers bench-quantization bench-cameras soak browser stream compliance bench-stream loadtest api-key audit
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -111,6 +111,9 @@ bench-classifiers: ## train + score classifier recipes end to end, one MLflow ex
 
 bench-cameras: ## 8 then 16 pulled file cameras at 5 fps on one worker: fps per camera, drops, latency, RSS -> reports/bench/cameras.json
 	$(RUN) python -m facemask.bench.cameras
+
+soak: rtsp-server ## pulled cameras for DURATION seconds (default 3600; bounded) with an RTSP server restart every 10 min: RSS, reconnects, alerts -> reports/bench/soak.json
+	$(RUN) python -m facemask.bench.soak --seconds $(or $(DURATION),3600)
 
 bench-quantization: ## INT8 against fp32 (ONNX Runtime static quantization): classifier and detector ms, accuracy -> reports/bench/quantization.json
 	$(RUN) python -m facemask.bench.quantization
