@@ -26,6 +26,7 @@ with bentoml.importing():
     import numpy as np
 
     from facemask.draw import draw_faces, label_colours
+    from facemask.errors import FacemaskError
     from facemask.imageio import ImageError, decode_image, encode_jpeg
     from facemask.serving.cameras import PulledCameras
     from facemask.serving.decisions import GateRule
@@ -35,6 +36,7 @@ with bentoml.importing():
     from facemask.serving.packaging import (
         CLASSIFIER_MODEL,
         DETECTOR_MODEL,
+        ModelLoadError,
         load_cameras_config,
         load_pipeline,
         load_serving_config,
@@ -42,7 +44,9 @@ with bentoml.importing():
     )
     from facemask.serving.pool import PipelinePool
     from facemask.serving.prometheus import LiveMetrics
+    from facemask.serving.startup import fail_start, watch_for_failed_start
 
+watch_for_failed_start()  # in `bentoml serve`'s own process: a worker that cannot start ends the server
 ImageFile = Annotated[Path, ContentType("image/*")]
 live_app = FastAPI(title="facemask live", docs_url=None, redoc_url=None)
 cameras_app = FastAPI(title="facemask cameras", docs_url=None, redoc_url=None)
@@ -86,6 +90,12 @@ class FaceMask:
     detector_model = bentoml.models.BentoModel(f"{DETECTOR_MODEL}:latest")
 
     def __init__(self) -> None:
+        try:
+            self._start()
+        except (FacemaskError, ModelLoadError, ValueError) as err:  # a model, a setting, the cameras list
+            fail_start(str(err))  # the whole server ends with the reason (exit 3), no restart loop
+
+    def _start(self) -> None:
         clf, det = self.classifier_model, self.detector_model  # resolved to stored models when served
         self.limits = load_serving_config(det.path)
         self.pool = PipelinePool(lambda: load_pipeline(clf.path, det.path), self.limits.pipelines)

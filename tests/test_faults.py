@@ -21,6 +21,7 @@ from facemask.config import compose, write_params
 from facemask.imageio import encode_jpeg
 from facemask.registry import promote
 from facemask.serving.packaging import ModelLoadError, load_pipeline
+from facemask.serving.startup import EXIT_CODE
 from facemask.stream.client import StreamClient
 from facemask.stream.sinks import read_jsonl
 
@@ -106,22 +107,22 @@ def test_a_corrupt_or_missing_model_is_a_clear_startup_error(bento, bento_env, t
     intact = classifier.read_bytes()
     classifier.write_bytes(intact[: len(intact) // 3])  # truncated, as by a full disk
 
-    def startup_error(expected: str) -> str:
+    def startup_error(expected: str, env: dict = env) -> str:
         log = tmp_path / f"serve-{expected.split()[0]}.log"
         port = free_port()
         proc = subprocess.Popen(
             [str(Path(sys.executable).parent / "bentoml"), "serve", bento, "--port", str(port)],
             cwd=REPO, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
-        try:
-            deadline = time.time() + 120
-            while expected not in log.read_text() and time.time() < deadline and proc.poll() is None:
-                time.sleep(1)
-            text = log.read_text()
-            with pytest.raises(requests.RequestException):  # never ready, never serving
-                requests.get(f"http://127.0.0.1:{port}/readyz", timeout=5).raise_for_status()
+        try:  # the whole server ends with the reason and exit code 3; no worker restarted in a loop
+            assert proc.wait(timeout=120) == EXIT_CODE, log.read_text()[-3000:]
         finally:
             stop(proc, signal.SIGKILL)
+        with pytest.raises(requests.RequestException):  # nothing left serving
+            requests.get(f"http://127.0.0.1:{port}/readyz", timeout=5)
+        text = log.read_text()
+        assert f"facemask: the service could not start: {expected}" in text
+        assert text.count("the service cannot start") == 1, text[-3000:]  # one worker tried, once
         return text
 
     text = startup_error("cannot load the classifier model")
@@ -134,6 +135,14 @@ def test_a_corrupt_or_missing_model_is_a_clear_startup_error(bento, bento_env, t
     assert f"cannot load the face detector model {weights}" in text
     with pytest.raises(ModelLoadError, match="face detector model"):
         load_pipeline(classifier.parent, weights.parent)
+
+    shutil.copy(bento_weights := next(Path(bento_env["BENTOML_HOME"]).glob("models/facemask-detector/*/*.onnx")),
+                weights)  # fmt: skip
+    assert bento_weights.name == weights.name
+    cameras = tmp_path / "cameras.yaml"
+    cameras.write_text("sources: [{name: door, source: 'rtsp://cam/1', fps: 0}]\n")
+    startup_error("bad cameras config", {**env, "FACEMASK_CAMERAS_FILE": str(cameras)})
+    assert "camera 'door' (sources[0]) fps: Input should be greater than 0" in (tmp_path / "serve-bad.log").read_text()
 
 
 def test_mlflow_down_during_promote_stops_the_stage_and_moves_no_alias(tmp_path):
