@@ -393,34 +393,3 @@ def broker():
     yield b
     assert (b.root / "mosquitto.log").stat().st_size > 0, "the broker could not write its log"
     b.remove()
-
-
-class RtspServer:
-    """A real RTSP server (GStreamer's, run by the system python3: `make rtsp-server` installs it)
-    serving H.264 MP4 files as rtsp://127.0.0.1:<port>/<name>; each client gets its file from the
-    start in real time. Stop and start it again on the same port to drop and restore every stream."""
-
-    def __init__(self, mounts: dict[str, Path], log: Path):
-        self.mounts, self.log, self.port, self.proc = mounts, log, free_port(), None
-
-    def url(self, name: str) -> str:
-        return f"rtsp://127.0.0.1:{self.port}/{name}"
-
-    def start(self) -> None:
-        args = [f"{name}={path}" for name, path in self.mounts.items()]
-        started = self.log.read_text().count("ready") if self.log.is_file() else 0
-        with self.log.open("a") as fh:
-            self.proc = subprocess.Popen(
-                ["/usr/bin/python3", str(REPO / "tests/rtsp_server.py"), str(self.port), *args],
-                stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
-            )  # fmt: skip
-        deadline = time.time() + 20
-        while self.log.read_text().count("ready") == started:
-            assert self.proc.poll() is None, f"the RTSP server did not start: {self.log.read_text()[-2000:]}"
-            assert time.time() < deadline, "the RTSP server did not start in 20 s"
-            time.sleep(0.1)
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop(self.proc)
-            self.proc = None

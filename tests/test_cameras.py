@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import requests
 
+from facemask.bench.rtsp import CLIPS, RtspServer
 from facemask.config import Camera, Cameras, ConfigError, Zone, load_params
 from facemask.pipeline import MaskPipeline
 from facemask.serving.cameras import PulledCameras
@@ -28,11 +29,10 @@ from facemask.stream.sinks import read_jsonl
 from facemask.stream.zones import ZoneFilter
 from facemask.subprocesses import stop
 
-from .conftest import API_KEY, REPO, RtspServer, chromium_binary, entrance_video, pipeline_output, start_bento
+from .conftest import API_KEY, REPO, chromium_binary, entrance_video, pipeline_output, start_bento
 from .test_stream import frames, stream_cfg
 
-CLIP = "videos/mask-on-1280x720.mp4"  # 30 fps, 8.9 s: a woman unmasked at 2-4 s, then masked
-STREET = "videos/street-crowd-360x640.mp4"  # 30 fps, 31 s, small faces
+CLIP, STREET = CLIPS  # 30 fps each: a woman unmasked at 2-4 s, then masked (8.9 s); a street, small faces (31 s)
 
 
 def until(condition, timeout: float, what: str, step: float = 0.1):

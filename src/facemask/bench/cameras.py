@@ -25,14 +25,12 @@ import numpy as np
 import psutil
 from tqdm import tqdm
 
+from facemask.bench.rtsp import CLIPS, shared_clips
 from facemask.config import Camera, load_params
-from facemask.data.fetch import mirror_root
 from facemask.pipeline import MaskPipeline
 from facemask.serving.cameras import PulledCameras
 from facemask.serving.live import LiveStreams
 from facemask.serving.pool import PipelinePool
-
-CLIPS = ("videos/mask-on-1280x720.mp4", "videos/street-crowd-360x640.mp4")
 
 
 def run_row(params, pool: PipelinePool, clips: list[Path], n: int, fps: float, seconds: float, warmup: float) -> dict:
@@ -87,11 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("reports/bench/cameras.json"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    params = load_params()
-    root = mirror_root()
-    if root is None:
-        parser.error("set FACEMASK_MIRROR to the folder holding videos/ (the shared clips)")
-    clips = [root / c for c in CLIPS]
+    clips, params = shared_clips(), load_params()
     pool = PipelinePool(lambda: MaskPipeline.from_params(params, params.paths.classifier), params.serving.pipelines)
     rows = [run_row(params, pool, clips, n, args.fps, args.seconds, args.warmup) for n in args.cameras]
     print(f"\n{'cameras':>7} {'fps each (min-max)':>20} {'total':>7} {'spread':>7} {'dropped':>8} "

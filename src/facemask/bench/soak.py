@@ -3,8 +3,8 @@
     python -m facemask.bench.soak --seconds 3600 --restart-every 600
 
 Eight cameras on one worker (the service's `PulledCameras`, pipeline pool and sinks): six video files
-of the shared real clips and two RTSP cameras fed by a real GStreamer RTSP server (tests/rtsp_server.py,
-run by the system python3: `make rtsp-server` installs it), which is stopped and started again every
+of the shared real clips and two RTSP cameras fed by a real GStreamer RTSP server
+(`facemask.bench.rtsp`; `make rtsp-server` installs it), which is stopped and started again every
 `--restart-every` seconds. Checked at the end: the process's RSS within 10 % of its value at minute 5
 (or a fifth of the run, if shorter), no camera left disconnected, and every alert the cameras raised
 in the event file. Prints a summary and a line per minute; writes reports/bench/soak.json; exits 1
@@ -16,46 +16,19 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 import psutil
 
-from facemask.config import PROJECT_ROOT, Camera, load_params
-from facemask.data.fetch import mirror_root
+from facemask.bench.rtsp import RtspServer, shared_clips
+from facemask.config import Camera, load_params
 from facemask.pipeline import MaskPipeline
 from facemask.serving.cameras import PulledCameras
 from facemask.serving.live import LiveStreams
 from facemask.serving.pool import PipelinePool
 from facemask.stream.sinks import read_jsonl
-from facemask.subprocesses import free_port, stop
-
-CLIPS = ("videos/mask-on-1280x720.mp4", "videos/street-crowd-360x640.mp4")
-
-
-class RtspFeed:
-    """The RTSP server process (restartable on the same port)."""
-
-    def __init__(self, mounts: dict[str, Path], log: Path):
-        self.mounts, self.log, self.port, self.proc = mounts, log, free_port(), None
-
-    def start(self) -> None:
-        args = [f"{name}={path}" for name, path in self.mounts.items()]
-        with self.log.open("a") as fh:
-            self.proc = subprocess.Popen(
-                ["/usr/bin/python3", str(PROJECT_ROOT / "tests/rtsp_server.py"), str(self.port), *args],
-                stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
-            )  # fmt: skip
-        time.sleep(2)
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"the RTSP server did not start: {self.log.read_text()[-1000:]}")
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop(self.proc)
-            self.proc = None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,13 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("reports/bench/soak.json"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    root = mirror_root()
-    if root is None:
-        parser.error("set FACEMASK_MIRROR to the folder holding videos/ (the shared clips)")
-    params = load_params()
+    clips, params = shared_clips(), load_params()
     work = Path(tempfile.mkdtemp(prefix="facemask-soak-"))
-    clips = [root / c for c in CLIPS]
-    rtsp = RtspFeed({"clip": clips[0], "street": clips[1]}, work / "rtsp.log")
+    rtsp = RtspServer({"clip": clips[0], "street": clips[1]}, work / "rtsp.log")
     rtsp.start()
     sources = [Camera(name=f"file{i}", source=str(clips[i % 2]), fps=args.fps) for i in range(6)]
     sources += [Camera(name=f"rtsp-{m}", source=f"rtsp://127.0.0.1:{rtsp.port}/{m}", fps=args.fps) for m in rtsp.mounts]

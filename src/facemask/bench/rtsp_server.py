@@ -1,9 +1,9 @@
 """Serve video files over RTSP with GStreamer's RTSP server (Debian: gir1.2-gst-rtsp-server-1.0,
-gstreamer1.0-plugins-good/-bad, python3-gi), for the camera tests: run with the system Python,
-`python3 rtsp_server.py PORT NAME=FILE.mp4 ...` -> rtsp://127.0.0.1:PORT/NAME. MP4 files of H.264
-(the shared clips) or MPEG-4 Part 2 (OpenCV's mp4v) are sent as they are (no transcoding); each client
-gets the file from its start, paced in real time, and the stream ends with the file. Prints "ready"
-once listening."""
+gstreamer1.0-plugins-good/-bad, python3-gi), for the camera tests and benchmarks. Run it with the
+system Python (it needs gi): `python3 rtsp_server.py PORT NAME=FILE.mp4 ...` serves each file as
+rtsp://127.0.0.1:PORT/NAME. MP4 files of H.264 (the shared clips) or MPEG-4 Part 2 (OpenCV's mp4v)
+are sent as they are (no transcoding); each client gets the file from its start, paced in real
+time, and the stream ends with the file. Prints "ready" once listening."""
 
 import sys
 from pathlib import Path
