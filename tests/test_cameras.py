@@ -241,7 +241,11 @@ def test_rtsp_and_file_cameras_at_once_through_one_pool(classifier, shared, tmp_
         Camera(name="silent", source=f"rtsp://127.0.0.1:{silent_port}/x"),
         Camera(name="off", source="never-opened.mp4", enabled=False),
     ]
+    # under `make test` the other test process may train at the same time: a camera then gets 1-2
+    # frames/s, and the person in view for 4.5 s must still alert (3 of 4 frames, 1.5 s)
     stream = stream_cfg(tmp_path)
+    stream = stream.model_copy(update={"smoothing": stream.smoothing.model_copy(update={"window": 4, "k": 3}),
+                                       "alerts": stream.alerts.model_copy(update={"after_s": 1.5})})  # fmt: skip
     pool = PipelinePool(lambda: MaskPipeline.from_params(params, classifier), 2)
     live = LiveStreams(pool, stream, params.serving)
     cameras = PulledCameras(live, cameras_cfg(sources)).start()
@@ -255,12 +259,13 @@ def test_rtsp_and_file_cameras_at_once_through_one_pool(classifier, shared, tmp_
 
     try:
         assert "off" not in cameras.readers
-        until(lambda: alerts("rtsp-entrance"), 30, "the unmasked person alerted over RTSP")
+        until(lambda: alerts("rtsp-entrance"), 60, "the unmasked person alerted over RTSP")
         until(lambda: all(c["frames_analysed"] > 0 for n, c in by_name().items() if n != "silent"), 20, "all analysed")
         until(lambda: by_name()["silent"]["state"] == "failed", 20, "the silent camera failed")
         health = by_name()
         assert "cannot open" in health["silent"]["last_error"] and health["silent"]["frames_analysed"] == 0
-        assert alerts("file-entrance") and [a["class"] for a in alerts("file-entrance")][:1] == ["no_mask"]
+        until(lambda: alerts("file-entrance"), 30, "the unmasked person alerted from the file")
+        assert alerts("file-entrance")[0]["class"] == alerts("rtsp-entrance")[0]["class"] == "no_mask"
         assert all(health[n]["latency_ms"] is not None and health[n]["connections"] >= 1 for n in rtsp)
         before = {n: live.sessions[n].total.frames for n in rtsp}
 
@@ -274,9 +279,9 @@ def test_rtsp_and_file_cameras_at_once_through_one_pool(classifier, shared, tmp_
         server.start()
         until(lambda: all(by_name()[n]["connections"] > connections[n] and by_name()[n]["state"] == "connected"
                           for n in rtsp), 30, "every RTSP camera reconnected")  # fmt: skip
-        until(lambda: all(live.sessions[n].total.frames > before[n] + 5 for n in rtsp), 20, "analysed again")
+        until(lambda: all(live.sessions[n].total.frames > before[n] + 5 for n in rtsp), 30, "analysed again")
         again = lambda: [a for a in alerts("rtsp-entrance") if a["time"] > restarted]  # noqa: E731
-        until(again, 20, "the entrance clip alerted again")
+        until(again, 45, "the entrance clip alerted again")
         assert live.sessions["rtsp-entrance"].total.share("mask") is not None
     finally:
         cameras.close()
@@ -347,7 +352,7 @@ def test_the_served_bento_pulls_its_cameras_and_shows_them_on_the_grid_page(bent
             )  # both tiles keep updating
             assert "failed" in page.inner_text('.tile[data-camera="silent"] .state')
             assert "cannot open" in page.inner_text('.tile[data-camera="silent"] .error')
-            page.wait_for_selector("#timeline li.alert", timeout=60_000)
+            page.wait_for_selector("#timeline li.alert", timeout=90_000)
             alert = page.locator("#timeline li.alert").first
             assert "person #" in alert.inner_text() and "no mask" in alert.inner_text()
             camera = alert.get_attribute("data-camera")
