@@ -17,8 +17,8 @@ from typing import Annotated
 import bentoml
 from bentoml.exceptions import BadInput
 from bentoml.validators import ContentType
-from fastapi import FastAPI, WebSocket, WebSocketDisconnect
-from fastapi.responses import HTMLResponse
+from fastapi import FastAPI, Query, WebSocket, WebSocketDisconnect
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from pydantic import BaseModel, Field
 
 with bentoml.importing():
@@ -30,6 +30,7 @@ with bentoml.importing():
     from facemask.imageio import ImageError, decode_image, encode_jpeg
     from facemask.serving.cameras import PulledCameras
     from facemask.serving.decisions import GateRule
+    from facemask.serving.events import MEDIA_TYPES, EventNotFound, EventReview, MediaNotReady, parse_time
     from facemask.serving.grid import GridFeed
     from facemask.serving.guard import SUBPROTOCOL, Guard, GuardMiddleware, load_api_keys
     from facemask.serving.live import CameraLimitError, LiveStreams
@@ -50,6 +51,7 @@ watch_for_failed_start()  # in `bentoml serve`'s own process: a worker that cann
 ImageFile = Annotated[Path, ContentType("image/*")]
 live_app = FastAPI(title="facemask live", docs_url=None, redoc_url=None)
 cameras_app = FastAPI(title="facemask cameras", docs_url=None, redoc_url=None)
+events_app = FastAPI(title="facemask events", docs_url=None, redoc_url=None)
 METRICS = LiveMetrics()
 GUARD = Guard()  # configured once the models are loaded; until then guarded calls get 503
 
@@ -85,6 +87,7 @@ class GateOut(BaseModel):
 @bentoml.service(name="facemask", threads=16, traffic={"timeout": 30})
 @bentoml.asgi_app(live_app, path="/live")
 @bentoml.asgi_app(cameras_app, path="/cameras")
+@bentoml.asgi_app(events_app, path="/events")
 class FaceMask:
     classifier_model = bentoml.models.BentoModel(f"{CLASSIFIER_MODEL}:latest")
     detector_model = bentoml.models.BentoModel(f"{DETECTOR_MODEL}:latest")
@@ -109,6 +112,7 @@ class FaceMask:
         self.live = LiveStreams(self.pool, load_stream_config(det.path), self.limits, METRICS)
         self.cameras = PulledCameras(self.live, load_cameras_config(det.path), METRICS).start()
         self.grid = GridFeed(self.cameras)
+        self.review = EventReview(self.live.cfg)
         keys = load_api_keys(self.limits)
         if not keys:
             logging.getLogger(__name__).warning(
@@ -207,6 +211,40 @@ class FaceMask:
                 await asyncio.sleep(0.5)
         except (WebSocketDisconnect, RuntimeError):  # the page was closed mid-send
             pass
+
+    @events_app.get("/")
+    def list_events(
+        self,
+        camera: str | None = None,
+        label: Annotated[str | None, Query(alias="class")] = None,
+        since: str | None = None,
+        until: str | None = None,
+        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+        offset: Annotated[int, Query(ge=0)] = 0,
+    ):
+        """Alerts, newest first: filter by `camera`, `class` and time (`since`/`until`: epoch seconds
+        or ISO 8601), paged by `limit`/`offset`. Each names its snapshot and clip (URLs once written,
+        and their state: ready | recording | deleted). Needs the API key."""
+        try:
+            window = parse_time(since), parse_time(until)
+        except ValueError as err:
+            return JSONResponse({"error": str(err)}, status_code=400)
+        return self.review.list(camera, label, *window, limit=limit, offset=offset)
+
+    @events_app.get("/{event_id}/{kind}")
+    def event_media(self, event_id: str, kind: str):
+        """An alert's `snapshot` (JPEG: the best view, faces blurred unless configured otherwise) or
+        `clip` (MP4 from the pre-roll to the post-roll). 503 with Retry-After while it is being
+        recorded; 404 for an unknown event or a deleted file. Needs the API key."""
+        if kind not in MEDIA_TYPES:
+            return JSONResponse({"error": f"no such media {kind!r}: snapshot or clip"}, status_code=404)
+        try:
+            path = self.review.media(event_id, kind)
+        except MediaNotReady as err:
+            return JSONResponse({"error": str(err)}, status_code=503, headers={"retry-after": str(err.retry_after_s)})
+        except EventNotFound as err:
+            return JSONResponse({"error": str(err)}, status_code=404)
+        return FileResponse(path, media_type=MEDIA_TYPES[kind], filename=path.name)
 
     @live_app.get("/", response_class=HTMLResponse)
     def live_page(self) -> str:

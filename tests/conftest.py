@@ -393,3 +393,28 @@ def broker():
     yield b
     assert (b.root / "mosquitto.log").stat().st_size > 0, "the broker could not write its log"
     b.remove()
+
+
+@pytest.fixture(scope="module")
+def video(shared, tmp_path_factory) -> Path:
+    """The entrance scene (`entrance_frames`) as an mp4 file."""
+    return entrance_video(shared, tmp_path_factory.mktemp("video") / "entrance.mp4")
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as mp:
+        yield mp
+
+
+@pytest.fixture(scope="module")
+def pipeline(monkeypatch_module, shared):
+    """The pipeline's own classifier and detector (the ones dvc.lock records) in a `MaskPipeline`."""
+    from facemask.config import load_params
+    from facemask.pipeline import MaskPipeline
+
+    monkeypatch_module.setenv("FACEMASK_MIRROR", str(shared))
+    params = load_params(REPO / "params.yaml")
+    if params.detector.weights.path:  # a detector the pipeline trains: the one dvc.lock records
+        pipeline_output(params.detector.weights.path)
+    return MaskPipeline.from_params(params, pipeline_output("models/classifier.pt"))

@@ -295,8 +295,9 @@ def test_the_served_bento_pulls_its_cameras_and_shows_them_on_the_grid_page(bent
                                                                             silent_port):  # fmt: skip
     """`FACEMASK_CAMERAS_FILE` names three cameras: the entrance clip as a file and over RTSP, and one
     that never answers. /cameras/status (behind the key) and Prometheus show them; the grid page in
-    Chromium shows the three tiles updating, the alert in the timeline (a click opens its camera), the
-    silent camera failed, and the RTSP camera reconnecting while its server is down, then back."""
+    Chromium shows the three tiles updating, the alert in the timeline (a click opens its camera) and
+    among the recorded events (its snapshot shown, its clip played), the silent camera failed, and the
+    RTSP camera reconnecting while its server is down, then back."""
     from playwright.sync_api import sync_playwright
 
     video = entrance_video(shared, tmp_path / "entrance.mp4")
@@ -358,6 +359,13 @@ def test_the_served_bento_pulls_its_cameras_and_shows_them_on_the_grid_page(bent
             camera = alert.get_attribute("data-camera")
             alert.click()
             assert "open" in page.get_attribute(f'.tile[data-camera="{camera}"]', "class")
+            # the recorded events (GET /events/ with the key): the alert's blurred snapshot, a click plays its clip
+            page.wait_for_selector("#events li.has-clip", timeout=60_000)
+            page.wait_for_function("document.querySelector('#events li.has-clip img').naturalWidth === 640",
+                                   timeout=20_000)  # fmt: skip
+            page.locator("#events li.has-clip").first.click()
+            page.wait_for_function("(v => v.readyState >= 2 && v.duration > 5)(document.getElementById('player'))",
+                                   timeout=20_000)  # fmt: skip
             server.stop()
             page.wait_for_function("['reconnecting', 'failed'].includes(window.grid.states['rtsp-entrance'])",
                                    timeout=20_000)  # fmt: skip

@@ -31,12 +31,6 @@ def cfg(shared, monkeypatch_module) -> Model:
 
 
 @pytest.fixture(scope="module")
-def monkeypatch_module():
-    with pytest.MonkeyPatch.context() as mp:
-        yield mp
-
-
-@pytest.fixture(scope="module")
 def crops(shared, cfg) -> torch.Tensor:
     """64 real face photos (both close-up sources, masked and not), preprocessed as in training."""
     pre = Preprocessor.from_config(cfg)

@@ -233,6 +233,67 @@ def test_live_stream_over_websocket(server, shared, bento_env):
     assert shares and 0.5 < float(shares[-1]) < 1.0, [ln for ln in metrics.splitlines() if "masked_share" in ln]
 
 
+def test_review_api_lists_alerts_and_serves_their_snapshot_and_clip(server, shared):
+    """The entrance video (then 2.5 s more of its opening, past the post-roll) over a WebSocket: the
+    visitor's alert is listed by `GET /events/` (behind the key; filtered by camera, class and time;
+    paged), its snapshot is a JPEG, its clip an H.264 MP4 from 5 s before to 5 s after the alert;
+    bad queries and unknown events get clear 4xx answers."""
+    import av
+    from websockets.sync.client import connect
+
+    from facemask.imageio import encode_jpeg
+
+    camera = f"review-{int(time.time())}"
+    scene = list(entrance_frames(shared))
+    started = time.time()
+    ws_url = f"{server.replace('http://', 'ws://')}/live/ws/{camera}"
+    with connect(ws_url, max_size=2**22, additional_headers=KEY) as ws:
+        for frame in scene + scene[:25]:
+            tick = time.perf_counter()
+            ws.send(encode_jpeg(frame))
+            assert "error" not in json.loads(ws.recv(timeout=30))
+            time.sleep(max(0.0, 1 / FPS - (time.perf_counter() - tick)))
+    assert requests.get(f"{server}/events/", timeout=10).status_code == 401
+
+    def listed(**query) -> dict:
+        resp = requests.get(f"{server}/events/", params={"camera": camera, **query}, headers=KEY, timeout=10)
+        assert resp.status_code == 200, resp.text
+        return resp.json()
+
+    deadline = time.time() + 60
+    while (page := listed())["total"] != 1 or page["events"][0]["media"] != {"snapshot": "ready", "clip": "ready"}:
+        assert time.time() < deadline, page
+        time.sleep(0.5)
+    event = page["events"][0]
+    assert event["class"] in ("no_mask", "incorrect") and event["camera"] == camera and started < event["time"]
+    assert "snapshot_jpeg_b64" not in event and event["clip_url"] == f"/events/{event['id']}/clip"
+    assert listed(**{"class": "mask"})["total"] == 0
+    assert listed(since=event["time"] + 1)["total"] == 0 and listed(until=event["time"] + 1)["total"] == 1
+    assert listed(since=time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(started)))["total"] == 1  # ISO 8601, UTC
+    everyone = requests.get(f"{server}/events/", params={"limit": 1}, headers=KEY, timeout=10).json()
+    assert len(everyone["events"]) == 1 and everyone["limit"] == 1
+
+    snapshot = requests.get(f"{server}{event['snapshot_url']}", headers=KEY, timeout=10)
+    assert snapshot.headers["content-type"] == "image/jpeg"
+    assert cv2.imdecode(np.frombuffer(snapshot.content, np.uint8), cv2.IMREAD_COLOR).shape == (480, 640, 3)
+    clip = requests.get(f"{server}{event['clip_url']}", headers=KEY, timeout=10)
+    assert clip.status_code == 200 and clip.headers["content-type"] == "video/mp4"
+    with av.open(io.BytesIO(clip.content)) as container:
+        assert container.streams.video[0].codec_context.name == "h264"
+        times = [float(f.pts * f.time_base) for f in container.decode(video=0)]
+        about = json.loads(container.metadata["comment"])
+    assert about["event"] == event["id"] and about["start"] < event["time"]
+    assert 9.0 <= times[-1] - times[0] <= 10.2, times  # 5 s before to 5 s after, at up to 10 frames/s
+
+    assert requests.get(f"{server}{event['clip_url']}", timeout=10).status_code == 401
+    for path, fragment in ((f"/events/{'0' * 32}/clip", "no alert"), ("/events/not-an-id/clip", "not an event id"),
+                           (f"/events/{event['id']}/audio", "no such media")):  # fmt: skip
+        resp = requests.get(f"{server}{path}", headers=KEY, timeout=10)
+        assert resp.status_code == 404 and fragment in resp.text, (path, resp.text)
+    for query in ({"since": "yesterday"}, {"limit": 0}, {"offset": -1}):
+        assert requests.get(f"{server}/events/", params=query, headers=KEY, timeout=10).status_code in (400, 422)
+
+
 def test_the_camera_client_streams_a_video_file_to_the_served_bento(server, shared, bento_env, tmp_path):
     """`make stream`'s client, as a user runs it: the entrance video at its own frame rate to the
     real served Bento, with the API key from the environment. Every frame is answered, the unmasked

@@ -26,14 +26,9 @@ from facemask.pipeline import MaskPipeline
 from facemask.stream.session import CameraSession
 from facemask.stream.sinks import EventSinks, read_jsonl
 
-from .conftest import FPS, REPO, Subscriber, entrance_video, free_port, pipeline_output
+from .conftest import FPS, REPO, Subscriber, free_port
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def video(shared, tmp_path_factory) -> Path:
-    return entrance_video(shared, tmp_path_factory.mktemp("video") / "entrance.mp4")
 
 
 def frames(path: Path):
@@ -46,21 +41,6 @@ def frames(path: Path):
         yield i / FPS, frame
         i += 1
     cap.release()
-
-
-@pytest.fixture(scope="module")
-def pipeline(monkeypatch_module, shared) -> MaskPipeline:
-    monkeypatch_module.setenv("FACEMASK_MIRROR", str(shared))
-    params = load_params(REPO / "params.yaml")
-    if params.detector.weights.path:  # a detector the pipeline trains: the one dvc.lock records
-        pipeline_output(params.detector.weights.path)
-    return MaskPipeline.from_params(params, pipeline_output("models/classifier.pt"))
-
-
-@pytest.fixture(scope="module")
-def monkeypatch_module():
-    with pytest.MonkeyPatch.context() as mp:
-        yield mp
 
 
 def stream_cfg(

@@ -440,7 +440,7 @@ class Alerts(_Strict):
     track_cooldown_s: float = Field(ge=0)
     camera_cooldown_s: float = Field(ge=0)
     min_score: float = Field(ge=0, le=1)
-    snapshots: Literal["store", "blur", "off"]  # the face crop in an alert event: personal data
+    snapshots: Literal["store", "blur", "off"]  # the faces in an alert's snapshot and clip: personal data
 
 
 class FrameDiff(_Strict):
@@ -488,6 +488,22 @@ class Sinks(_Strict):
     mqtt: Mqtt
 
 
+class Media(_Strict):
+    """Event media: per alert, the best view of the offending face and a clip around the alert."""
+
+    dir: Path | None  # <dir>/<camera>/<event id>.jpg | .mp4; null: `media` beside the event file
+    clips: bool  # false: a snapshot only, no frames kept
+    pre_roll_s: float = Field(ge=0, le=60)
+    post_roll_s: float = Field(ge=0, le=60)
+    max_fps: float = Field(gt=0, le=60)  # frames kept per second for clips
+    max_side: int = Field(ge=64, le=4096)  # frames kept at most this long (px)
+    reveal_subject: bool  # with alerts.snapshots=blur: the alerted face left sharp, the others blurred
+    retention_days: float = Field(gt=0)
+    max_media_mb: float = Field(gt=0)
+    sweep_s: float = Field(gt=0)  # how often retention is enforced (and at start)
+    max_pending: int = Field(ge=1)  # recordings waiting to be written; more are dropped, with a warning
+
+
 class Stream(_Strict):
     iou_match: float = Field(gt=0, lt=1)
     max_missed_s: float = Field(gt=0)
@@ -497,6 +513,12 @@ class Stream(_Strict):
     regions: SearchRegions
     stats_interval_s: float = Field(gt=0)
     sinks: Sinks
+    media: Media
+
+    @property
+    def media_dir(self) -> Path:
+        """Where event media are written: `media.dir`, or the folder `media` beside the event file."""
+        return self.media.dir or Path(self.sinks.jsonl).parent / "media"
 
     def switched(self, **enabled: bool | None) -> Stream:
         """These settings with sections switched on or off (`frame_diff=True`, `regions=False`;
@@ -579,6 +601,7 @@ class Serving(_Strict):
     idle_expiry_s: float = Field(gt=0)
     allowed_origins: list[str]
     api_keys_file: Path | None
+    reload_poll_s: float = Field(ge=0)  # how often the registry's champion alias is checked; 0: never
 
 
 class Params(_Strict):

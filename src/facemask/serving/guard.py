@@ -24,6 +24,11 @@ from facemask.config import ConfigError, Serving
 SUBPROTOCOL = "facemask"
 KEY_PROTOCOL_PREFIX = "apikey."
 KEYED_READS = frozenset({"/metrics", "/cameras/status"})  # GETs that need the key (the others: pages, probes)
+KEYED_PREFIXES = ("/events",)  # and every GET under these (the review API: alerts, snapshots, clips)
+
+
+def keyed_read(path: str) -> bool:
+    return path in KEYED_READS or path.startswith(KEYED_PREFIXES)
 
 
 def load_api_keys(cfg: Serving, environ: Mapping[str, str] = os.environ) -> list[str]:
@@ -129,7 +134,7 @@ class GuardMiddleware:
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "websocket":
             return await self._websocket(scope, receive, send)
-        if scope["type"] != "http" or (scope["method"] in ("GET", "HEAD") and scope["path"] not in KEYED_READS):
+        if scope["type"] != "http" or (scope["method"] in ("GET", "HEAD") and not keyed_read(scope["path"])):
             return await self.app(scope, receive, send)
         guard = self.guard
         if guard.cfg is None:

@@ -18,6 +18,7 @@ from facemask import config
 from facemask.config import Serving, Stream
 from facemask.imageio import ImageError, decode_image
 from facemask.serving.pool import PipelinePool
+from facemask.stream.media import EventMedia
 from facemask.stream.session import CameraSession
 from facemask.stream.sinks import EventSinks
 from facemask.stream.zones import ZoneFilter
@@ -34,6 +35,7 @@ class LiveStreams:
     def __init__(self, pool: PipelinePool, cfg: Stream, limits: Serving, metrics=None):
         self.pool, self.cfg, self.limits, self.metrics = pool, cfg, limits, metrics
         self.sinks = EventSinks(cfg.sinks)
+        self.media = EventMedia(cfg, protected=self.sinks.pending_ids)
         self.sessions: dict[str, CameraSession] = {}
         self.connections: dict[str, int] = {}
         self._lock = threading.Lock()
@@ -60,15 +62,20 @@ class LiveStreams:
                 if len(self.sessions) >= self.limits.max_cameras:
                     raise CameraLimitError(f"this worker holds its limit of {self.limits.max_cameras} cameras")
                 cfg = self.cfg.switched(frame_diff=frame_diff, regions=regions)
-                session = CameraSession(camera, self.pool.first, cfg, self.sinks, zones)
+                session = CameraSession(camera, self.pool.first, cfg, self.sinks, zones, self.media.recorder(camera))
                 self.sessions[camera] = session
             self.connections[camera] = self.connections.get(camera, 0) + 1
             session.last_frame = time.time()
             return session
 
     def release(self, camera: str) -> None:
+        """A connection of `camera` closed; with its last one, its clips in progress end there."""
         with self._lock:
-            self.connections[camera] = max(0, self.connections.get(camera, 1) - 1)
+            self.connections[camera] = left = max(0, self.connections.get(camera, 1) - 1)
+            session = self.sessions.get(camera)
+        if not left and session is not None and session.media is not None:
+            with session.lock:
+                session.media.flush()
 
     def handle(self, camera: str, data: bytes) -> dict:
         """One encoded frame in, the session's answer out; a bad frame gets {"error": ...}."""
@@ -124,4 +131,5 @@ class LiveStreams:
         for session in sessions:
             with session.lock:
                 session.close()
+        self.media.close()
         self.sinks.close()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import threading
 import time
+import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -24,6 +25,7 @@ from facemask.detection.align import crop_face
 from facemask.draw import hex_colour, label_colours
 from facemask.imageio import encode_jpeg
 from facemask.pipeline import MaskPipeline
+from facemask.stream.media import MediaRecorder
 from facemask.stream.sinks import EventSinks
 from facemask.stream.tracker import Track, Tracker
 from facemask.stream.zones import ZoneFilter
@@ -54,9 +56,11 @@ class CameraSession:
         cfg: Stream,
         sinks: EventSinks | None = None,
         zones: ZoneFilter | None = None,
+        media: MediaRecorder | None = None,
     ):
-        """`zones`: the faces this camera watches (default: all)."""
-        self.camera, self.pipeline, self.cfg, self.sinks = camera, pipeline, cfg, sinks
+        """`zones`: the faces this camera watches (default: all); `media`: keeps the frames for each
+        alert's snapshot and clip (default: the event carries its face crop only)."""
+        self.camera, self.pipeline, self.cfg, self.sinks, self.media = camera, pipeline, cfg, sinks, media
         self.zones = zones or ZoneFilter([])
         self.tracker = Tracker(cfg, pipeline.labels)
         self.compliant = pipeline.compliant
@@ -107,11 +111,12 @@ class CameraSession:
         self.last_frame = time.time()
         now = self.last_frame if now is None else now
         pipeline = pipeline or self.pipeline
-        faces, detection = self._detect(frame, pipeline)
-        if self.zones:
-            faces = [f for f in faces if self.zones.keeps(f.box, frame.shape)]
+        found, detection = self._detect(frame, pipeline)
+        faces = [f for f in found if self.zones.keeps(f.box, frame.shape)] if self.zones else found
         results = pipeline.classify(frame, faces)
         tracks = self.tracker.update(results, now)
+        if self.media is not None:  # every face found is blurred in the media, watched or not
+            self.media.add(now, frame, found, tracks)
         alerts = [self._alert(frame, t, now) for t in tracks if self._should_alert(t, now)]
         for counters in (self.total, self.window):
             counters.frames += 1
@@ -152,6 +157,7 @@ class CameraSession:
         """The alert event of `track`; its snapshot is cut from the track's own detection in this frame."""
         track.alerted_at = self._last_alert = now
         event = {
+            "id": uuid.uuid4().hex,
             "type": "alert",
             "camera": self.camera,
             "track": track.id,
@@ -167,6 +173,8 @@ class CameraSession:
             if mode == "blur":  # who it was cannot be read back; that a face was there can
                 snapshot = cv2.GaussianBlur(snapshot, (0, 0), 8)
             event["snapshot_jpeg_b64"] = base64.b64encode(encode_jpeg(snapshot, 85)).decode("ascii")
+            if self.media is not None:  # the best view and the clip, written after the post-roll
+                event["media"] = self.media.record(event["id"], track.id, now)
         if self.sinks is not None:
             self.sinks.emit(event)
         return {k: v for k, v in event.items() if k != "snapshot_jpeg_b64"}
@@ -199,6 +207,8 @@ class CameraSession:
         return event
 
     def close(self, now: float | None = None) -> None:
-        """Flush the last (partial) stats window."""
+        """Flush the last (partial) stats window; recordings in progress are written as they are."""
         if self.window.frames:
             self._flush_window(time.time() if now is None else now)
+        if self.media is not None:
+            self.media.close()

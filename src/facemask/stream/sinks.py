@@ -148,6 +148,7 @@ class Delivery:
     def __init__(self, pending: Path, max_queue: int, retry_s: float):
         self.pending, self.retry_s = pending, retry_s
         self.delivered = 0
+        self._current: str | None = None  # the id of the event being delivered
         self._queue: queue.Queue[dict] = queue.Queue(maxsize=max_queue)
         self._file_lock = threading.Lock()
         self._stop = threading.Event()
@@ -155,6 +156,15 @@ class Delivery:
 
     def start(self) -> None:
         self._thread.start()
+
+    def pending_ids(self) -> set[str]:
+        """The ids of the events not delivered yet: in memory, being delivered, or in the pending file."""
+        with self._queue.mutex:
+            waiting = [e.get("id") for e in self._queue.queue]
+        with self._file_lock:
+            files = [e.get("id") for f in (self.pending, self.pending.with_suffix(".replay.jsonl"))
+                     for e in iter_jsonl(f)]  # fmt: skip
+        return {i for i in [*waiting, *files, self._current] if i}
 
     def send(self, event: dict) -> None:
         try:
@@ -164,6 +174,13 @@ class Delivery:
 
     def _deliver(self, event: dict) -> bool:
         raise NotImplementedError
+
+    def _attempt(self, event: dict) -> bool:
+        self._current = event.get("id")
+        try:
+            return self._deliver(event)
+        finally:
+            self._current = None
 
     def _spill(self, events: list[dict]) -> None:
         with self._file_lock:
@@ -179,7 +196,7 @@ class Delivery:
                 os.replace(self.pending, replay)
         events = iter_jsonl(replay)
         for event in events:
-            if self._stop.is_set() or not self._deliver(event):
+            if self._stop.is_set() or not self._attempt(event):
                 with self._file_lock:  # the undelivered rest goes back in front of anything newer
                     rest = [event, *events]
                     newer = list(iter_jsonl(self.pending))
@@ -201,7 +218,7 @@ class Delivery:
             except queue.Empty:
                 backlog = not self._replay_pending()
                 continue
-            if backlog or not self._deliver(event):  # keep the order: behind the pending ones
+            if backlog or not self._attempt(event):  # keep the order: behind the pending ones
                 self._spill([event])
                 backlog = not self._replay_pending()
             else:
@@ -276,6 +293,10 @@ class EventSinks:
             from facemask.stream.mqtt import MqttSink
 
             self.deliveries.append(MqttSink(cfg.mqtt, self.path.with_suffix(".mqtt-pending.jsonl")))
+
+    def pending_ids(self) -> set[str]:
+        """The ids of events some delivery has not delivered yet (their media must stay)."""
+        return set().union(*(d.pending_ids() for d in self.deliveries))
 
     def emit(self, event: dict) -> None:
         event.setdefault("id", uuid.uuid4().hex)
