@@ -10,6 +10,7 @@ with its packaged post-processing settings and limits).
 
 import asyncio
 import logging
+import os
 from importlib.resources import files
 from pathlib import Path
 from typing import Annotated
@@ -23,6 +24,7 @@ from pydantic import BaseModel, Field
 
 with bentoml.importing():
     import cv2
+    import mlflow
     import numpy as np
 
     from facemask.draw import draw_faces, label_colours
@@ -45,6 +47,7 @@ with bentoml.importing():
     )
     from facemask.serving.pool import PipelinePool
     from facemask.serving.prometheus import LiveMetrics
+    from facemask.serving.reload import ChampionWatch, Watched, model_version
     from facemask.serving.startup import fail_start, watch_for_failed_start
 
 watch_for_failed_start()  # in `bentoml serve`'s own process: a worker that cannot start ends the server
@@ -52,6 +55,7 @@ ImageFile = Annotated[Path, ContentType("image/*")]
 live_app = FastAPI(title="facemask live", docs_url=None, redoc_url=None)
 cameras_app = FastAPI(title="facemask cameras", docs_url=None, redoc_url=None)
 events_app = FastAPI(title="facemask events", docs_url=None, redoc_url=None)
+admin_app = FastAPI(title="facemask admin", docs_url=None, redoc_url=None)
 METRICS = LiveMetrics()
 GUARD = Guard()  # configured once the models are loaded; until then guarded calls get 503
 
@@ -65,7 +69,8 @@ class FaceOut(BaseModel):
 
 
 class DetectOut(BaseModel):
-    model_version: str
+    model_version: str = Field(description="the classifier that answered: registry name/vN")
+    detector_version: str | None = Field(description="the registered face detector that answered (None: a stock one)")
     width: int
     height: int
     faces: list[FaceOut]
@@ -73,6 +78,7 @@ class DetectOut(BaseModel):
 
 class GateOut(BaseModel):
     model_version: str
+    detector_version: str | None
     allow: bool
     reason: str = Field(
         description="ok | no_face | several_faces | low_confidence | the class's serving.gate_deny reason "
@@ -88,6 +94,7 @@ class GateOut(BaseModel):
 @bentoml.asgi_app(live_app, path="/live")
 @bentoml.asgi_app(cameras_app, path="/cameras")
 @bentoml.asgi_app(events_app, path="/events")
+@bentoml.asgi_app(admin_app, path="/admin")
 class FaceMask:
     classifier_model = bentoml.models.BentoModel(f"{CLASSIFIER_MODEL}:latest")
     detector_model = bentoml.models.BentoModel(f"{DETECTOR_MODEL}:latest")
@@ -101,14 +108,19 @@ class FaceMask:
     def _start(self) -> None:
         clf, det = self.classifier_model, self.detector_model  # resolved to stored models when served
         self.limits = load_serving_config(det.path)
-        self.pool = PipelinePool(lambda: load_pipeline(clf.path, det.path), self.limits.pipelines)
+        classifier = watched(clf) or Watched(clf.tag.name, "", clf.tag.version)
+        detector = watched(det)
+        self.pool = PipelinePool(lambda: load_pipeline(clf.path, det.path), self.limits.pipelines,
+                                 version=model_version(classifier, detector))  # fmt: skip
         self.pipeline = self.pool.first
         compliant = self.pipeline.compliant
         self.gate_rule = GateRule(compliant, self.limits.gate_deny, self.limits.gate_min_confidence,
                                   self.pipeline.settings.gate_min_score).check(self.pipeline.labels)  # fmt: skip
         self.colours = label_colours(self.pipeline.labels, compliant)
-        meta = clf.info.metadata
-        self.model_version = f"{meta.get('mlflow_model', clf.tag.name)}/v{meta.get('mlflow_version', clf.tag.version)}"
+        poll_s = self.limits.reload_poll_s if classifier.alias else 0.0  # a pinned version is not followed
+        if not os.environ.get("MLFLOW_TRACKING_URI") and clf.info.metadata.get("mlflow_tracking_uri"):
+            mlflow.set_tracking_uri(clf.info.metadata["mlflow_tracking_uri"])  # the registry it came from
+        self.watch = ChampionWatch(self.pool, classifier, detector, det.path, load_pipeline, poll_s).start()
         self.live = LiveStreams(self.pool, load_stream_config(det.path), self.limits, METRICS)
         self.cameras = PulledCameras(self.live, load_cameras_config(det.path), METRICS).start()
         self.grid = GridFeed(self.cameras)
@@ -126,41 +138,44 @@ class FaceMask:
     @bentoml.on_shutdown
     def flush(self) -> None:
         """Every camera's last stats window to the event file; undelivered webhook events kept."""
+        self.watch.close()
         self.cameras.close()
         self.live.close()
 
-    def _run(self, image: Path) -> tuple[np.ndarray, list]:
+    def _run(self, image: Path) -> tuple[np.ndarray, list, dict]:
+        """The decoded image, its faces and the versions of the models that found them."""
         try:
             frame = decode_image(Path(image).read_bytes(), self.limits.max_pixels)
         except ImageError as err:
             raise BadInput(str(err)) from None
         with self.pool.lease() as pipeline:
-            return frame, pipeline(frame)
+            return frame, pipeline(frame), self.pool.version_of(pipeline)
 
     @bentoml.api
     def detect(self, image: ImageFile) -> DetectOut:
         """Every face: box, detector score, class and class probabilities."""
-        frame, faces = self._run(image)
+        frame, faces, version = self._run(image)
         h, w = frame.shape[:2]
-        return DetectOut(model_version=self.model_version, width=w, height=h, faces=[f.to_dict() for f in faces])
+        return DetectOut(**version, width=w, height=h, faces=[f.to_dict() for f in faces])
 
     @bentoml.api
     def annotate(self, image: ImageFile, ctx: bentoml.Context) -> Annotated[Path, ContentType("image/jpeg")]:
         """The image with boxes and labels drawn (JPEG); the model version is in a response header."""
-        frame, faces = self._run(image)
+        frame, faces, version = self._run(image)
         out = Path(ctx.temp_dir) / "annotated.jpg"
         out.write_bytes(encode_jpeg(draw_faces(frame, faces, self.colours)))
-        ctx.response.headers["X-Model-Version"] = self.model_version
+        ctx.response.headers["X-Model-Version"] = version["model_version"]
+        ctx.response.headers["X-Detector-Version"] = version["detector_version"] or "stock"
         ctx.response.headers["X-Faces"] = str(len(faces))
         return out
 
     @bentoml.api
     def gate(self, image: ImageFile) -> GateOut:
         """May this person enter? Allow one correctly masked face; otherwise deny with the reason."""
-        _, faces = self._run(image)
+        _, faces, version = self._run(image)
         decision = self.gate_rule.decide(faces)
         return GateOut(
-            model_version=self.model_version,
+            **version,
             allow=decision.allow,
             reason=decision.reason,
             message=decision.message,
@@ -171,7 +186,8 @@ class FaceMask:
     def info(self) -> dict:
         """Model version, labels and limits of this deployment."""
         return {
-            "model_version": self.model_version,
+            **self.pool.version,
+            "reload": self.watch.status(),  # the aliases followed, reloads done, a version refused and why
             "labels": self.pipeline.labels,
             "compliant": self.pipeline.compliant,
             "detector": self.pipeline.detector.name,
@@ -211,6 +227,13 @@ class FaceMask:
                 await asyncio.sleep(0.5)
         except (WebSocketDisconnect, RuntimeError):  # the page was closed mid-send
             pass
+
+    @admin_app.post("/reload")
+    def reload(self) -> dict:
+        """Ask the registry now: a champion alias that moved is loaded, warmed up and swapped in
+        between frames (`reloaded`: true), or refused with the reason (`refused`) while the old model
+        keeps serving. Needs the API key."""
+        return self.watch.check()
 
     @events_app.get("/")
     def list_events(
@@ -284,6 +307,16 @@ class FaceMask:
             pass
         finally:
             self.live.release(camera)
+
+
+def watched(model: bentoml.models.BentoModel) -> Watched | None:
+    """The registered model a stored one came from and the alias it follows ("" for a pinned
+    version); None for a model not from the registry (a stock detector)."""
+    meta = model.info.metadata
+    if "mlflow_model" not in meta:
+        return None
+    alias = meta.get("mlflow_alias", model.info.labels.get("alias", ""))
+    return Watched(meta["mlflow_model"], "" if alias.startswith("version-") else alias, str(meta["mlflow_version"]))
 
 
 FaceMask.add_asgi_middleware(

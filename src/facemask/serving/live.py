@@ -95,6 +95,7 @@ class LiveStreams:
         session = self.sessions[camera]
         with session.lock, self.pool.lease() as pipeline:
             result = session.process(frame, now, pipeline=pipeline)
+            result.update(self.pool.version_of(pipeline))  # the models that answered (hot reload swaps them)
         if self.metrics:
             self.metrics.observe(camera, result)
         return result

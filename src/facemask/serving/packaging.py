@@ -37,6 +37,7 @@ def import_champion(params: Params, classifier_version: str | None = None) -> tu
     imports that registered version instead of the champion (a test that judges quality on held-out
     photos serves the model whose split it knows)."""
     mlflow_tracking.setup(params.mlflow)
+    registry = _absolute_uri(mlflow.get_tracking_uri())  # where a served champion watches its alias
     name, alias = params.mlflow.registered_model, params.mlflow.champion_alias
     client = MlflowClient()
     if classifier_version is None:
@@ -49,6 +50,8 @@ def import_champion(params: Params, classifier_version: str | None = None) -> tu
         "mlflow_model": name,
         "mlflow_version": version.version,
         "mlflow_run_id": version.run_id,
+        "mlflow_alias": alias if classifier_version is None else "",  # followed by hot reload; "" pinned
+        "mlflow_tracking_uri": registry,
         METRIC_TAG: version.tags.get(METRIC_TAG, ""),  # BentoML metadata takes no None
         SPLIT_TAG: version.tags.get(SPLIT_TAG, ""),
     }
@@ -62,7 +65,8 @@ def import_champion(params: Params, classifier_version: str | None = None) -> tu
     if detector.name == params.detector_train.target:  # the fine-tuned detector ships from the registry
         det_version = client.get_model_version_by_alias(params.mlflow.registered_detector, alias)
         weights = detector_file(f"models:/{params.mlflow.registered_detector}@{alias}")
-        det_meta.update({"mlflow_model": params.mlflow.registered_detector, "mlflow_version": det_version.version})
+        det_meta.update({"mlflow_model": params.mlflow.registered_detector, "mlflow_version": det_version.version,
+                         "mlflow_alias": alias})  # fmt: skip
         det_meta.update({k: det_version.tags.get(k, "") for k in ("dev_recall", "dev_precision", DEV_TAG)})
     else:
         weights = detector_backend(detector).weights_file(detector)  # None: its package keeps a cache
@@ -78,6 +82,15 @@ def import_champion(params: Params, classifier_version: str | None = None) -> tu
     det_tag = _store_once(DETECTOR_MODEL, detector.name.replace("_", "-"), files, {}, det_meta)
     log.info("imported %s v%s as %s and detector %s as %s", name, version.version, clf_tag, detector.name, det_tag)
     return clf_tag, det_tag
+
+
+def _absolute_uri(uri: str) -> str:
+    """A local store (`sqlite:///mlflow.db`, a folder) as an absolute URI: the service may start elsewhere."""
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return "sqlite:///" + str(Path(uri.removeprefix("sqlite:///")).resolve())
+    if "://" not in uri:
+        return Path(uri).resolve().as_uri()
+    return uri
 
 
 def _store_once(name: str, prefix: str, files: dict[str, bytes], labels: dict, metadata: dict) -> str:

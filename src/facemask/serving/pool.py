@@ -18,7 +18,8 @@ from facemask.pipeline import MaskPipeline
 
 
 class PipelinePool:
-    def __init__(self, build: Callable[[], MaskPipeline], size: int):
+    def __init__(self, build: Callable[[], MaskPipeline], size: int, version: dict | None = None):
+        """`version`: what the answers of these pipelines name (the models' registry versions)."""
         threads = max(1, (os.cpu_count() or 1) // size)  # the cores shared out, not oversubscribed
         torch.set_num_threads(threads)
         cv2.setNumThreads(threads)
@@ -28,6 +29,18 @@ class PipelinePool:
         self._free: queue.Queue[MaskPipeline] = queue.Queue()
         for pipeline in self.pipelines:
             self._free.put(pipeline)
+        self.version = version or {}
+        self._versions = {id(p): self.version for p in self.pipelines}
+
+    def replace(self, other: PipelinePool) -> None:
+        """Serve `other`'s pipelines from now on (hot reload): the next lease gets one of them, a
+        pipeline leased before goes back to the old queue and is dropped with it."""
+        self._versions = {**{id(p): self.version for p in self.pipelines}, **other._versions}
+        self.pipelines, self._free, self.version = other.pipelines, other._free, other.version
+
+    def version_of(self, pipeline: MaskPipeline) -> dict:
+        """The version a leased pipeline answers with (the old one for a lease from before a swap)."""
+        return self._versions.get(id(pipeline), self.version)
 
     @property
     def first(self) -> MaskPipeline:
@@ -37,8 +50,9 @@ class PipelinePool:
     @contextmanager
     def lease(self) -> Iterator[MaskPipeline]:
         """A free pipeline for the duration of the block (waits for one)."""
-        pipeline = self._free.get()
+        free = self._free  # a swap in the meantime must not mix the generations
+        pipeline = free.get()
         try:
             yield pipeline
         finally:
-            self._free.put(pipeline)
+            free.put(pipeline)

@@ -152,30 +152,31 @@ class CameraReader:
         return capture
 
     def _read(self, capture: cv2.VideoCapture) -> None:
-        """Reads until the source fails; every 1/fps seconds a frame becomes the waiting sample."""
+        """Reads until the source fails; every 1/fps seconds a frame becomes the waiting sample. Every
+        frame is decoded (`grab`), only the sampled ones converted to BGR (`retrieve`)."""
         is_file = isinstance(self.camera.source, str) and "://" not in self.camera.source
         file_fps = capture.get(cv2.CAP_PROP_FPS) if is_file else 0.0
         file_frames = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if is_file else 0
         start = time.monotonic()
         interval, next_sample, read = 1.0 / self.camera.fps, 0.0, 0
         while not self._stop.is_set():
-            ok, frame = capture.read()
-            if not ok:
+            if not capture.grab():
                 if read and is_file and read < file_frames - 1:  # FFmpeg stops at a corrupt stretch
                     self.frames_bad += 1
                     raise CameraSourceError(f"the video file is unreadable after frame {read} of {file_frames}")
                 if read and is_file:
                     raise CameraSourceError("the video file ended")
                 raise CameraSourceError("the stream ended or stopped answering" if read else "no frame from the source")
-            if frame is None or frame.ndim != 3 or frame.shape[2] != 3 or frame.size == 0:
-                self.frames_bad += 1  # (a stream's corrupt packets are skipped by FFmpeg itself)
-                continue
             read += 1
             self.frames_read += 1
             if file_fps > 0:  # a file is paced at its own frame rate, as a camera delivers it
                 self._stop.wait(max(0.0, start + read / file_fps - time.monotonic()))
             now = time.monotonic()
             if now < next_sample:
+                continue
+            ok, frame = capture.retrieve()
+            if not ok or frame is None or frame.ndim != 3 or frame.shape[2] != 3 or frame.size == 0:
+                self.frames_bad += 1  # (a stream's corrupt packets are skipped by FFmpeg itself)
                 continue
             next_sample = max(next_sample + interval, now - interval)  # steady rate, no burst after a stall
             with self._lock:
