@@ -149,11 +149,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--video", type=Path, help="default: the mirror's videos/mask-on-1280x720.mp4")
     parser.add_argument("--frames", type=int, default=120)
+    parser.add_argument("--repeat", type=int, default=1, help="play the frames this many times (longer rows)")
     parser.add_argument("--streams", type=int, nargs="+", default=[1, 4], help="concurrent streams per row group")
     parser.add_argument("--url", help="a served Bento (http://host:port) to benchmark over WebSockets")
     args = parser.parse_args(argv)
     video = args.video or Path(os.environ.get("FACEMASK_MIRROR", "")) / "videos/mask-on-1280x720.mp4"
-    clip = load_clip(video, args.frames)
+    clip = load_clip(video, args.frames) * args.repeat
     params = load_params(args.params)
     print(
         f"{video.name}: {len(clip)} frames at {clip[0].shape[1]}x{clip[0].shape[0]}, "

@@ -148,7 +148,8 @@ class Delivery:
     def __init__(self, pending: Path, max_queue: int, retry_s: float):
         self.pending, self.retry_s = pending, retry_s
         self.delivered = 0
-        self._current: str | None = None  # the id of the event being delivered
+        self._held: set[str | None] = set()  # ids sent and neither delivered nor in the pending file yet
+        self._held_lock = threading.Lock()
         self._queue: queue.Queue[dict] = queue.Queue(maxsize=max_queue)
         self._file_lock = threading.Lock()
         self._stop = threading.Event()
@@ -158,29 +159,31 @@ class Delivery:
         self._thread.start()
 
     def pending_ids(self) -> set[str]:
-        """The ids of the events not delivered yet: in memory, being delivered, or in the pending file."""
-        with self._queue.mutex:
-            waiting = [e.get("id") for e in self._queue.queue]
+        """The ids of the events not delivered yet: held from `send` until delivered or written to the
+        pending file, or in that file (or the one being replayed)."""
+        with self._held_lock:
+            held = set(self._held)
         with self._file_lock:
-            files = [e.get("id") for f in (self.pending, self.pending.with_suffix(".replay.jsonl"))
-                     for e in iter_jsonl(f)]  # fmt: skip
-        return {i for i in [*waiting, *files, self._current] if i}
+            files = {e.get("id") for f in (self.pending, self.pending.with_suffix(".replay.jsonl"))
+                     for e in iter_jsonl(f)}  # fmt: skip
+        return {i for i in held | files if i}
 
     def send(self, event: dict) -> None:
+        with self._held_lock:
+            self._held.add(event.get("id"))
         try:
             self._queue.put_nowait(event)
         except queue.Full:  # a long outage: the file holds what memory does not
             self._spill([event])
+            self._release(event)
+
+    def _release(self, event: dict) -> None:
+        """`event` is delivered or in the pending file: no longer held in memory."""
+        with self._held_lock:
+            self._held.discard(event.get("id"))
 
     def _deliver(self, event: dict) -> bool:
         raise NotImplementedError
-
-    def _attempt(self, event: dict) -> bool:
-        self._current = event.get("id")
-        try:
-            return self._deliver(event)
-        finally:
-            self._current = None
 
     def _spill(self, events: list[dict]) -> None:
         with self._file_lock:
@@ -196,7 +199,7 @@ class Delivery:
                 os.replace(self.pending, replay)
         events = iter_jsonl(replay)
         for event in events:
-            if self._stop.is_set() or not self._attempt(event):
+            if self._stop.is_set() or not self._deliver(event):
                 with self._file_lock:  # the undelivered rest goes back in front of anything newer
                     rest = [event, *events]
                     newer = list(iter_jsonl(self.pending))
@@ -218,11 +221,13 @@ class Delivery:
             except queue.Empty:
                 backlog = not self._replay_pending()
                 continue
-            if backlog or not self._attempt(event):  # keep the order: behind the pending ones
+            if backlog or not self._deliver(event):  # keep the order: behind the pending ones
                 self._spill([event])
+                self._release(event)
                 backlog = not self._replay_pending()
             else:
                 self.delivered += 1
+                self._release(event)
                 if self.pending.exists():
                     backlog = not self._replay_pending()
 
@@ -242,6 +247,8 @@ class Delivery:
                 break
         if rest:
             self._spill(rest)
+            for event in rest:
+                self._release(event)
 
 
 class Webhook(Delivery):
