@@ -108,8 +108,8 @@ class FaceMask:
     def _start(self) -> None:
         clf, det = self.classifier_model, self.detector_model  # resolved to stored models when served
         self.limits = load_serving_config(det.path)
-        classifier = watched(clf) or Watched(clf.tag.name, "", clf.tag.version)
-        detector = watched(det)
+        classifier = Watched.of_stored(clf) or Watched(clf.tag.name, "", str(clf.tag.version))
+        detector = Watched.of_stored(det)
         self.pool = PipelinePool(lambda: load_pipeline(clf.path, det.path), self.limits.pipelines,
                                  version=model_version(classifier, detector))  # fmt: skip
         self.pipeline = self.pool.first
@@ -307,16 +307,6 @@ class FaceMask:
             pass
         finally:
             self.live.release(camera)
-
-
-def watched(model: bentoml.models.BentoModel) -> Watched | None:
-    """The registered model a stored one came from and the alias it follows ("" for a pinned
-    version); None for a model not from the registry (a stock detector)."""
-    meta = model.info.metadata
-    if "mlflow_model" not in meta:
-        return None
-    alias = meta.get("mlflow_alias", model.info.labels.get("alias", ""))
-    return Watched(meta["mlflow_model"], "" if alias.startswith("version-") else alias, str(meta["mlflow_version"]))
 
 
 FaceMask.add_asgi_middleware(

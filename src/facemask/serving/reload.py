@@ -39,6 +39,17 @@ class Watched:
     def served(self) -> str:
         return f"{self.name}/v{self.version}"
 
+    @classmethod
+    def of_stored(cls, model) -> Watched | None:
+        """The registered model a BentoML-stored one was imported from (`packaging.import_champion`'s
+        metadata) and the alias it follows ("" for a pinned version); None for a model not from the
+        registry (a stock detector)."""
+        meta = model.info.metadata
+        if "mlflow_model" not in meta:
+            return None
+        alias = meta.get("mlflow_alias", model.info.labels.get("alias", ""))
+        return cls(meta["mlflow_model"], "" if alias.startswith("version-") else alias, str(meta["mlflow_version"]))
+
 
 def model_version(classifier: Watched, detector: Watched | None) -> dict[str, str | None]:
     """What every answer names: the classifier's registered version and the detector's (None for a

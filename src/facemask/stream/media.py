@@ -99,7 +99,6 @@ class MediaWriter:
 
     def __init__(self, cfg: Media, mode: str):
         self.cfg, self.mode = cfg, mode  # mode: stream.alerts.snapshots (store | blur | off)
-        self.written = 0
         self._queue: queue.Queue[Recording | None] = queue.Queue()
         self._pending = 0
         self._lock = threading.Lock()
@@ -141,7 +140,6 @@ class MediaWriter:
         _atomic_write(recording.snapshot, encode_jpeg(image, 90))
         if recording.clip is not None:
             self._write_clip(recording)
-        self.written += 1
 
     def _write_clip(self, recording: Recording) -> None:
         import av  # only a process that records clips pays for it

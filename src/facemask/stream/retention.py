@@ -23,7 +23,6 @@ class MediaRetention:
     def __init__(self, cfg: Media, root: Path, protected: Callable[[], set[str]] = set):
         """`root`: the media folder; `protected()`: the ids of events whose media must stay (undelivered)."""
         self.cfg, self.root, self.protected = cfg, Path(root), protected
-        self.deleted = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="media-retention", daemon=True)
 
@@ -67,7 +66,6 @@ class MediaRetention:
                 total -= size
             gone.append(event_id)
         if gone:
-            self.deleted += len(gone)
             log.info("event media of %d event(s) deleted (retention %g days, %g MB)",
                      len(gone), self.cfg.retention_days, self.cfg.max_media_mb)  # fmt: skip
         return gone
