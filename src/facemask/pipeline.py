@@ -224,13 +224,27 @@ class MaskPipeline:
         detector's own boxes, as in training; the reported box is mapped by `box_fit`. Faces the
         classifier rejects as background are dropped; the others' probabilities are over the face
         classes (they sum to one) and their `score` is the detector's times p(face)."""
-        return self.results(faces, self.probabilities(frame, faces))
+        return self.classify_many([(frame, faces)])[0]
+
+    def classify_many(self, items: Sequence[tuple[np.ndarray, list[Face]]]) -> list[list[FaceResult]]:
+        """`classify` for several frames (each with its faces): every face of every frame through
+        the network in one batch (several cameras' frames at once), the results split back per frame."""
+        crops = [crop for frame, faces in items for crop in self.finder.crop(frame, faces)]
+        probs = self._predict(crops)
+        out, start = [], 0
+        for _, faces in items:
+            out.append(self.results(faces, probs[start : start + len(faces)]))
+            start += len(faces)
+        return out
 
     def probabilities(self, frame: np.ndarray, faces: list[Face]) -> np.ndarray:
         """The classifier's raw output (faces x all its labels, the rejection class included)."""
-        if not faces:
+        return self._predict(self.finder.crop(frame, faces))
+
+    def _predict(self, crops: list[np.ndarray]) -> np.ndarray:
+        if not crops:
             return np.zeros((0, len(self.classifier.labels)), dtype=np.float32)
-        return self.classifier.predict_proba(self.finder.crop(frame, faces), bgr=True)
+        return self.classifier.predict_proba(crops, bgr=True)
 
     @property
     def reject_min_probability(self) -> float:

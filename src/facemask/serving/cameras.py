@@ -1,6 +1,7 @@
-"""The cameras the service pulls itself (`cameras.sources`): a reader per camera, and one analysis
-thread per pipeline of the pool taking the newest waiting frame of the camera served least recently
-(round robin). Each camera is a `LiveStreams` session like a WebSocket camera (the same tracks, smoothing,
+"""The cameras the service pulls itself (`cameras.sources`): a reader per camera, and a dispatcher
+handing each camera's newest waiting frame to the service's frame batcher (one frame per camera in
+flight, the camera served least recently first), so the frames of all cameras are analysed in
+batches. Each camera is a `LiveStreams` session like a WebSocket camera (the same tracks, smoothing,
 alerts, compliance and sinks); it holds its place for as long as the service runs.
 """
 
@@ -10,11 +11,14 @@ import logging
 import threading
 import time
 from collections import deque
+from concurrent.futures import Future
+from functools import partial
 
 import numpy as np
 
 from facemask.config import Cameras, ConfigError
-from facemask.stream.capture import CameraReader
+from facemask.serving.batching import BatcherClosed
+from facemask.stream.capture import CameraReader, Sample
 from facemask.stream.zones import ZoneFilter
 
 log = logging.getLogger(__name__)
@@ -44,10 +48,9 @@ class PulledCameras:
             self.readers[camera.name] = CameraReader(camera, cfg, on_frame=self._notify)
             self.analysed[camera.name], self.latencies[camera.name] = 0, deque(maxlen=600)
             self._served[camera.name] = 0.0
-        self._workers = [
-            threading.Thread(target=self._analyse, name=f"camera-analysis-{i}", daemon=True)
-            for i in range(len(live.pool.pipelines) if self.readers else 0)
-        ]
+        self._workers = []
+        if self.readers:
+            self._workers.append(threading.Thread(target=self._dispatch, name="camera-dispatch", daemon=True))
         if self.readers and metrics:
             self._workers.append(threading.Thread(target=self._monitor, name="camera-metrics", daemon=True))
 
@@ -64,47 +67,52 @@ class PulledCameras:
         with self._wake:
             self._wake.notify()
 
-    def _next(self) -> tuple[str, object] | None:
-        """A waiting frame of the camera served least recently that no other thread is analysing
-        (round robin: a camera sampled faster does not starve the others, nor they it)."""
+    def _dispatch(self) -> None:
+        """Every camera with a waiting frame and none in analysis hands its newest to the batcher,
+        the camera served least recently first (round robin: a camera sampled faster does not
+        starve the others, nor they it)."""
         with self._wake:
             while not self._stop.is_set():
-                waiting = [(self._served[name], name) for name, r in self.readers.items()
-                           if name not in self._busy and r.waiting_since is not None]  # fmt: skip
-                if waiting:
-                    name = min(waiting)[1]
+                waiting = sorted((self._served[name], name) for name, r in self.readers.items()
+                                 if name not in self._busy and r.waiting_since is not None)  # fmt: skip
+                for _, name in waiting:
                     sample = self.readers[name].take()
-                    if sample is not None:
-                        self._busy.add(name)
-                        self._served[name] = time.monotonic()
-                        return name, sample
+                    if sample is None:
+                        continue
+                    self._busy.add(name)
+                    self._served[name] = time.monotonic()
+                    try:
+                        future = self.live.submit(name, sample.frame, sample.time)
+                    except (BatcherClosed, KeyError):  # the service is stopping
+                        return
+                    future.add_done_callback(partial(self._done, name, sample))
                 self._wake.wait(0.5)
-        return None
 
-    def _analyse(self) -> None:
-        while (item := self._next()) is not None:
-            name, sample = item
-            try:
-                result = self.live.analyse(name, sample.frame, now=sample.time)
-                latency = time.time() - sample.time
-                self.latencies[name].append(latency)
-                with self._wake:
-                    self.analysed[name] += 1
-                    self.latest[name] = result
-                    self.frames[name] = (self.analysed[name], sample.frame)
-                    self.timeline.extend(result["alerts"])
-                    self.alert_count += len(result["alerts"])
-                if self.metrics:
-                    self.metrics.camera_latency.labels(camera=name).observe(latency)
-            except Exception:  # one camera's bad frame must not stop the others
-                self.readers[name].frames_bad += 1
-                if self.metrics:
-                    self.metrics.bad_frames.labels(camera=name).inc()
-                log.exception("camera %s: a frame could not be analysed (skipped)", name)
-            finally:
-                with self._wake:
-                    self._busy.discard(name)
-                    self._wake.notify()
+    def _done(self, name: str, sample: Sample, future: Future) -> None:
+        """A frame's answer (in the batcher's thread): the camera's figures, or its error counted."""
+        try:
+            result = future.result()
+            latency = time.time() - sample.time
+            self.latencies[name].append(latency)
+            with self._wake:
+                self.analysed[name] += 1
+                self.latest[name] = result
+                self.frames[name] = (self.analysed[name], sample.frame)
+                self.timeline.extend(result["alerts"])
+                self.alert_count += len(result["alerts"])
+            if self.metrics:
+                self.metrics.camera_latency.labels(camera=name).observe(latency)
+        except BatcherClosed:
+            pass
+        except Exception:  # one camera's bad frame must not stop the others
+            self.readers[name].frames_bad += 1
+            if self.metrics:
+                self.metrics.bad_frames.labels(camera=name).inc()
+            log.exception("camera %s: a frame could not be analysed (skipped)", name)
+        finally:
+            with self._wake:
+                self._busy.discard(name)
+                self._wake.notify()
 
     def _monitor(self) -> None:
         while not self._stop.wait(2.0):

@@ -13,10 +13,12 @@ import logging
 import re
 import threading
 import time
+from concurrent.futures import Future
 
 from facemask import config
 from facemask.config import Serving, Stream
 from facemask.imageio import ImageError, decode_image
+from facemask.serving.batching import FrameBatcher
 from facemask.serving.pool import PipelinePool
 from facemask.stream.media import EventMedia
 from facemask.stream.session import CameraSession
@@ -36,6 +38,7 @@ class LiveStreams:
         self.pool, self.cfg, self.limits, self.metrics = pool, cfg, limits, metrics
         self.sinks = EventSinks(cfg.sinks)
         self.media = EventMedia(cfg, protected=self.sinks.pending_ids)
+        self.batcher = FrameBatcher(pool, limits.batch_window_ms, limits.batch_max_frames)
         self.sessions: dict[str, CameraSession] = {}
         self.connections: dict[str, int] = {}
         self._lock = threading.Lock()
@@ -90,15 +93,16 @@ class LiveStreams:
         return self.analyse(camera, frame)
 
     def analyse(self, camera: str, frame, now: float | None = None) -> dict:
-        """One decoded frame of an open camera (pushed or pulled) through its session on a free
-        pipeline; `now`: when the frame was taken (default: now)."""
-        session = self.sessions[camera]
-        with session.lock, self.pool.lease() as pipeline:
-            result = session.process(frame, now, pipeline=pipeline)
-            result.update(self.pool.version_of(pipeline))  # the models that answered (hot reload swaps them)
+        """One decoded frame of an open camera (pushed or pulled) through its session, batched with
+        other cameras' frames (`FrameBatcher`); `now`: when the frame was taken (default: now)."""
+        return self.submit(camera, frame, now).result()
+
+    def submit(self, camera: str, frame, now: float | None = None) -> Future:
+        """`analyse` without waiting: the future holds the answer (or this frame's error)."""
+        future = self.batcher.submit(self.sessions[camera], frame, now)
         if self.metrics:
-            self.metrics.observe(camera, result)
-        return result
+            future.add_done_callback(lambda f: f.exception() or self.metrics.observe(camera, f.result()))
+        return future
 
     def expire_idle(self, now: float | None = None) -> list[str]:
         """Close the cameras with no connection for `idle_expiry_s`; returns their names."""
@@ -127,6 +131,7 @@ class LiveStreams:
     def close(self) -> None:
         """Flush every camera's stats window; keep undelivered webhook events in the pending file."""
         self._stop.set()
+        self.batcher.close()  # the batches in progress end first
         with self._lock:
             sessions, self.sessions = list(self.sessions.values()), {}
         for session in sessions:

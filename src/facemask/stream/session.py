@@ -2,8 +2,10 @@
 
 A `CameraSession` lives in the worker that holds the camera's connection; `process()` takes one
 BGR frame and its timestamp and returns what a client draws: tracks with their smoothed class,
-the alerts raised by this frame and the camera's compliance so far. `process()` may be given any
-of a pool's identical pipelines; `lock` keeps one camera's frames in order.
+the alerts raised by this frame and the camera's compliance so far. It is `begin()` (detection)
+then `finish()` (tracks, alerts), split so that a batcher can classify several cameras' faces in
+one batch between the two. Any of a pool's identical pipelines may be given; `lock` keeps one
+camera's frames in order.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from facemask.detection import Face
 from facemask.detection.align import crop_face
 from facemask.draw import hex_colour, label_colours
 from facemask.imageio import encode_jpeg
-from facemask.pipeline import MaskPipeline
+from facemask.pipeline import FaceResult, MaskPipeline
 from facemask.stream.media import MediaRecorder
 from facemask.stream.sinks import EventSinks
 from facemask.stream.tracker import Track, Tracker
@@ -32,6 +34,17 @@ from facemask.stream.zones import ZoneFilter
 
 REGION_MIN_SIDE = 128  # frame px: a search region never smaller (a small face keeps the context the
 # detector needs: on 40 training scenes 141 of 142 faces found as in the whole frame, 137 at 64 px)
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A frame between `CameraSession.begin` and `finish`: its faces found, not yet classified."""
+
+    frame: np.ndarray
+    now: float
+    found: list[Face]  # every face the detector found (all are blurred in stored media)
+    faces: list[Face]  # those inside the camera's zones: classified, tracked, alerted on
+    detection: str  # how they were found: full, regions or reused
 
 
 @dataclass
@@ -105,15 +118,27 @@ class CameraSession:
         self._faces, self._since_full, self._last_shape = pipeline.detect_faces(frame), 0, frame.shape
         return self._faces, "full"
 
-    def process(self, frame: np.ndarray, now: float | None = None, pipeline: MaskPipeline | None = None) -> dict:
+    def begin(self, frame: np.ndarray, now: float | None = None, pipeline: MaskPipeline | None = None) -> Pending:
+        """The first half of `process`: the frame checked and its faces found (the watched ones to be
+        classified, possibly in one batch with other cameras' faces, then handed to `finish`)."""
         if frame is None or frame.ndim != 3 or frame.shape[2] != 3 or frame.size == 0:
             raise ValueError("expected a non-empty HxWx3 BGR frame")
         self.last_frame = time.time()
         now = self.last_frame if now is None else now
-        pipeline = pipeline or self.pipeline
-        found, detection = self._detect(frame, pipeline)
+        found, detection = self._detect(frame, pipeline or self.pipeline)
         faces = [f for f in found if self.zones.keeps(f.box, frame.shape)] if self.zones else found
-        results = pipeline.classify(frame, faces)
+        return Pending(frame, now, found, faces, detection)
+
+    def process(self, frame: np.ndarray, now: float | None = None, pipeline: MaskPipeline | None = None) -> dict:
+        """One frame: `begin`, its watched faces classified, `finish`."""
+        pipeline = pipeline or self.pipeline
+        pending = self.begin(frame, now, pipeline)
+        return self.finish(pending, pipeline.classify(pending.frame, pending.faces))
+
+    def finish(self, pending: Pending, results: list[FaceResult]) -> dict:
+        """The second half of `process`: the classified faces of `pending` into tracks, alerts,
+        media and counters; returns what a client draws."""
+        frame, now, found, detection = pending.frame, pending.now, pending.found, pending.detection
         tracks = self.tracker.update(results, now)
         if self.media is not None:  # every face found is blurred in the media, watched or not
             self.media.add(now, frame, found, tracks)
