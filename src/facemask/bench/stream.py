@@ -100,6 +100,43 @@ def in_process(params, clip: list, streams: int, mode: str, clips: bool = False)
     return frames / seconds, runs / frames, full / frames
 
 
+def in_worker(params, clip: list, streams: int, mode: str, batched: bool) -> tuple[float, float, float]:
+    """As `in_process`, but through what a serving worker runs: `LiveStreams` on a pool of
+    `serving.pipelines` pipelines, each stream a thread sending its next frame when the last is
+    answered; `batched`: several streams' frames classified in one batch (`FrameBatcher`, the
+    default), else one frame at a time (`batch_max_frames` 1)."""
+    from facemask.serving.live import LiveStreams
+    from facemask.serving.pool import PipelinePool
+
+    frame_diff, regions = MODES[mode]
+    limits = params.serving.model_copy(
+        update={"batch_max_frames": params.serving.batch_max_frames if batched else 1,
+                "max_cameras": max(params.serving.max_cameras, streams)}
+    )  # fmt: skip
+    pool = PipelinePool(lambda: MaskPipeline.from_params(params, params.paths.classifier), params.serving.pipelines)
+    with tempfile.TemporaryDirectory() as tmp:
+        sinks = params.stream.sinks.model_copy(update={"log": False, "jsonl": Path(tmp, "events.jsonl")})
+        live = LiveStreams(pool, params.stream.model_copy(update={"sinks": sinks}), limits)
+        names = [f"cam{i}" for i in range(streams)]
+        for name in names:
+            live.open(name, frame_diff=frame_diff, regions=regions)
+        threads = [threading.Thread(target=lambda n=n: [live.analyse(n, f) for f in clip]) for n in names]
+        start = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        seconds = time.perf_counter() - start
+        counters = [live.sessions[n].total for n in names]
+        live.close()
+    frames = sum(c.frames for c in counters)
+    return (
+        frames / seconds,
+        sum(c.detector_runs for c in counters) / frames,
+        sum(c.full_detections for c in counters) / frames,
+    )
+
+
 def over_websocket(url: str, clip: list, streams: int, mode: str) -> tuple[float, float, float]:
     from websockets.sync.client import connect
 
@@ -152,6 +189,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=1, help="play the frames this many times (longer rows)")
     parser.add_argument("--streams", type=int, nargs="+", default=[1, 4], help="concurrent streams per row group")
     parser.add_argument("--url", help="a served Bento (http://host:port) to benchmark over WebSockets")
+    parser.add_argument(
+        "--worker", action="store_true",
+        help="in-process through a serving worker's LiveStreams and pipeline pool, frames batched across "
+        "streams and not (instead of the sessions alone)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     video = args.video or Path(os.environ.get("FACEMASK_MIRROR", "")) / "videos/mask-on-1280x720.mp4"
     clip = load_clip(video, args.frames) * args.repeat
@@ -163,6 +205,14 @@ def main(argv: list[str] | None = None) -> int:
     print("| path | streams | detection | total frames/s | per stream | detector ran on | whole frame searched on |")
     print("|---|---|---|---|---|---|---|")
     for streams in args.streams:
+        if args.worker:
+            for mode in ("every frame", "frame diff + regions"):
+                for batched in (False, True):
+                    fps, ran, full = in_worker(params, clip, streams, mode, batched)
+                    name = f"{mode}, {'batched across streams' if batched else 'one frame at a time'}"
+                    print(f"| worker ({params.serving.pipelines} pipelines) | {streams} | {name} | {fps:.1f} | "
+                          f"{fps / streams:.1f} | {ran:.0%} | {full:.0%} |")  # fmt: skip
+            continue
         for mode in MODES:
             fps, ran, full = (
                 over_websocket(args.url, clip, streams, mode) if args.url else in_process(params, clip, streams, mode)

@@ -48,7 +48,6 @@ class FrameBatcher:
         self._wake = threading.Condition()
         self._in_flight: set[str] = set()  # cameras with a frame in a worker's batch
         self._seen: dict[str, float] = {}  # camera -> its last frame's arrival (monotonic)
-        self._idle = 0  # workers waiting for frames
         self._stop = False
         self.sizes: Counter[int] = Counter()  # frames per batch -> batches (bench, tests)
         self._workers = [
@@ -92,28 +91,29 @@ class FrameBatcher:
         return out
 
     def _take(self) -> list[_Job] | None:
-        """The next batch: a share of the waiting frames (the idle workers split them), topped up
-        within the window while other live cameras may still send. Its cameras are in flight
-        until `_work` is done with it."""
+        """The next batch: the waiting frames up to this worker's share of the live cameras (the
+        workers split them: a batch on one core while the other idles would be slower than none),
+        topped up within the window while other live cameras may still send. Its cameras are in
+        flight until `_work` is done with it."""
         with self._wake:
             while not (eligible := self._eligible()):
                 if self._stop:
                     return None
-                self._idle += 1
                 self._wake.wait()
-                self._idle -= 1
+            now = time.monotonic()
+            live = sum(now - t < LIVE_S for t in self._seen.values())
+            share = min(self.max_frames, max(1, math.ceil(live / len(self._workers))))
             batch: list[_Job] = []
-            share = min(self.max_frames, math.ceil(len(eligible) / (1 + self._idle)))
             self._claim(eligible[:share], batch)
-            deadline = time.monotonic() + self.window_s
-            while len(batch) < self.max_frames and not self._stop:
+            deadline = now + self.window_s
+            while len(batch) < share and not self._stop:
                 now = time.monotonic()
                 if now >= deadline or not any(
                     now - t < LIVE_S and c not in self._in_flight for c, t in self._seen.items()
                 ):  # no other live camera may send within the window
                     break
                 self._wake.wait(deadline - now)
-                self._claim(self._eligible()[: self.max_frames - len(batch)], batch)
+                self._claim(self._eligible()[: share - len(batch)], batch)
             self.sizes[len(batch)] += 1
             return batch
 
