@@ -12,7 +12,7 @@ FACEMASK_MIRROR ?= $(if $(wildcard ../shared/datasets),$(abspath ../shared),)
 export FACEMASK_MIRROR
 OVERRIDES ?=
 
-.PHONY: help setup params check-params pipeline run test test-fast lint format mlflow-ui mlflow-server postgres proxy mqtt-broker rtsp-server container clean bento-models serve bento bench-latency scenes bench bench-classifiers bench-quantization bench-cameras soak browser stream compliance bench-stream loadtest api-key audit
+.PHONY: help setup params check-params pipeline run test test-fast lint format mlflow-ui mlflow-server postgres proxy mqtt-broker rtsp-server container clean bento-models serve bento bench-latency scenes bench bench-classifiers bench-quantization bench-runtimes bench-cameras soak browser stream compliance bench-stream loadtest api-key audit
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -97,8 +97,12 @@ container: bento ## the Bento's OCI image facemask:latest (bentoml containerize;
 scenes: ## evaluate a model on annotated scenes: OVERRIDES="scenes.dir=/path detector=..." CLASSIFIER=path|models:/...
 	$(RUN) python -m facemask.scenes $(OVERRIDES) $(if $(CLASSIFIER),--classifier $(CLASSIFIER),)
 
-bench: ## benchmark table (crop, classifier by batch, pipeline 640x480/1280x720, training, peak memory) -> reports/bench
+bench: ## benchmark tables: crop, classifier by batch, pipeline 640x480/1280x720, training, peak memory; then runtime x precision -> reports/bench
 	$(RUN) python -m facemask.bench.suite
+	$(RUN) --group runtimes python -m facemask.bench.runtimes
+
+bench-runtimes: ## PyTorch / ONNX Runtime / OpenVINO x fp32 / int8 on the dev scenes: ms, fps, mAP -> reports/bench/runtimes.json
+	$(RUN) --group runtimes python -m facemask.bench.runtimes
 
 stream: ## stream a video/webcam to the served model: SOURCE=0|rtsp://...|file.mp4 CAMERA=name [OUT=annotated.mp4]
 	$(RUN) python -m facemask.stream.client $${SOURCE:-0} --url ws://127.0.0.1:$${PORT:-3000}/live/ws/$${CAMERA:-camera1} $(if $(OUT),--out $(OUT),--show)

@@ -28,7 +28,7 @@ import torch
 
 from facemask.bench.latency import timed
 from facemask.classifier import MaskClassifier
-from facemask.config import load_params
+from facemask.config import Paths, load_params
 from facemask.detection.retinaface_mnet import preprocess
 from facemask.detector_training.scene_data import manifest_scenes
 from facemask.imageio import read_image
@@ -72,6 +72,15 @@ def export_classifier(classifier: MaskClassifier, path: Path) -> Path:
     )  # fmt: skip
     path.write_bytes(graph.getvalue())
     return path
+
+
+def calibration_sets(paths: Paths, labels: list[str], n: int) -> tuple[pd.DataFrame, pd.DataFrame, list[Path]]:
+    """The crop table's first `n` training-split crops (shuffled once, seed 0) to calibrate the
+    classifier on, its test-split crops, and `n / 5` (at least 8) training scenes for the detector."""
+    table = pd.read_csv(paths.crop_table, keep_default_na=False)
+    table = table[(table["crop"] != "") & table["label"].isin(labels)].sample(frac=1.0, random_state=0)
+    scenes = [s.path for s in manifest_scenes(paths.manifest, paths.raw, "train")[: max(8, n // 5)]]
+    return table[table["split"] == "train"][:n], table[table["split"] == "test"], scenes
 
 
 def letterboxed(path: Path, side: int = 640) -> np.ndarray:
@@ -138,10 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     paths = load_params(args.params).paths
     torch.set_num_threads(2)
     classifier = MaskClassifier.load(paths.classifier)
-    table = pd.read_csv(paths.crop_table, keep_default_na=False)
-    table = table[(table["crop"] != "") & table["label"].isin(classifier.labels)].sample(frac=1.0, random_state=0)
-    train, test = table[table["split"] == "train"][: args.calibration], table[table["split"] == "test"]
-    scenes = [s.path for s in manifest_scenes(paths.manifest, paths.raw, "train")[: max(8, args.calibration // 5)]]
+    train, test, scenes = calibration_sets(paths, classifier.labels, args.calibration)
     with tempfile.TemporaryDirectory() as tmp:
         rows = classifier_rows(
             classifier,

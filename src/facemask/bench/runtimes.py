@@ -1,0 +1,192 @@
+"""`make bench-runtimes`: the whole pipeline per runtime x precision on the dev scenes.
+
+    python -m facemask.bench.runtimes [--calibration 320] [--scenes 200]
+
+One table: for PyTorch (eager), ONNX Runtime and OpenVINO (the `runtimes` dependency group), each in
+fp32 and int8 (static quantization, QDQ per-channel, calibrated on training-split face crops and
+training-split scenes as `make bench-quantization` does): detection ms per frame, classification ms
+per face, frame ms median and p95 over the dev scenes (as the pipeline sees them: long side 640),
+and the dev-scene mAP@0.5 with its change against PyTorch fp32. int8 rows quantize the classifier;
+"int8, detector too" quantizes both. One pipeline in this process, one scene at a time, the
+configured threads. Needs the pipeline's outputs (`dvc repro`) and FACEMASK_MIRROR; writes
+reports/bench/runtimes.json. The dev scenes only measure: nothing here is tuned on them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from facemask.bench.quantization import calibration_sets, export_classifier, letterboxed, quantize, session
+from facemask.classifier import MaskClassifier
+from facemask.config import Params, load_params
+from facemask.data.voc import evaluation_folder, load_scenes
+from facemask.detection import build_detector
+from facemask.detection.retinaface_mnet import RetinaFaceMobileNetDetector, RetinaFaceOnnxDetector, preprocess
+from facemask.pipeline import MaskPipeline
+from facemask.scenes.average_precision import scene_metrics
+from facemask.scenes.evaluate import predict_scene
+
+Run = Callable[[np.ndarray], np.ndarray]  # one network input batch -> its first output
+
+
+class GraphClassifier(MaskClassifier):
+    """A trained classifier (labels, metadata, preprocessing) whose network an ONNX graph runs."""
+
+    def __init__(self, base: MaskClassifier, run: Run):
+        super().__init__(base.network, base.labels, base.preprocessor, base.meta, "torch")
+        self._run = run
+
+    def predict_proba(self, crops: Sequence[np.ndarray], bgr: bool = False, batch_size: int = 64) -> np.ndarray:
+        if len(crops) == 0:
+            return np.zeros((0, len(self.labels)), dtype=np.float32)
+        logits = [self._run(self.preprocessor.batch(crops[i : i + batch_size], bgr=bgr).numpy())
+                  for i in range(0, len(crops), batch_size)]  # fmt: skip
+        return torch.softmax(torch.from_numpy(np.concatenate(logits)), dim=1).numpy()
+
+
+class GraphDetector(RetinaFaceOnnxDetector):
+    """The fine-tuned detector's graph run by `run` (ONNX Runtime on another file, or OpenVINO)."""
+
+    def __init__(self, base: RetinaFaceOnnxDetector, graph: Path, run: Callable[[np.ndarray], list[np.ndarray]]):
+        super().__init__(graph, base.score_threshold, base.nms_threshold, base.top_k, base.min_face)
+        self._run = run
+
+    def detect(self, image: np.ndarray) -> list:
+        h, w = image.shape[:2]
+        if h == 0 or w == 0:
+            return []
+        loc, conf, lms = (torch.from_numpy(np.ascontiguousarray(a[0])) for a in self._run(preprocess(image)))
+        return self.faces(loc, conf, lms, h, w)
+
+
+def ort_run(graph: Path, output: int | None = 0) -> Callable:
+    s = session(graph)
+    name = s.get_inputs()[0].name
+    return (lambda x: s.run(None, {name: x})[0]) if output == 0 else (lambda x: s.run(None, {name: x}))
+
+
+def openvino_run(graph: Path, output: int | None = 0) -> Callable:
+    import openvino as ov
+
+    config = {"INFERENCE_NUM_THREADS": torch.get_num_threads(), "INFERENCE_PRECISION_HINT": "f32"}  # not bf16
+    compiled = ov.Core().compile_model(str(graph), "CPU", config)  # where the CPU has it: fp32 means fp32
+    request = compiled.create_infer_request()
+
+    def run(x: np.ndarray):
+        result = request.infer([x])
+        outs = [result[o] for o in compiled.outputs]
+        return outs[0] if output == 0 else outs
+
+    return run
+
+
+def graphs(params: Params, classifier: MaskClassifier, calibration: int, tmp: Path) -> dict[str, Path]:
+    """The fp32 and int8 graphs of both networks (int8 calibrated on training-split crops and scenes)."""
+    pre, paths = classifier.preprocessor, params.paths
+    train, _, scenes = calibration_sets(paths, classifier.labels, calibration)
+    crops = [cv2.imread(str(paths.crops / c)) for c in train["crop"]]
+    out = {"classifier fp32": export_classifier(classifier, tmp / "classifier.onnx")}
+    batches = ({"input": pre.batch(crops[i : i + 16], bgr=True).numpy()} for i in range(0, len(crops), 16))
+    out["classifier int8"] = quantize(out["classifier fp32"], batches, tmp / "classifier.int8.onnx")
+    out["detector fp32"] = Path(paths.detector_onnx)
+    name = session(out["detector fp32"]).get_inputs()[0].name
+    inputs = ({name: preprocess(letterboxed(p))} for p in scenes)
+    out["detector int8"] = quantize(out["detector fp32"], inputs, tmp / "detector.int8.onnx")
+    return out
+
+
+def variants(params: Params, classifier: MaskClassifier, g: dict[str, Path]) -> dict[tuple[str, str], MaskPipeline]:
+    """Each runtime x precision as a pipeline (the same settings, crops and preprocessing)."""
+    detector = build_detector(params.detector)
+    if not isinstance(detector, RetinaFaceOnnxDetector):
+        raise SystemExit(f"runtimes: the configured detector ({detector.name}) is not the fine-tuned ONNX graph")
+    eager_classifier = MaskClassifier.load(params.paths.classifier, "torch")
+    eager_detector = RetinaFaceMobileNetDetector(
+        params.paths.detector_weights,
+        detector.score_threshold,
+        detector.nms_threshold,
+        detector.top_k,
+        detector.min_face,
+    )
+    runtimes: dict[str, Callable] = {"ONNX Runtime": ort_run}
+    try:
+        import openvino  # noqa: F401
+
+        runtimes["OpenVINO"] = openvino_run
+    except ImportError:
+        print("runtimes: OpenVINO not installed (uv sync --group runtimes): its rows are left out", file=sys.stderr)
+    out = {("PyTorch", "fp32"): (eager_detector, eager_classifier)}
+    for runtime, make in runtimes.items():
+        det = {p: GraphDetector(detector, g["detector fp32"], make(g[f"detector {p}"], None)) for p in ("fp32", "int8")}
+        clf = {p: GraphClassifier(classifier, make(g[f"classifier {p}"])) for p in ("fp32", "int8")}
+        out[(runtime, "fp32")] = (det["fp32"], clf["fp32"])
+        out[(runtime, "int8")] = (det["fp32"], clf["int8"])
+        out[(runtime, "int8, detector too")] = (det["int8"], clf["int8"])
+    return {
+        key: MaskPipeline.from_classifier(d, c, params.crop.model_dump(), params.pipeline, params.detector.box_fit)
+        for key, (d, c) in out.items()
+    }
+
+
+def measure(pipeline: MaskPipeline, params: Params, scenes: list, desc: str) -> dict:
+    max_pixels = params.data.max_image_pixels
+    predict_scene(pipeline, (scenes[0].image, max_pixels))  # warm-up
+    outputs = [
+        predict_scene(pipeline, (s.image, max_pixels)) for s in tqdm(scenes, desc=desc, unit="scene", leave=False)
+    ]
+    preds = [p for p, _, _ in outputs]
+    det = np.array([d for _, d, _ in outputs])
+    cls = np.array([c for _, _, c in outputs])
+    faces = sum(len(p.boxes) for p in preds)
+    gts = [(s.boxes, s.labels) for s in scenes]
+    result = scene_metrics(gts, preds, pipeline.labels, params.scenes.iou_threshold, params.scenes.size_bins)
+    return {
+        "detect ms": round(float(np.median(det)), 2),
+        "classify ms per face": round(float(cls.sum() / max(faces, 1)), 2),
+        "frame ms median": round(float(np.median(det + cls)), 2),
+        "frame ms p95": round(float(np.percentile(det + cls, 95)), 2),
+        "fps": round(1000 / float(np.median(det + cls)), 1),
+        "dev mAP": round(float(result["map"]), 4),
+        **{f"AP {lb}": round(float(result["ap"][lb]), 4) for lb in pipeline.labels},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--calibration", type=int, default=320, help="training crops (and scenes / 5) to calibrate on")
+    parser.add_argument("--scenes", type=int, default=200, help="the first n dev scenes")
+    parser.add_argument("--out", type=Path, default=Path("reports/bench/runtimes.json"))
+    args = parser.parse_args(argv)
+    params = load_params(args.params)
+    torch.set_num_threads(2)
+    scenes = load_scenes(evaluation_folder(params.scenes), params.scenes.source.label_map)[: args.scenes]
+    classifier = MaskClassifier.load(params.paths.classifier, "torch")
+    with tempfile.TemporaryDirectory() as tmp:
+        pipelines = variants(params, classifier, graphs(params, classifier, args.calibration, Path(tmp)))
+        rows = [{"runtime": r, "precision": p, **measure(pipe, params, scenes, f"{r} {p}")}
+                for (r, p), pipe in pipelines.items()]  # fmt: skip
+    table = pd.DataFrame(rows)
+    table.insert(table.columns.get_loc("dev mAP") + 1, "mAP change", (table["dev mAP"] - table["dev mAP"][0]).round(4))
+    print(f"{len(scenes)} dev scenes, {params.detector.name} at {params.pipeline.detect_long_side} + "
+          f"{classifier.meta['backbone']}; {torch.get_num_threads()} threads")  # fmt: skip
+    print(table.to_markdown(index=False))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"scenes": len(scenes), "calibration": args.calibration, "rows": rows}, indent=2))
+    print(f"-> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
