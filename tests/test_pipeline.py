@@ -25,7 +25,9 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from facemask.classifier import MaskClassifier
 from facemask.config import compose, write_params
+from facemask.imageio import read_image
 
 from .conftest import BIN, REPO, chromium_binary, start_mlflow, stop
 
@@ -145,6 +147,14 @@ def test_evaluation_metrics_and_mlflow_run(project):
     assert {"plots/training_curves.png", "plots/confusion_matrix.png", "plots/pr_curves.png"} <= artifacts
     models = client.search_logged_models(experiment_ids=[run.info.experiment_id])
     assert any(m.source_run_id == run.info.run_id for m in models)
+
+    # the int8 graph the service runs (pipeline.classifier_runtime) travels in the artefact
+    served = MaskClassifier.load(root / "models/classifier.pt", "onnxruntime_int8")
+    int8 = served.meta["int8"]
+    assert int8["calibration_crops"] > 0 and 0 < int8["val_top1_agreement"] <= 1
+    assert run.data.metrics["int8_val_top1_agreement"] == pytest.approx(int8["val_top1_agreement"])
+    crop = read_image(next((root / "data/crops").glob("*.jpg")), 10_000_000)
+    assert served.predict_proba([crop], bgr=True).sum() == pytest.approx(1, abs=1e-5)
 
 
 def test_scene_evaluation_and_detector_comparison(project):

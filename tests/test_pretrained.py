@@ -144,10 +144,11 @@ def test_int8_models_load_and_answer_as_fp32_on_real_faces(shared, cfg, tmp_path
     int8 classifier keeps fp32's top-1 on at least 90 % of 64 real face photos (probabilities that
     sum to one); the int8 detector loads and finds most faces fp32 finds in real scenes (IoU >= 0.5;
     measured 53-56 of 63, and only 36-44 at IoU 0.8: its boxes move, one reason it stays fp32)."""
-    from facemask.bench.quantization import export_classifier, letterboxed, quantize, session
+    from facemask.bench.quantization import export_classifier, letterboxed, session
     from facemask.boxes import match
     from facemask.detection.retinaface_mnet import RetinaFaceMobileNet, RetinaFaceOnnxDetector, load_state, preprocess
     from facemask.detector_training.export import export_onnx
+    from facemask.quantization import quantize
 
     torch.manual_seed(0)
     network = create_network(cfg, 4)
@@ -184,3 +185,42 @@ def test_int8_models_load_and_answer_as_fp32_on_real_faces(shared, cfg, tmp_path
         faces += len(full)
         found += len(match([f.box for f in full], [f.box for f in quantized], np.ones(len(quantized)), 0.5))
     assert faces >= 50 and found >= 0.8 * faces, (found, faces)
+
+
+def test_the_int8_graph_travels_in_the_artefact_and_is_served(shared, cfg, tmp_path):
+    """The train stage's int8 graph (calibrated on other real photos) saved in the classifier artefact
+    is what `onnxruntime_int8` serves: loaded back without code (`weights_only`), it keeps the fp32
+    export's top-1 on at least 90 % of 64 real face photos; an artefact without one is refused for
+    that runtime with the way out named, and still serves in fp32."""
+    from facemask.classifier import onnx_graph, save_classifier
+    from facemask.quantization import quantize_graph
+
+    torch.manual_seed(0)
+    network = create_network(cfg, 4)
+    with torch.no_grad():
+        network.get_classifier().weight.mul_(20)
+    pre = Preprocessor.from_config(cfg)
+    labels = ["mask", "no_mask", "incorrect", "background"]
+    photos = [
+        read_image(f, MAX_PIXELS)
+        for folder in ("face-mask-2class/with_mask", "face-mask-2class/without_mask", "maskedface-net-sample/incorrect")
+        for f in real_images(shared, folder, 32)
+    ]
+    calibration, scored = photos[::3], [p for i, p in enumerate(photos) if i % 3][:64]
+    graph = quantize_graph(onnx_graph(network, cfg.input_size), [{"input": pre.batch(calibration, bgr=True).numpy()}])
+    save_classifier(network, cfg, labels, tmp_path / "with.pt", {"compliant_label": "mask"}, graph)
+    save_classifier(network, cfg, labels, tmp_path / "without.pt", {"compliant_label": "mask"})
+
+    served = MaskClassifier.load(tmp_path / "with.pt", "onnxruntime_int8")
+    assert served.int8_graph == graph
+    fp32 = MaskClassifier.load(tmp_path / "with.pt", "onnxruntime")
+    a, b = fp32.predict_proba(scored, bgr=True), served.predict_proba(scored, bgr=True)
+    assert b.shape == (64, 4) and np.allclose(b.sum(1), 1, atol=1e-5)
+    assert len(set(a.argmax(1))) >= 2
+    assert (a.argmax(1) == b.argmax(1)).mean() >= 0.9
+    assert np.abs(a - b).max() > 1e-4  # int8 moves the probabilities: it is the int8 graph that answered
+
+    with pytest.raises(ConfigError, match="holds no int8 graph: retrain it"):
+        MaskClassifier.load(tmp_path / "without.pt", "onnxruntime_int8")
+    fallback = MaskClassifier.load(tmp_path / "without.pt", "onnxruntime")
+    assert fallback.predict_proba(scored[:2], bgr=True).shape == (2, 4)

@@ -270,6 +270,7 @@ class Model(_Strict):
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     freeze: list[str]  # module names kept as pretrained (e.g. conv_stem, blocks.0)
+    int8_calibration: int = Field(default=0, ge=0)  # training crops the int8 graph is calibrated on; 0: none
 
     @model_validator(mode="after")
     def _normalisation_of_the_weights(self) -> Model:
@@ -383,7 +384,7 @@ class Mlflow(_Strict):
     registered_detector: str = Field(min_length=1)
 
 
-ClassifierRuntime = Literal["torch", "onnxruntime"]
+ClassifierRuntime = Literal["torch", "onnxruntime", "onnxruntime_int8"]
 
 
 class Pipeline(_Strict):

@@ -14,11 +14,10 @@ for choosing a precision: nothing here is served. Needs the pipeline outputs (`d
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import statistics
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -27,29 +26,12 @@ import pandas as pd
 import torch
 
 from facemask.bench.latency import timed
-from facemask.classifier import MaskClassifier
+from facemask.classifier import MaskClassifier, onnx_graph
 from facemask.config import Paths, load_params
 from facemask.detection.retinaface_mnet import preprocess
 from facemask.detector_training.scene_data import manifest_scenes
 from facemask.imageio import read_image
-
-
-def quantize(model: Path, batches: Iterator[dict[str, np.ndarray]], out: Path) -> Path:
-    """`model` statically quantized to int8 (QDQ, per-channel), calibrated on `batches`."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    class Reader(CalibrationDataReader):
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            return next(batches, None)
-
-    prepared = out.with_suffix(".pre.onnx")
-    quant_pre_process(str(model), str(prepared))
-    quantize_static(
-        str(prepared), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-    )  # fmt: skip
-    return out
+from facemask.quantization import quantize
 
 
 def session(model: Path):
@@ -63,14 +45,7 @@ def session(model: Path):
 
 def export_classifier(classifier: MaskClassifier, path: Path) -> Path:
     """The classifier's network as ONNX (dynamic batch), exported as its onnxruntime runtime does."""
-    size = classifier.preprocessor.input_size
-    graph = io.BytesIO()
-    torch.onnx.export(
-        classifier.network.eval(), (torch.rand(4, 3, size, size),), graph, input_names=["input"],
-        output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17,
-        dynamo=False,
-    )  # fmt: skip
-    path.write_bytes(graph.getvalue())
+    path.write_bytes(onnx_graph(classifier.network, classifier.preprocessor.input_size))
     return path
 
 

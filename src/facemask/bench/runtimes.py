@@ -6,7 +6,8 @@ One table: for PyTorch (eager), ONNX Runtime and OpenVINO (the `runtimes` depend
 fp32 and int8 (static quantization, QDQ per-channel, calibrated on training-split face crops and
 training-split scenes as `make bench-quantization` does): detection ms per frame, classification ms
 per face, frame ms median and p95 over the dev scenes (as the pipeline sees them: long side 640),
-and the dev-scene mAP@0.5 with its change against PyTorch fp32. int8 rows quantize the classifier;
+and the dev-scene mAP@0.5 with its change against PyTorch fp32. int8 rows quantize the classifier
+(the int8 graph the train stage stored in the artefact, the one served; else calibrated here);
 "int8, detector too" quantizes both. One pipeline in this process, one scene at a time, the
 configured threads. Needs the pipeline's outputs (`dvc repro`) and FACEMASK_MIRROR; writes
 reports/bench/runtimes.json. The dev scenes only measure: nothing here is tuned on them.
@@ -27,13 +28,14 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from facemask.bench.quantization import calibration_sets, export_classifier, letterboxed, quantize, session
+from facemask.bench.quantization import calibration_sets, export_classifier, letterboxed, session
 from facemask.classifier import MaskClassifier
 from facemask.config import Params, load_params
 from facemask.data.voc import evaluation_folder, load_scenes
 from facemask.detection import build_detector
 from facemask.detection.retinaface_mnet import RetinaFaceMobileNetDetector, RetinaFaceOnnxDetector, preprocess
 from facemask.pipeline import MaskPipeline
+from facemask.quantization import quantize
 from facemask.scenes.average_precision import scene_metrics
 from facemask.scenes.evaluate import predict_scene
 
@@ -97,8 +99,12 @@ def graphs(params: Params, classifier: MaskClassifier, calibration: int, tmp: Pa
     train, _, scenes = calibration_sets(paths, classifier.labels, calibration)
     crops = [cv2.imread(str(paths.crops / c)) for c in train["crop"]]
     out = {"classifier fp32": export_classifier(classifier, tmp / "classifier.onnx")}
-    batches = ({"input": pre.batch(crops[i : i + 16], bgr=True).numpy()} for i in range(0, len(crops), 16))
-    out["classifier int8"] = quantize(out["classifier fp32"], batches, tmp / "classifier.int8.onnx")
+    if classifier.int8_graph is not None:  # the graph the train stage calibrated: the one served
+        out["classifier int8"] = tmp / "classifier.int8.onnx"
+        out["classifier int8"].write_bytes(classifier.int8_graph)
+    else:
+        batches = ({"input": pre.batch(crops[i : i + 16], bgr=True).numpy()} for i in range(0, len(crops), 16))
+        out["classifier int8"] = quantize(out["classifier fp32"], batches, tmp / "classifier.int8.onnx")
     out["detector fp32"] = Path(paths.detector_onnx)
     name = session(out["detector fp32"]).get_inputs()[0].name
     inputs = ({name: preprocess(letterboxed(p))} for p in scenes)

@@ -42,7 +42,7 @@ def per_group(table: pd.DataFrame, y_true: np.ndarray, proba: np.ndarray, labels
 
 def evaluate(params: Params) -> None:
     paths = params.paths
-    classifier = MaskClassifier.load(paths.classifier)
+    classifier = MaskClassifier.load(paths.classifier, params.pipeline.classifier_runtime)  # as served
     labels = classifier.labels
     table = split_crops(params, "test")
     unknown = set(table["label"]) - set(labels)
