@@ -58,6 +58,16 @@ def load_clip(path: Path, frames: int, width: int = 640) -> list:
     return out
 
 
+def timed_threads(threads: list[threading.Thread]) -> float:
+    """Seconds from starting the threads (the streams) until the last has ended."""
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - start
+
+
 MODES = {  # row name: (frame differencing, region search)
     "every frame": (False, False),
     "frame diff": (True, False),
@@ -120,13 +130,9 @@ def in_worker(params, clip: list, streams: int, mode: str, batched: bool) -> tup
         names = [f"cam{i}" for i in range(streams)]
         for name in names:
             live.open(name, frame_diff=frame_diff, regions=regions)
-        threads = [threading.Thread(target=lambda n=n: [live.analyse(n, f) for f in clip]) for n in names]
-        start = time.perf_counter()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        seconds = time.perf_counter() - start
+        seconds = timed_threads(
+            [threading.Thread(target=lambda n=n: [live.analyse(n, f) for f in clip]) for n in names]
+        )
         counters = [live.sessions[n].total for n in names]
         live.close()
     frames = sum(c.frames for c in counters)
@@ -168,13 +174,7 @@ def over_websocket(url: str, clip: list, streams: int, mode: str) -> tuple[float
         for data in encoded[:10]:  # the service's first frames pay for lazy initialisation
             ws.send(data)
             ws.recv(timeout=60)
-    threads = [threading.Thread(target=client, args=(k,)) for k in range(streams)]
-    start = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    seconds = time.perf_counter() - start
+    seconds = timed_threads([threading.Thread(target=client, args=(k,)) for k in range(streams)])
     if errors:
         raise RuntimeError(f"{len(errors)} of {streams} streams failed (the service's max_cameras?): {errors[0]}")
     frames = streams * len(clip)
