@@ -191,6 +191,8 @@ class FaceMask:
             "labels": self.pipeline.labels,
             "compliant": self.pipeline.compliant,
             "detector": self.pipeline.detector.name,
+            "classifier_runtime": self.pipeline.classifier.runtime,  # onnxruntime_int8: the artefact's int8 graph
+            "frame_batches": dict(sorted(self.live.batcher.sizes.items())),  # camera frames per batch -> batches
             "limits": self.limits.model_dump(mode="json", exclude={"api_keys_file", "allowed_origins"}),
             "api_keys_required": GUARD.keys_required,
             "opencv": cv2.__version__,

@@ -218,7 +218,7 @@ def test_a_zone_leaves_the_unmasked_person_out(classifier, shared, tmp_path, mon
 @pytest.mark.slow
 def test_rtsp_and_file_cameras_at_once_through_one_pool(classifier, shared, tmp_path, monkeypatch, silent_port):
     """Four cameras over RTSP from a real server (the two real clips and the entrance clip), four video
-    files and one camera that never answers, analysed by a pool of two pipelines, in turn. Every live
+    files and one camera that never answers, analysed by a pool of two pipelines, in batches. Every live
     camera is analysed; the unmasked person of the entrance clip raises an alert over RTSP and from the
     file; the silent camera is `failed` and the others do not wait for it. The RTSP server is killed:
     the file cameras go on, the four RTSP cameras reconnect when it comes back, in the same sessions
@@ -283,6 +283,7 @@ def test_rtsp_and_file_cameras_at_once_through_one_pool(classifier, shared, tmp_
         again = lambda: [a for a in alerts("rtsp-entrance") if a["time"] > restarted]  # noqa: E731
         until(again, 45, "the entrance clip alerted again")
         assert live.sessions["rtsp-entrance"].total.share("mask") is not None
+        assert max(live.batcher.sizes) > 1, live.batcher.sizes  # the cameras' frames went through in batches
     finally:
         cameras.close()
         live.close()

@@ -185,7 +185,9 @@ def test_health_endpoints(server):
         assert requests.get(f"{server}/{path}", timeout=5).status_code == 200
     info = requests.post(f"{server}/info", json={}, timeout=10, headers=KEY).json()
     assert info["labels"] == ["mask", "no_mask", "incorrect"]
-    assert info["detector"] == load_params(REPO / "params.yaml").detector.name  # the configured one
+    params = load_params(REPO / "params.yaml")
+    assert info["detector"] == params.detector.name  # the configured one
+    assert info["classifier_runtime"] == params.pipeline.classifier_runtime  # int8 served from the artefact
 
 
 def stable_ids(answers: list[dict]) -> tuple[set, set]:
