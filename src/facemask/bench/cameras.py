@@ -2,6 +2,7 @@
 
     python -m facemask.bench.cameras                      # 8, then 16 file cameras at 5 fps, 60 s each
     python -m facemask.bench.cameras --cameras 8 --seconds 30
+    python -m facemask.bench.cameras --batch-max-frames 1 8   # frames one at a time, then batched
 
 Each camera is one of the shared real clips (the mask-on close-up, the street crowd, in turn) read
 as a file at its own frame rate and sampled at `--fps`, analysed by a pool of `serving.pipelines`
@@ -33,7 +34,10 @@ from facemask.serving.live import LiveStreams
 from facemask.serving.pool import PipelinePool
 
 
-def run_row(params, pool: PipelinePool, clips: list[Path], n: int, fps: float, seconds: float, warmup: float) -> dict:
+def run_row(
+    params, pool: PipelinePool, clips: list[Path], n: int, fps: float, seconds: float, warmup: float, batch: int
+) -> dict:
+    """One row: `n` file cameras at `fps` for `seconds` after `warmup`, at most `batch` frames a batch."""
     cameras_cfg = params.cameras.model_copy(
         update={"sources": [Camera(name=f"cam{i:02d}", source=str(clips[i % len(clips)]), fps=fps) for i in range(n)]}
     )
@@ -41,7 +45,9 @@ def run_row(params, pool: PipelinePool, clips: list[Path], n: int, fps: float, s
     stream = params.stream.model_copy(
         update={"sinks": params.stream.sinks.model_copy(update={"jsonl": events, "log": False})}
     )
-    limits = params.serving.model_copy(update={"max_cameras": max(n, params.serving.max_cameras)})
+    limits = params.serving.model_copy(
+        update={"max_cameras": max(n, params.serving.max_cameras), "batch_max_frames": batch}
+    )
     live = LiveStreams(pool, stream, limits)
     cameras = PulledCameras(live, cameras_cfg).start()
     try:
@@ -62,6 +68,7 @@ def run_row(params, pool: PipelinePool, clips: list[Path], n: int, fps: float, s
     dropped = sum(end[k]["frames_dropped"] - start[k]["frames_dropped"] for k in end)
     return {
         "cameras": n,
+        "batch_max_frames": batch,
         "fps_requested": fps,
         "fps_per_camera_median": float(np.median(rates)),
         "fps_per_camera_min": float(rates.min()),
@@ -82,18 +89,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fps", type=float, default=5.0)
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--warmup", type=float, default=8.0)
+    parser.add_argument(
+        "--batch-max-frames", type=int, nargs="+", help="rows per value (1: frames one at a time); default: serving's"
+    )
     parser.add_argument("--out", type=Path, default=Path("reports/bench/cameras.json"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     clips, params = shared_clips(), load_params()
     pool = PipelinePool(lambda: MaskPipeline.from_params(params, params.paths.classifier), params.serving.pipelines)
-    rows = [run_row(params, pool, clips, n, args.fps, args.seconds, args.warmup) for n in args.cameras]
-    print(f"\n{'cameras':>7} {'fps each (min-max)':>20} {'total':>7} {'spread':>7} {'dropped':>8} "
+    batches = args.batch_max_frames or [params.serving.batch_max_frames]
+    rows = [
+        run_row(params, pool, clips, n, args.fps, args.seconds, args.warmup, b) for n in args.cameras for b in batches
+    ]
+    print(f"\n{'cameras':>7} {'batch':>5} {'fps each (min-max)':>20} {'total':>7} {'spread':>7} {'dropped':>8} "
           f"{'p50 ms':>7} {'p95 ms':>7} {'RSS MB':>7}")  # fmt: skip
     for r in rows:
         each = f"{r['fps_per_camera_median']:.2f} ({r['fps_per_camera_min']:.2f}-{r['fps_per_camera_max']:.2f})"
-        print(f"{r['cameras']:>7} {each:>20} {r['fps_total']:>7.1f} {r['spread']:>7.0%} {r['dropped_share']:>8.0%} "
-              f"{r['latency_ms_p50']:>7.0f} {r['latency_ms_p95']:>7.0f} {r['rss_mb']:>7.0f}")  # fmt: skip
+        print(f"{r['cameras']:>7} {r['batch_max_frames']:>5} {each:>20} {r['fps_total']:>7.1f} "
+              f"{r['spread']:>7.0%} {r['dropped_share']:>8.0%} {r['latency_ms_p50']:>7.0f} "
+              f"{r['latency_ms_p95']:>7.0f} {r['rss_mb']:>7.0f}")  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"fps": args.fps, "seconds": args.seconds, "pipelines": params.serving.pipelines, "clips": list(CLIPS)}
     args.out.write_text(json.dumps({**meta, "rows": rows}, indent=2))

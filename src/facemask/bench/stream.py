@@ -110,17 +110,18 @@ def in_process(params, clip: list, streams: int, mode: str, clips: bool = False)
     return frames / seconds, runs / frames, full / frames
 
 
-def in_worker(params, clip: list, streams: int, mode: str, batched: bool) -> tuple[float, float, float]:
+def in_worker(params, clip: list, streams: int, mode: str, window_ms: float | None) -> tuple[float, float, float]:
     """As `in_process`, but through what a serving worker runs: `LiveStreams` on a pool of
     `serving.pipelines` pipelines, each stream a thread sending its next frame when the last is
-    answered; `batched`: several streams' frames classified in one batch (`FrameBatcher`, the
-    default), else one frame at a time (`batch_max_frames` 1)."""
+    answered; `window_ms`: several streams' frames classified in one batch (`FrameBatcher`), a lone
+    frame waiting this long for the others; None: one frame at a time (`batch_max_frames` 1)."""
     from facemask.serving.live import LiveStreams
     from facemask.serving.pool import PipelinePool
 
     frame_diff, regions = MODES[mode]
     limits = params.serving.model_copy(
-        update={"batch_max_frames": params.serving.batch_max_frames if batched else 1,
+        update={"batch_max_frames": 1 if window_ms is None else params.serving.batch_max_frames,
+                "batch_window_ms": window_ms or 0.0,
                 "max_cameras": max(params.serving.max_cameras, streams)}
     )  # fmt: skip
     pool = PipelinePool(lambda: MaskPipeline.from_params(params, params.paths.classifier), params.serving.pipelines)
@@ -207,9 +208,10 @@ def main(argv: list[str] | None = None) -> int:
     for streams in args.streams:
         if args.worker:
             for mode in ("every frame", "frame diff + regions"):
-                for batched in (False, True):
-                    fps, ran, full = in_worker(params, clip, streams, mode, batched)
-                    name = f"{mode}, {'batched across streams' if batched else 'one frame at a time'}"
+                for window in (None, 0.0, params.serving.batch_window_ms):
+                    fps, ran, full = in_worker(params, clip, streams, mode, window)
+                    how = "one frame at a time" if window is None else f"batched across streams, window {window:g} ms"
+                    name = f"{mode}, {how}"
                     print(f"| worker ({params.serving.pipelines} pipelines) | {streams} | {name} | {fps:.1f} | "
                           f"{fps / streams:.1f} | {ran:.0%} | {full:.0%} |")  # fmt: skip
             continue
