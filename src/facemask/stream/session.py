@@ -171,9 +171,9 @@ class CameraSession:
     def _should_alert(self, track: Track, now: float) -> bool:
         a = self.cfg.alerts
         return (
-            track.label in a.classes
+            track.alerting_since is not None
             and track.score >= a.min_score
-            and now - track.since >= a.after_s
+            and now - track.alerting_since >= a.after_s  # no_mask then incorrect: one stretch
             and (track.alerted_at is None or now - track.alerted_at >= a.track_cooldown_s)
             and now - self._last_alert >= a.camera_cooldown_s
         )
@@ -187,9 +187,9 @@ class CameraSession:
             "camera": self.camera,
             "track": track.id,
             "class": track.label,
-            "start": track.since,
+            "start": track.alerting_since,
             "time": now,
-            "duration_s": round(now - track.since, 2),
+            "duration_s": round(now - track.alerting_since, 2),
             "box": [round(v, 1) for v in track.box],
         }
         mode = self.cfg.alerts.snapshots

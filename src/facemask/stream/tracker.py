@@ -1,7 +1,8 @@
 """Associating faces across frames: greedy IoU matching into tracks with a smoothed class.
 
 Smoothing is per track, over its last `window` decisions: `k_of_n` takes the class that holds at
-least `k` of them (else keeps the previous one), `ema` averages the class probabilities.
+least `k` of them (else keeps the previous one), `ema` averages the class probabilities. A track
+also keeps since when its smoothed class has been any of the alert classes without a break.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ class Track:
     label: str | None = None  # the smoothed class
     confidence: float = 0.0
     since: float = 0.0  # when the smoothed class last changed
+    alerting_since: float | None = None  # since when the smoothed class has been one of the alert classes,
+    # unbroken (no_mask then incorrect is one stretch: a person wearing no mask, then the mask under the nose)
     alerted_at: float | None = None
     hits: int = 0
     score: float = 0.0  # the detector's score of the last face
@@ -91,5 +94,10 @@ class Tracker:
             if count < min(s.k, len(track.labels)) and track.label is not None:
                 label = track.label  # no class holds k of the last n: keep the previous decision
         if label != track.label:
+            alerting = label in self.cfg.alerts.classes
+            if not alerting:
+                track.alerting_since = None
+            elif track.label not in self.cfg.alerts.classes:
+                track.alerting_since = now
             track.label, track.since = label, now
         track.confidence = confidence
