@@ -603,7 +603,7 @@ class Serving(_Strict):
     allowed_origins: list[str]
     api_keys_file: Path | None
     reload_poll_s: float = Field(ge=0)  # how often the registry's champion alias is checked; 0: never
-    batch_window_ms: float = Field(default=5.0, ge=0, le=1000)  # a lone camera frame waits this long for others
+    batch_window_ms: float = Field(default=0.0, ge=0, le=1000)  # a lone camera frame waits this long for others
     batch_max_frames: int = Field(default=8, ge=1, le=256)  # camera frames classified in one batch at most
 
 

@@ -69,6 +69,7 @@ def run_row(
     return {
         "cameras": n,
         "batch_max_frames": batch,
+        "batch_window_ms": params.serving.batch_window_ms,
         "fps_requested": fps,
         "fps_per_camera_median": float(np.median(rates)),
         "fps_per_camera_min": float(rates.min()),
@@ -92,10 +93,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--batch-max-frames", type=int, nargs="+", help="rows per value (1: frames one at a time); default: serving's"
     )
+    parser.add_argument("--batch-window-ms", type=float, help="default: serving's")
     parser.add_argument("--out", type=Path, default=Path("reports/bench/cameras.json"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     clips, params = shared_clips(), load_params()
+    if args.batch_window_ms is not None:
+        params = params.model_copy(
+            update={"serving": params.serving.model_copy(update={"batch_window_ms": args.batch_window_ms})}
+        )
     pool = PipelinePool(lambda: MaskPipeline.from_params(params, params.paths.classifier), params.serving.pipelines)
     batches = args.batch_max_frames or [params.serving.batch_max_frames]
     rows = [
