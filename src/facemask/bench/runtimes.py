@@ -8,7 +8,8 @@ training-split scenes as `make bench-quantization` does): detection ms per frame
 per face, frame ms median and p95 over the dev scenes (as the pipeline sees them: long side 640),
 and the dev-scene mAP@0.5 with its change against PyTorch fp32. int8 rows quantize the classifier
 (the int8 graph the train stage stored in the artefact, the one served; else calibrated here);
-"int8, detector too" quantizes both. One pipeline in this process, one scene at a time, the
+"int8, detector too" quantizes both. Then the detector's ms per frame when run on 1, 2, 4 and 8
+frames at once (does batching frames across cameras pay for it?). One pipeline in this process, one scene at a time, the
 configured threads. Needs the pipeline's outputs (`dvc repro`) and FACEMASK_MIRROR; writes
 reports/bench/runtimes.json. The dev scenes only measure: nothing here is tuned on them.
 """
@@ -28,7 +29,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from facemask.bench.quantization import calibration_sets, export_classifier, letterboxed, session
+from facemask.bench.quantization import calibration_sets, export_classifier, letterboxed, paired_ms, session
 from facemask.classifier import MaskClassifier
 from facemask.config import Params, load_params
 from facemask.data.voc import evaluation_folder, load_scenes
@@ -168,6 +169,25 @@ def measure(pipeline: MaskPipeline, params: Params, scenes: list, desc: str) -> 
     }
 
 
+def detector_batches(params: Params, tmp: Path, sizes: Sequence[int] = (1, 2, 4, 8)) -> list[dict]:
+    """ms per 640x480 frame when ONNX Runtime runs the fine-tuned detector on `sizes` frames at once
+    (an export with a batch axis; the served graph has none): does batching frames pay?"""
+    from facemask.detection.retinaface_mnet import RetinaFaceMobileNet, load_state
+    from facemask.detector_training.export import OUTPUTS
+
+    network = load_state(RetinaFaceMobileNet(), params.paths.detector_weights).eval()
+    axes = {"input": {0: "batch", 2: "height", 3: "width"}, **{n: {0: "batch", 1: "anchors"} for n in OUTPUTS}}
+    graph = tmp / "detector.batched.onnx"
+    torch.onnx.export(network, (torch.zeros(1, 3, 480, 640),), str(graph), input_names=["input"],
+                      output_names=list(OUTPUTS), dynamic_axes=axes, opset_version=17, dynamo=False)  # fmt: skip
+    run = session(graph)
+    frame = preprocess(np.full((480, 640, 3), 114, np.uint8))
+    inputs = {n: np.repeat(frame, n, axis=0) for n in sizes}
+    runs = {n: (lambda x=inputs[n]: run.run(None, {"input": x})) for n in sizes}
+    ms = paired_ms(runs, rounds=4, repeats=3)
+    return [{"frames per call": n, "ms per frame": round(ms[n] / n, 2)} for n in sizes]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", default="params.yaml")
@@ -183,13 +203,17 @@ def main(argv: list[str] | None = None) -> int:
         pipelines = variants(params, classifier, graphs(params, classifier, args.calibration, Path(tmp)))
         rows = [{"runtime": r, "precision": p, **measure(pipe, params, scenes, f"{r} {p}")}
                 for (r, p), pipe in pipelines.items()]  # fmt: skip
+        batches = detector_batches(params, Path(tmp))
     table = pd.DataFrame(rows)
     table.insert(table.columns.get_loc("dev mAP") + 1, "mAP change", (table["dev mAP"] - table["dev mAP"][0]).round(4))
     print(f"{len(scenes)} dev scenes, {params.detector.name} at {params.pipeline.detect_long_side} + "
           f"{classifier.meta['backbone']}; {torch.get_num_threads()} threads")  # fmt: skip
     print(table.to_markdown(index=False))
+    print("\nthe detector on several frames at once (ONNX Runtime, fp32):")
+    print(pd.DataFrame(batches).to_markdown(index=False))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"scenes": len(scenes), "calibration": args.calibration, "rows": rows}, indent=2))
+    out = {"scenes": len(scenes), "calibration": args.calibration, "rows": rows, "detector_batches": batches}
+    args.out.write_text(json.dumps(out, indent=2))
     print(f"-> {args.out}")
     return 0
 
