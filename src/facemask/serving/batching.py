@@ -72,9 +72,6 @@ class FrameBatcher:
             self._wake.notify()
         return job.future
 
-    def analyse(self, session: CameraSession, frame: np.ndarray, now: float | None = None) -> dict:
-        return self.submit(session, frame, now).result()
-
     @property
     def in_flight(self) -> frozenset[str]:
         """The cameras with a frame in a batch now."""
