@@ -171,7 +171,8 @@ def measure(pipeline: MaskPipeline, params: Params, scenes: list, desc: str) -> 
 
 def detector_batches(params: Params, tmp: Path, sizes: Sequence[int] = (1, 2, 4, 8)) -> list[dict]:
     """ms per 640x480 frame when ONNX Runtime runs the fine-tuned detector on `sizes` frames at once
-    (an export with a batch axis; the served graph has none): does batching frames pay?"""
+    (an export with a batch axis; the served graph has none), on one thread (as each pipeline of the
+    served pool) and on all of torch's: does batching frames pay?"""
     from facemask.detection.retinaface_mnet import RetinaFaceMobileNet, load_state
     from facemask.detector_training.export import OUTPUTS
 
@@ -180,12 +181,17 @@ def detector_batches(params: Params, tmp: Path, sizes: Sequence[int] = (1, 2, 4,
     graph = tmp / "detector.batched.onnx"
     torch.onnx.export(network, (torch.zeros(1, 3, 480, 640),), str(graph), input_names=["input"],
                       output_names=list(OUTPUTS), dynamic_axes=axes, opset_version=17, dynamo=False)  # fmt: skip
-    run = session(graph)
     frame = preprocess(np.full((480, 640, 3), 114, np.uint8))
     inputs = {n: np.repeat(frame, n, axis=0) for n in sizes}
-    runs = {n: (lambda x=inputs[n]: run.run(None, {"input": x})) for n in sizes}
-    ms = paired_ms(runs, rounds=4, repeats=3)
-    return [{"frames per call": n, "ms per frame": round(ms[n] / n, 2)} for n in sizes]
+    rows, threads = [], torch.get_num_threads()
+    for t in sorted({1, threads}):
+        torch.set_num_threads(t)  # `session` takes torch's thread count
+        run = session(graph)
+        calls = {n: (lambda x=inputs[n], run=run: run.run(None, {"input": x})) for n in sizes}
+        ms = paired_ms(calls, rounds=4, repeats=3)
+        rows += [{"threads": t, "frames per call": n, "ms per frame": round(ms[n] / n, 2)} for n in sizes]
+    torch.set_num_threads(threads)
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
