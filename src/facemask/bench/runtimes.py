@@ -22,6 +22,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -40,58 +41,30 @@ from facemask.quantization import quantize
 from facemask.scenes.average_precision import scene_metrics
 from facemask.scenes.evaluate import predict_scene
 
-Run = Callable[[np.ndarray], np.ndarray]  # one network input batch -> its first output
-
 
 class GraphClassifier(MaskClassifier):
-    """A trained classifier (labels, metadata, preprocessing) whose network an ONNX graph runs."""
+    """A trained classifier (labels, metadata, preprocessing) whose network a graph session runs:
+    anything answering `run(None, {"input": batch})` as an ONNX Runtime session does."""
 
-    def __init__(self, base: MaskClassifier, run: Run):
+    def __init__(self, base: MaskClassifier, graph_session: Any):
         super().__init__(base.network, base.labels, base.preprocessor, base.meta, "torch")
-        self._run = run
-
-    def predict_proba(self, crops: Sequence[np.ndarray], bgr: bool = False, batch_size: int = 64) -> np.ndarray:
-        if len(crops) == 0:
-            return np.zeros((0, len(self.labels)), dtype=np.float32)
-        logits = [self._run(self.preprocessor.batch(crops[i : i + batch_size], bgr=bgr).numpy())
-                  for i in range(0, len(crops), batch_size)]  # fmt: skip
-        return torch.softmax(torch.from_numpy(np.concatenate(logits)), dim=1).numpy()
+        self._session = graph_session
 
 
-class GraphDetector(RetinaFaceOnnxDetector):
-    """The fine-tuned detector's graph run by `run` (ONNX Runtime on another file, or OpenVINO)."""
+class OpenVinoSession:
+    """An OpenVINO graph compiled for the CPU (f32: fp32 means fp32 where the CPU has bf16), answering
+    as an ONNX Runtime session does, so the served classes run it unchanged."""
 
-    def __init__(self, base: RetinaFaceOnnxDetector, graph: Path, run: Callable[[np.ndarray], list[np.ndarray]]):
-        super().__init__(graph, base.score_threshold, base.nms_threshold, base.top_k, base.min_face)
-        self._run = run
+    def __init__(self, graph: Path):
+        import openvino as ov
 
-    def detect(self, image: np.ndarray) -> list:
-        h, w = image.shape[:2]
-        if h == 0 or w == 0:
-            return []
-        loc, conf, lms = (torch.from_numpy(np.ascontiguousarray(a[0])) for a in self._run(preprocess(image)))
-        return self.faces(loc, conf, lms, h, w)
+        config = {"INFERENCE_NUM_THREADS": torch.get_num_threads(), "INFERENCE_PRECISION_HINT": "f32"}
+        self._compiled = ov.Core().compile_model(str(graph), "CPU", config)
+        self._request = self._compiled.create_infer_request()
 
-
-def ort_run(graph: Path, output: int | None = 0) -> Callable:
-    s = session(graph)
-    name = s.get_inputs()[0].name
-    return (lambda x: s.run(None, {name: x})[0]) if output == 0 else (lambda x: s.run(None, {name: x}))
-
-
-def openvino_run(graph: Path, output: int | None = 0) -> Callable:
-    import openvino as ov
-
-    config = {"INFERENCE_NUM_THREADS": torch.get_num_threads(), "INFERENCE_PRECISION_HINT": "f32"}  # not bf16
-    compiled = ov.Core().compile_model(str(graph), "CPU", config)  # where the CPU has it: fp32 means fp32
-    request = compiled.create_infer_request()
-
-    def run(x: np.ndarray):
-        result = request.infer([x])
-        outs = [result[o] for o in compiled.outputs]
-        return outs[0] if output == 0 else outs
-
-    return run
+    def run(self, _outputs: None, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        result = self._request.infer(list(feeds.values()))
+        return [np.array(result[output]) for output in self._compiled.outputs]  # copies: the request reuses its buffers
 
 
 def graphs(params: Params, classifier: MaskClassifier, calibration: int, tmp: Path) -> dict[str, Path]:
@@ -126,17 +99,23 @@ def variants(params: Params, classifier: MaskClassifier, g: dict[str, Path]) -> 
         detector.top_k,
         detector.min_face,
     )
-    runtimes: dict[str, Callable] = {"ONNX Runtime": ort_run}
+    runtimes: dict[str, Callable[[Path], Any]] = {"ONNX Runtime": session}
     try:
         import openvino  # noqa: F401
 
-        runtimes["OpenVINO"] = openvino_run
+        runtimes["OpenVINO"] = OpenVinoSession
     except ImportError:
         print("runtimes: OpenVINO not installed (uv sync --group runtimes): its rows are left out", file=sys.stderr)
     out = {("PyTorch", "fp32"): (eager_detector, eager_classifier)}
-    for runtime, make in runtimes.items():
-        det = {p: GraphDetector(detector, g["detector fp32"], make(g[f"detector {p}"], None)) for p in ("fp32", "int8")}
-        clf = {p: GraphClassifier(classifier, make(g[f"classifier {p}"])) for p in ("fp32", "int8")}
+    for runtime, graph_session in runtimes.items():
+        det, clf = {}, {}
+        for p in ("fp32", "int8"):
+            det[p] = RetinaFaceOnnxDetector(  # the served class, on this precision's graph (ONNX Runtime) ...
+                g[f"detector {p}"], detector.score_threshold, detector.nms_threshold, detector.top_k, detector.min_face
+            )
+            if graph_session is not session:  # ... or on another runtime's session of it
+                det[p].session = graph_session(g[f"detector {p}"])
+            clf[p] = GraphClassifier(classifier, graph_session(g[f"classifier {p}"]))
         out[(runtime, "fp32")] = (det["fp32"], clf["fp32"])
         out[(runtime, "int8")] = (det["fp32"], clf["int8"])
         out[(runtime, "int8, detector too")] = (det["int8"], clf["int8"])
