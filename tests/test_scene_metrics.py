@@ -76,6 +76,21 @@ def test_detection_on_nothing_is_a_false_positive():
     assert r["ap"]["mask"] == pytest.approx(1.0)  # the false one ranks below the true one
 
 
+def test_recall_at_precision_is_the_best_operating_point_on_the_ranking():
+    # ranked: A true (0.9), nothing (0.8), C true (0.7), nothing (0.6), B true (0.5); 3 faces + 1 never found
+    D = [400, 400, 440, 440]
+    gts = [gt([A, B, C, D], ["mask"] * 4)]
+    far = [[600, 600, 640, 640], [700, 700, 740, 740]]
+    preds = [pred([A, far[0], C, far[1], B], ["mask"] * 5, scores=[0.9, 0.8, 0.7, 0.6, 0.5])]
+    # precision after each answer: 1, 1/2, 2/3, 2/4, 3/5
+    r = scene_metrics(gts, preds, LABELS, operating_precision=0.6)
+    assert r["recall_at_precision"] == {"precision": 0.6, "recall": 0.75, "min_score": pytest.approx(0.5)}
+    r = scene_metrics(gts, preds, LABELS, operating_precision=0.65)
+    assert r["recall_at_precision"]["recall"] == 0.5 and r["recall_at_precision"]["min_score"] == pytest.approx(0.7)
+    r = scene_metrics(gts, [pred([far[0]], ["mask"])], LABELS)  # nothing right at any threshold
+    assert r["recall_at_precision"] == {"precision": 0.8, "recall": 0.0, "min_score": None}
+
+
 def test_matching_is_one_to_one_and_respects_iou():
     boxes = np.array([A], dtype=np.float32)
     twice = np.array([A, [12, 12, 52, 52]], dtype=np.float32)

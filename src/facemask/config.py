@@ -411,6 +411,7 @@ class Scenes(_Strict):
     dir: Path | None
     iou_threshold: float = Field(gt=0, lt=1)
     size_bins: tuple[int, int]
+    operating_precision: float = Field(gt=0, le=1)
     workers: int = Field(ge=1)
     gallery_size: int = Field(ge=0, le=400)
     compare: list[Variant]
@@ -506,6 +507,7 @@ class Media(_Strict):
 
 
 class Stream(_Strict):
+    min_score: float = Field(ge=0, lt=1)
     iou_match: float = Field(gt=0, lt=1)
     max_missed_s: float = Field(gt=0)
     smoothing: Smoothing

@@ -118,7 +118,7 @@ def evaluate_scenes(params: Params, classifier: Path, desc: str = "scenes") -> t
     scenes = load_scenes(evaluation_folder(cfg), cfg.source.label_map)
     run = run_pipeline(params, classifier, scenes, desc)
     gts = [(s.boxes, s.labels) for s in scenes]
-    result = scene_metrics(gts, run.predictions, run.labels, cfg.iou_threshold, cfg.size_bins)
+    result = scene_metrics(gts, run.predictions, run.labels, cfg.iou_threshold, cfg.size_bins, cfg.operating_precision)
     result.update(run.timing, scenes=len(scenes), ignored_objects=sum(len(s.ignored) for s in scenes))
     return run, result
 
@@ -240,6 +240,7 @@ def summary(result: dict) -> dict:
     out["ap_top1"] = result["ap_top1"]
     out["recall"] = {lb: {s: v["recall"] for s, v in sizes.items()} for lb, sizes in result["recall_by_size"].items()}
     out["false_positives"] = result["false_positives"]
+    out["recall_at_precision"] = result["recall_at_precision"]
     return out
 
 
@@ -250,6 +251,7 @@ def flat_metrics(result: dict, prefix: str = "scenes.") -> dict[str, float]:
         for k in ("map", "map_top1", "detector_recall", "fps", "frame_ms_median")
         if result.get(k) is not None
     }
+    flat[f"{prefix}recall_at_precision"] = float(result["recall_at_precision"]["recall"])
     flat.update({f"{prefix}ap.{lb}": v for lb, v in result["ap"].items()})
     flat.update({f"{prefix}ap_top1.{lb}": v for lb, v in result["ap_top1"].items()})
     for label, sizes in result["recall_by_size"].items():

@@ -60,6 +60,7 @@ def compare(params: Params) -> None:
                 **{f"ap_{lb}": v for lb, v in result["ap"].items()},
                 "detector_recall": result["detector_recall"],
                 "detector_precision": result["detector_precision"],
+                "recall_at_precision": result["recall_at_precision"]["recall"],
                 **{
                     f"recall_{size}": c["recall"]
                     for size, c in result["recall_by_size"]["all"].items()

@@ -119,14 +119,16 @@ class CameraSession:
         return self._faces, "full"
 
     def begin(self, frame: np.ndarray, now: float | None = None, pipeline: MaskPipeline | None = None) -> Pending:
-        """The first half of `process`: the frame checked and its faces found (the watched ones to be
-        classified, possibly in one batch with other cameras' faces, then handed to `finish`)."""
+        """The first half of `process`: the frame checked and its faces found (the watched ones the
+        detector scores `min_score` or more to be classified, possibly in one batch with other
+        cameras' faces, then handed to `finish`)."""
         if frame is None or frame.ndim != 3 or frame.shape[2] != 3 or frame.size == 0:
             raise ValueError("expected a non-empty HxWx3 BGR frame")
         self.last_frame = time.time()
         now = self.last_frame if now is None else now
         found, detection = self._detect(frame, pipeline or self.pipeline)
-        faces = [f for f in found if self.zones.keeps(f.box, frame.shape)] if self.zones else found
+        watched = [f for f in found if self.zones.keeps(f.box, frame.shape)] if self.zones else found
+        faces = [f for f in watched if f.score >= self.cfg.min_score]
         return Pending(frame, now, found, faces, detection)
 
     def process(self, frame: np.ndarray, now: float | None = None, pipeline: MaskPipeline | None = None) -> dict:
