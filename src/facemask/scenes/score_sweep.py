@@ -24,11 +24,12 @@ from facemask.errors import FacemaskError
 from facemask.scenes.rejection import fit_rejection
 
 
-def sweep(thresholds: list[float], classifier: Path, overrides: list[str]) -> pd.DataFrame:
+def sweep(thresholds: list[float], classifier: Path | None, overrides: list[str]) -> pd.DataFrame:
+    """One row per candidate threshold; `classifier`: the pipeline's own (`paths.classifier`) when None."""
     rows = []
     for t in thresholds:
         params = validate(compose([*overrides, f"detector.score_threshold={t}"]), f"score_threshold={t}")
-        model = MaskClassifier.load(classifier, params.pipeline.classifier_runtime)
+        model = MaskClassifier.load(classifier or params.paths.classifier, params.pipeline.classifier_runtime)
         reject, table = fit_rejection(params, model)
         best = table[table["reject_min_probability"] == reject].iloc[0]
         rows.append({"score_threshold": t, "reject_min_probability": reject, "val mAP": best["map"],
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. detector=yunet")
     parser.add_argument("--thresholds", type=float, nargs="+", default=[0.5, 0.3, 0.2, 0.15, 0.1, 0.05])
-    parser.add_argument("--classifier", type=Path, default=Path("models/classifier.pt"))
+    parser.add_argument("--classifier", type=Path, help="a classifier artefact (default: paths.classifier)")
     parser.add_argument("--tolerance", type=float, default=0.002, help="val mAP within this of the best")
     args = parser.parse_args(argv)
     try:
