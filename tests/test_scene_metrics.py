@@ -232,3 +232,44 @@ def test_every_class_ranking_finds_a_misclassified_face_lower_down():
     assert r["map_top1"] == pytest.approx(0.5) and r["map"] == pytest.approx(1.0)
     # the class-agnostic views are those of the served (top-1) labels
     assert r["confusion"]["mask"]["no_mask"] == 1 and r["false_positives"] == dict.fromkeys(LABELS, 0)
+
+
+@pytest.mark.slow
+def test_the_threshold_sweeps_choose_on_validation_data_and_refuse_the_test_split(shared):
+    """`python -m facemask.scenes.threshold_sweep`: with NMS at 0.1 no two kept boxes overlap at IoU
+    0.15, so no val photo can show a face boxed twice; the score sweep refits the rejection per
+    candidate threshold and names the largest within the tolerance of the best val mAP; the test
+    split and a missing classifier are clear errors."""
+    import os
+    import subprocess
+    import sys
+
+    from .conftest import REPO, pipeline_output
+
+    pipeline_output("models/classifier.pt")  # the sweep judges the models dvc.lock records
+    env = {**os.environ, "FACEMASK_MIRROR": str(shared)}
+
+    def sweep(*args: str) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "facemask.scenes.threshold_sweep", *args]
+        return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+    proc = sweep("nms", "--thresholds", "0.1")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    row = next(line for line in proc.stdout.splitlines() if line.startswith("|") and "0.1 " in line)
+    twice, photos = row.split("|")[2].strip().split("/")
+    assert twice == "0" and int(photos) > 500, row
+
+    proc = sweep("score", "--thresholds", "0.5", "0.1")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [line.split("|")[1:-1] for line in proc.stdout.splitlines() if line.startswith("|") and "---" not in line]
+    header, *values = rows
+    table = {float(v[0]): dict(zip((h.strip() for h in header), (float(c) for c in v), strict=True)) for v in values}
+    assert sorted(table) == [0.1, 0.5]
+    assert all(0 < r["val mAP"] < 1 and 0.3 <= r["reject_min_probability"] <= 1 for r in table.values())
+    chosen = float(proc.stdout.strip().splitlines()[-1].rsplit(":", 1)[1])
+    best = max(r["val mAP"] for r in table.values())
+    assert chosen == max(t for t, r in table.items() if r["val mAP"] >= best - 0.002)
+
+    assert sweep("nms", "--split", "test").returncode == 2
+    proc = sweep("score", "--thresholds", "0.3", "--classifier", "/nonexistent/classifier.pt")
+    assert proc.returncode == 2 and "/nonexistent/classifier.pt" in proc.stderr and "Traceback" not in proc.stderr
