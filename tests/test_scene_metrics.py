@@ -91,6 +91,20 @@ def test_recall_at_precision_is_the_best_operating_point_on_the_ranking():
     assert r["recall_at_precision"] == {"precision": 0.8, "recall": 0.0, "min_score": None}
 
 
+def test_ap_by_size_sets_other_sizes_and_their_answers_aside():
+    # A mask (medium) found, B no_mask (small) found below a false small box, C mask (large) missed
+    false_small = [400, 400, 412, 412]
+    gts = [gt([A, B, C], ["mask", "no_mask", "mask"])]
+    preds = [pred([A, B, false_small], ["mask", "no_mask", "no_mask"], scores=[0.9, 0.8, 0.95])]
+    by = scene_metrics(gts, preds, LABELS)["ap_by_size"]
+    assert by["small"]["faces"] == 1 and by["small"]["ap"] == {"no_mask": pytest.approx(0.5)}
+    assert by["small"]["map"] == pytest.approx(0.5)  # the false small box ranks above B: precision 1/2
+    assert by["medium"]["ap"] == {"mask": pytest.approx(1.0)}  # B and the false box are not medium
+    assert by["large"]["ap"] == {"mask": pytest.approx(0.0)} and by["large"]["faces"] == 1
+    empty = scene_metrics([gt([A], ["mask"])], [pred([A], ["mask"])], LABELS)["ap_by_size"]
+    assert empty["small"] == {"map": None, "ap": {}, "faces": 0}
+
+
 def test_matching_is_one_to_one_and_respects_iou():
     boxes = np.array([A], dtype=np.float32)
     twice = np.array([A, [12, 12, 52, 52]], dtype=np.float32)

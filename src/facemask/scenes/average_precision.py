@@ -40,6 +40,14 @@ class Prediction:
         """Score a detection is ranked by for AP: detector score x class confidence."""
         return self.scores * self.confidences
 
+    def subset(self, index: list[int]) -> Prediction:
+        """These answers only (`index` into them)."""
+        i = np.asarray(index, dtype=int)
+        return Prediction(
+            self.boxes[i].reshape(-1, 4), [self.labels[k] for k in i], self.scores[i], self.confidences[i],
+            None if self.probabilities is None else self.probabilities[i],
+        )  # fmt: skip
+
     def every_class(self, labels: list[str], min_probability: float = 0.05) -> Prediction:
         """Each face once per class whose probability is at least `min_probability`, ranked by
         detector score x that probability (COCO's convention for multi-class detectors, with the
@@ -97,6 +105,36 @@ def average_precision(
     precision = result["precision"][0, :, :, 0, -1]  # (recall points, classes) for all areas, max dets
     curves = {labels[c]: precision[:, k].clamp(min=0).tolist() for k, c in enumerate(classes) if labels[c] in ap}
     return {"map": float(result["map"]), "ap": ap, "pr": curves, "recall_points": np.linspace(0, 1, 101).tolist()}
+
+
+def ap_by_size(
+    gts: list[tuple[np.ndarray, list[str]]],
+    preds: list[Prediction],
+    labels: list[str],
+    iou_threshold: float,
+    size_bins: tuple[int, int],
+) -> dict[str, dict]:
+    """mAP and AP per class over the faces of each size bin, COCO's way: the annotated faces of other
+    sizes are set aside with the answers matched to them (class-agnostic, as the recall by size), and
+    an unmatched answer counts against a bin only when its own box is of that size."""
+    out = {}
+    for size in SIZES:
+        sized_gts, sized_preds = [], []
+        for (boxes, truth), pred in zip(gts, preds, strict=True):
+            pairs = match(boxes, pred.boxes, pred.scores, iou_threshold)
+            matched_to = {p: g for g, p in pairs.items()}
+            in_bin = np.array([size_bin(b, size_bins) == size for b in boxes], dtype=bool)
+            keep = [
+                p
+                for p in range(len(pred.labels))
+                if (in_bin[matched_to[p]] if p in matched_to else size_bin(pred.boxes[p], size_bins) == size)
+            ]
+            sized_gts.append((boxes[in_bin].reshape(-1, 4), [lb for lb, k in zip(truth, in_bin, strict=True) if k]))
+            sized_preds.append(pred.subset(keep).every_class(labels))
+        result = average_precision(sized_gts, sized_preds, labels, iou_threshold)
+        faces = sum(len(b) for b, _ in sized_gts)
+        out[size] = {"map": result["map"] if faces else None, "ap": result["ap"], "faces": faces}
+    return out
 
 
 def recall_at_precision(hits: list[tuple[float, bool]], n_faces: int, precision: float) -> dict:
@@ -173,6 +211,7 @@ def scene_metrics(
         "detector_precision": n_matched / n_pred if n_pred else None,
         "matched_accuracy": correct / n_matched if n_matched else None,
         "recall_at_precision": recall_at_precision(hits, n_gt, operating_precision),
+        "ap_by_size": ap_by_size(gts, preds, labels, iou_threshold, size_bins),
         "recall_by_size": recall,
         "confusion": confusion,
         "false_positives": false_positives,
@@ -200,6 +239,8 @@ def format_scene_table(result: dict, labels: list[str]) -> str:
         f"{result['recall_at_precision']['precision']:.2f}) | class accuracy on found faces "
         f"{_fmt(result['matched_accuracy'])}"
     )
+    by_size = ", ".join(f"{size} {_fmt(v['map'])} ({v['faces']} faces)" for size, v in result["ap_by_size"].items())
+    rows.append(f"mAP by face size: {by_size}")
     return "\n".join(rows)
 
 

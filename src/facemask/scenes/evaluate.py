@@ -241,6 +241,7 @@ def summary(result: dict) -> dict:
     out["recall"] = {lb: {s: v["recall"] for s, v in sizes.items()} for lb, sizes in result["recall_by_size"].items()}
     out["false_positives"] = result["false_positives"]
     out["recall_at_precision"] = result["recall_at_precision"]
+    out["ap_by_size"] = result["ap_by_size"]
     return out
 
 
@@ -252,6 +253,7 @@ def flat_metrics(result: dict, prefix: str = "scenes.") -> dict[str, float]:
         if result.get(k) is not None
     }
     flat[f"{prefix}recall_at_precision"] = float(result["recall_at_precision"]["recall"])
+    flat.update({f"{prefix}map.{s}": v["map"] for s, v in result["ap_by_size"].items() if v["map"] is not None})
     flat.update({f"{prefix}ap.{lb}": v for lb, v in result["ap"].items()})
     flat.update({f"{prefix}ap_top1.{lb}": v for lb, v in result["ap_top1"].items()})
     for label, sizes in result["recall_by_size"].items():

@@ -61,6 +61,7 @@ def compare(params: Params) -> None:
                 "detector_recall": result["detector_recall"],
                 "detector_precision": result["detector_precision"],
                 "recall_at_precision": result["recall_at_precision"]["recall"],
+                **{f"map_{size}": v["map"] for size, v in result["ap_by_size"].items()},
                 **{
                     f"recall_{size}": c["recall"]
                     for size, c in result["recall_by_size"]["all"].items()
