@@ -196,8 +196,13 @@ def main(argv: list[str] | None = None) -> int:
         "streams and not (instead of the sessions alone)",
     )  # fmt: skip
     args = parser.parse_args(argv)
-    video = args.video or Path(os.environ.get("FACEMASK_MIRROR", "")) / "videos/mask-on-1280x720.mp4"
-    clip = load_clip(video, args.frames) * args.repeat
+    if args.video is None and not os.environ.get("FACEMASK_MIRROR"):
+        parser.error("no clip: set FACEMASK_MIRROR (the offline mirror; `make bench-stream` does) or pass --video")
+    video = args.video or Path(os.environ["FACEMASK_MIRROR"]) / "videos/mask-on-1280x720.mp4"
+    try:
+        clip = load_clip(video, args.frames) * args.repeat
+    except FileNotFoundError as err:
+        parser.error(str(err))
     params = load_params(args.params)
     print(
         f"{video.name}: {len(clip)} frames at {clip[0].shape[1]}x{clip[0].shape[0]}, "
