@@ -110,27 +110,34 @@ def average_precision(
 def ap_by_size(
     gts: list[tuple[np.ndarray, list[str]]],
     preds: list[Prediction],
+    pairs: list[dict[int, int]],
     labels: list[str],
     iou_threshold: float,
     size_bins: tuple[int, int],
 ) -> dict[str, dict]:
     """mAP and AP per class over the faces of each size bin, COCO's way: the annotated faces of other
-    sizes are set aside with the answers matched to them (class-agnostic, as the recall by size), and
-    an unmatched answer counts against a bin only when its own box is of that size."""
+    sizes are set aside with the answers matched to them (`pairs`: per scene, the class-agnostic
+    matching the recall by size uses), and an unmatched answer counts against a bin only when its own
+    box is of that size."""
+    gt_bins = [[size_bin(b, size_bins) for b in boxes] for boxes, _ in gts]
+    answer_bins = []
+    for pred, scene_pairs, bins in zip(preds, pairs, gt_bins, strict=True):
+        matched_to = {p: g for g, p in scene_pairs.items()}
+        answer_bins.append([bins[matched_to[p]] if p in matched_to else size_bin(pred.boxes[p], size_bins)
+                            for p in range(len(pred.labels))])  # fmt: skip
     out = {}
     for size in SIZES:
-        sized_gts, sized_preds = [], []
-        for (boxes, truth), pred in zip(gts, preds, strict=True):
-            pairs = match(boxes, pred.boxes, pred.scores, iou_threshold)
-            matched_to = {p: g for g, p in pairs.items()}
-            in_bin = np.array([size_bin(b, size_bins) == size for b in boxes], dtype=bool)
-            keep = [
-                p
-                for p in range(len(pred.labels))
-                if (in_bin[matched_to[p]] if p in matched_to else size_bin(pred.boxes[p], size_bins) == size)
-            ]
-            sized_gts.append((boxes[in_bin].reshape(-1, 4), [lb for lb, k in zip(truth, in_bin, strict=True) if k]))
-            sized_preds.append(pred.subset(keep).every_class(labels))
+        sized_gts = [
+            (
+                boxes[[b == size for b in bins]].reshape(-1, 4),
+                [lb for lb, b in zip(truth, bins, strict=True) if b == size],
+            )
+            for (boxes, truth), bins in zip(gts, gt_bins, strict=True)
+        ]
+        sized_preds = [
+            pred.subset([p for p, b in enumerate(bins) if b == size]).every_class(labels)
+            for pred, bins in zip(preds, answer_bins, strict=True)
+        ]
         result = average_precision(sized_gts, sized_preds, labels, iou_threshold)
         faces = sum(len(b) for b, _ in sized_gts)
         out[size] = {"map": result["map"] if faces else None, "ap": result["ap"], "faces": faces}
@@ -170,8 +177,10 @@ def scene_metrics(
     confusion = {lb: dict.fromkeys([*labels, MISSED], 0) for lb in labels}
     false_positives = dict.fromkeys(labels, 0)
     hits: list[tuple[float, bool]] = []
+    scene_pairs: list[dict[int, int]] = []
     for (boxes, truth), pred in zip(gts, preds, strict=True):
         pairs = match(boxes, pred.boxes, pred.scores, iou_threshold)
+        scene_pairs.append(pairs)
         matched = set(pairs.values())
         hits += [(float(score), p in matched) for p, score in enumerate(pred.scores)]
         for g, (box, label) in enumerate(zip(boxes, truth, strict=True)):
@@ -211,7 +220,7 @@ def scene_metrics(
         "detector_precision": n_matched / n_pred if n_pred else None,
         "matched_accuracy": correct / n_matched if n_matched else None,
         "recall_at_precision": recall_at_precision(hits, n_gt, operating_precision),
-        "ap_by_size": ap_by_size(gts, preds, labels, iou_threshold, size_bins),
+        "ap_by_size": ap_by_size(gts, preds, scene_pairs, labels, iou_threshold, size_bins),
         "recall_by_size": recall,
         "confusion": confusion,
         "false_positives": false_positives,
