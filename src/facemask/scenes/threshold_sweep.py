@@ -84,10 +84,11 @@ def nms_sweep(thresholds: list[float], overrides: list[str], split: str = "val")
 def score_sweep(thresholds: list[float], overrides: list[str], classifier: Path | None = None) -> pd.DataFrame:
     """One row per candidate threshold: the rejection threshold fitted for it, val mAP, recall and
     precision; `classifier`: the pipeline's own (`paths.classifier`) when None."""
+    base = validate(compose(overrides), "conf/ + overrides")
+    model = MaskClassifier.load(classifier or base.paths.classifier, base.pipeline.classifier_runtime)
     rows = []
     for t in thresholds:
         params = validate(compose([*overrides, f"detector.score_threshold={t}"]), f"score_threshold={t}")
-        model = MaskClassifier.load(classifier or params.paths.classifier, params.pipeline.classifier_runtime)
         reject, table = fit_rejection(params, model)
         best = table[table["reject_min_probability"] == reject].iloc[0]
         rows.append({"score_threshold": t, "reject_min_probability": reject, "val mAP": round(best["map"], 4),
