@@ -166,6 +166,50 @@ def test_retinaface_mobilenet_agrees_with_yunet_on_real_photos(retinaface_mnet, 
     assert agree >= checked - 1
 
 
+def test_the_onnx_detector_takes_its_share_of_the_cores_and_answers_as_pytorch(retinaface_mnet, shared, tmp_path):
+    """Exported to ONNX, the stock RetinaFace runs on as many threads as torch has in this process
+    (a pool of two pipelines on two cores gives each one: a session on every core each would
+    oversubscribe them) and finds the faces PyTorch finds in real scenes, with the same boxes."""
+    import torch
+
+    from facemask.detection.retinaface_mnet import RetinaFaceOnnxDetector
+    from facemask.detector_training.export import export_onnx
+
+    graph = export_onnx(retinaface_mnet.net, tmp_path / "detector.onnx")
+    threads = torch.get_num_threads()
+    try:
+        sessions = {}
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            sessions[n] = RetinaFaceOnnxDetector(graph, 0.5, 0.4, 750, 8)
+    finally:
+        torch.set_num_threads(threads)
+    assert {n: d.session.get_session_options().intra_op_num_threads for n, d in sessions.items()} == {1: 1, 2: 2}
+    faces = 0
+    for path in sorted((shared / "datasets/face-mask-scenes-train/images").glob("*.jpg"))[:6]:
+        image = read_image(path, MAX_PIXELS)
+        ref, got = retinaface_mnet.detect(image), sessions[1].detect(image)
+        assert len(got) == len(ref)
+        assert np.allclose([f.box for f in got], [f.box for f in ref], atol=0.5)
+        faces += len(ref)
+    assert faces >= 10
+
+
+def test_retinaface_input_is_the_bgr_planes_less_their_means():
+    """Worked by hand: pixel (B, G, R) = (104, 117, 123) is the network's zero; a search region cut
+    out of a frame (a strided view) comes out as the same region of the whole frame's input."""
+    from facemask.detection.retinaface_mnet import preprocess
+
+    frame = np.zeros((4, 6, 3), np.uint8)
+    frame[..., 0], frame[..., 1], frame[..., 2] = 104, 117, 123
+    frame[1, 2] = (0, 255, 7)
+    x = preprocess(frame)
+    assert x.shape == (1, 3, 4, 6) and x.dtype == np.float32 and x.flags.c_contiguous
+    assert x[0, :, 1, 2].tolist() == [-104.0, 138.0, -116.0]
+    assert np.count_nonzero(x) == 3
+    assert np.array_equal(preprocess(frame[1:3, 2:5]), x[:, :, 1:3, 2:5])
+
+
 def test_retinaface_mobilenet_on_empty_and_faceless_images(retinaface_mnet):
     assert retinaface_mnet.detect(np.zeros((0, 0, 3), np.uint8)) == []
     assert retinaface_mnet.detect(np.full((240, 320, 3), 127, np.uint8)) == []

@@ -144,10 +144,11 @@ def test_int8_models_load_and_answer_as_fp32_on_real_faces(shared, cfg, tmp_path
     int8 classifier keeps fp32's top-1 on at least 90 % of 64 real face photos (probabilities that
     sum to one); the int8 detector loads and finds most faces fp32 finds in real scenes (IoU >= 0.5;
     measured 53-56 of 63, and only 36-44 at IoU 0.8: its boxes move, one reason it stays fp32)."""
-    from facemask.bench.quantization import export_classifier, letterboxed, session
+    from facemask.bench.quantization import export_classifier, letterboxed
     from facemask.boxes import match
     from facemask.detection.retinaface_mnet import RetinaFaceMobileNet, RetinaFaceOnnxDetector, load_state, preprocess
     from facemask.detector_training.export import export_onnx
+    from facemask.onnx_sessions import ort_session as session
     from facemask.quantization import quantize
 
     torch.manual_seed(0)

@@ -19,6 +19,7 @@ from facemask.config import ClassifierRuntime as Runtime
 from facemask.config import ConfigError
 from facemask.config import Model as ModelConfig
 from facemask.data.fetch import resolve_weights
+from facemask.onnx_sessions import ort_session
 from facemask.preprocess import Preprocessor
 
 
@@ -57,17 +58,6 @@ def onnx_graph(network: torch.nn.Module, input_size: int) -> bytes:
         dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17, dynamo=False,
     )  # fmt: skip
     return graph.getvalue()
-
-
-def ort_session(graph: bytes) -> Any:
-    """An ONNX Runtime session on `graph`, on as many threads as torch uses here (a pipeline pool
-    shares the cores out), its idle threads sleeping rather than spinning on shared cores."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
 
 
 def onnx_session(network: torch.nn.Module, input_size: int, tolerance: float = 1e-3) -> Any:

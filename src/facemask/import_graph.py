@@ -17,7 +17,7 @@ from pathlib import Path
 LAYERS: list[list[str]] = [
     ["errors"],
     ["config"],
-    ["imageio", "boxes", "plots", "mlflow_tracking", "subprocesses", "compute", "quantization"],
+    ["imageio", "boxes", "plots", "mlflow_tracking", "subprocesses", "compute", "quantization", "onnx_sessions"],
     ["data", "tracking_server"],
     ["cli"],
     ["detection", "preprocess", "augment"],

@@ -31,16 +31,8 @@ from facemask.config import Paths, load_params
 from facemask.detection.retinaface_mnet import preprocess
 from facemask.detector_training.scene_data import manifest_scenes
 from facemask.imageio import read_image
+from facemask.onnx_sessions import ort_session as session
 from facemask.quantization import quantize
-
-
-def session(model: Path):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
 
 
 def export_classifier(classifier: MaskClassifier, path: Path) -> Path:

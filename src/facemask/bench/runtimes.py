@@ -30,12 +30,13 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from facemask.bench.quantization import calibration_sets, export_classifier, letterboxed, paired_ms, session
+from facemask.bench.quantization import calibration_sets, export_classifier, letterboxed, paired_ms
 from facemask.classifier import MaskClassifier
 from facemask.config import Params, load_params
 from facemask.data.voc import evaluation_folder, load_scenes
 from facemask.detection import build_detector
 from facemask.detection.retinaface_mnet import RetinaFaceMobileNetDetector, RetinaFaceOnnxDetector, preprocess
+from facemask.onnx_sessions import ort_session as session
 from facemask.pipeline import MaskPipeline
 from facemask.quantization import quantize
 from facemask.scenes.average_precision import scene_metrics
