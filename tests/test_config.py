@@ -89,3 +89,32 @@ def test_missing_mirror_folder_names_the_key(tmp_path, monkeypatch):
     params = validate(compose())
     with pytest.raises(ConfigError, match=r"data.sources.face-mask-2class.mirror_dir"):
         resolve_source("face-mask-2class", params.data.sources["face-mask-2class"])
+
+
+def test_params_and_reports_are_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    """`write_params` and `write_json` (every stage report) go through one `<name>.part` and a
+    rename: a write that fails before the rename (a full disk, a kill) leaves the previous file as
+    it was; a new folder is made."""
+    from facemask import atomic_files
+    from facemask.cli import write_json
+    from facemask.config import write_params
+
+    params = tmp_path / "params.yaml"
+    write_params(compose([]), params)
+    before = params.read_bytes()
+    report = tmp_path / "reports" / "deep" / "train.json"
+    write_json(report, {"best_val_macro_f1": 0.9})
+    assert load_params(params).model.input_size == 96 and '"best_val_macro_f1": 0.9' in report.read_text()
+
+    def full_disk(src: str, dst: str) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(atomic_files.os, "replace", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        write_params(compose(["model.input_size=128"]), params)
+    with pytest.raises(OSError, match="No space"):
+        write_json(report, {"best_val_macro_f1": 0.1})
+    assert params.read_bytes() == before and '"best_val_macro_f1": 0.9' in report.read_text()
+    monkeypatch.undo()
+    write_params(compose(["model.input_size=128"]), params)
+    assert load_params(params).model.input_size == 128 and not params.with_name("params.yaml.part").exists()

@@ -10,16 +10,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from facemask.atomic_files import write_atomic
 from facemask.config import Params, load_params
 from facemask.errors import FacemaskError
 
 
 def write_json(path: Path, payload: Any) -> None:
     """Write JSON atomically (a stage killed mid-way leaves the previous file intact)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n")
-    tmp.replace(path)
+    write_atomic(path, json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n")
 
 
 def run_stage(name: str, body: Callable[[Params], None], argv: list[str] | None = None) -> int:

@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from facemask.atomic_files import write_atomic
 from facemask.errors import FacemaskError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -710,9 +711,7 @@ def compose(overrides: list[str] | None = None, config_dir: Path = CONF_DIR) -> 
 def write_params(raw: dict[str, Any], path: Path | str = PARAMS_FILE) -> None:
     header = "# Composed from conf/ by `make params` (facemask.config). Do not edit by hand.\n"
     text = header + yaml.safe_dump(raw, sort_keys=False, default_flow_style=False, width=100)
-    tmp = Path(f"{path}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    write_atomic(path, text)
 
 
 def main(argv: list[str] | None = None) -> int:

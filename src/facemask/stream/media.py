@@ -24,6 +24,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from facemask.atomic_files import PART_SUFFIX, write_atomic
 from facemask.boxes import Box
 from facemask.config import Media, Stream
 from facemask.imageio import encode_jpeg
@@ -137,7 +138,7 @@ class MediaWriter:
         if recording.track in best.tracks:
             x1, y1, x2, y2 = (round(v) for v in best.tracks[recording.track][0])
             cv2.rectangle(image, (x1, y1), (x2, y2), SUBJECT_COLOUR, 2)
-        _atomic_write(recording.snapshot, encode_jpeg(image, 90))
+        write_atomic(recording.snapshot, encode_jpeg(image, 90))
         if recording.clip is not None:
             self._write_clip(recording)
 
@@ -150,7 +151,7 @@ class MediaWriter:
                 shots.append(shot)
                 last = shot
         h, w = shots[0].frame.shape[:2]
-        tmp = recording.clip.with_name(recording.clip.name + ".part")
+        tmp = recording.clip.with_name(recording.clip.name + PART_SUFFIX)
         tmp.parent.mkdir(parents=True, exist_ok=True)
         codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
         with av.open(str(tmp), "w", format="mp4", options={"movflags": "+faststart"}) as container:
@@ -177,13 +178,6 @@ class MediaWriter:
         """Write what is waiting (up to `wait_s`), then stop."""
         self._queue.put(None)
         self._thread.join(wait_s)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 class MediaRecorder:

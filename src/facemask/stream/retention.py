@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from facemask.atomic_files import PART_SUFFIX
 from facemask.config import Media
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ class MediaRetention:
                 stat = path.stat()
             except FileNotFoundError:
                 continue
-            if path.suffix == ".part" and now - stat.st_mtime > STALE_PART_S:
+            if path.suffix == PART_SUFFIX and now - stat.st_mtime > STALE_PART_S:
                 path.unlink(missing_ok=True)
             elif path.suffix in MEDIA_SUFFIXES:
                 events.setdefault((path.parent.name, path.stem), []).append((path, stat.st_mtime, stat.st_size))
