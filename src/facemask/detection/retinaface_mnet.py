@@ -181,8 +181,8 @@ def load_state(net: nn.Module, weights: Path) -> nn.Module:
 def preprocess(image: np.ndarray) -> np.ndarray:
     """BGR uint8 (H, W, 3) -> the network's (1, 3, H, W) float32 input (training uses it too).
 
-    One pass per channel plane, written in place: a tenth of the time of transposing, converting and
-    subtracting as whole arrays (0.45 against 4.5 ms at 640x458 on this CPU), the same numbers."""
+    One pass per channel plane, written in place: the same numbers as transposing, converting and
+    subtracting whole arrays, in 0.7 ms against 1.9 (median, 50 dev scenes at 640, this 2-core CPU)."""
     x = np.empty((1, 3, *image.shape[:2]), dtype=np.float32)
     for c, mean in enumerate(BGR_MEAN):
         np.subtract(image[:, :, c], np.float32(mean), out=x[0, c], dtype=np.float32)
