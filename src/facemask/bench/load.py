@@ -70,8 +70,8 @@ def table_row(phase: str, target: str, result: dict) -> str:
     busy = sum(n for e, n in failures.items() if "503" in e)
     server = sum(n for e, n in failures.items() if "HTTP 5" in e and "503" not in e)
     other = sum(failures.values()) - busy - server
-    ok = (count - int(r["Failure Count"])) / result["seconds"]
-    return (f"| {phase} | {target} | {count} | {ok:.1f} | {r['50%']} | {r['95%']} | {r['99%']} | {busy} | "
+    sent, ok = count / result["seconds"], (count - int(r["Failure Count"])) / result["seconds"]
+    return (f"| {phase} | {target} | {count} | {sent:.1f} | {ok:.1f} | {r['50%']} | {r['95%']} | {r['99%']} | {busy} | "
             f"{server} | {other} |")  # fmt: skip
 
 
@@ -112,9 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     height = round(scene.shape[0] * scale)
     print(f"{os.cpu_count()} CPUs, {args.seconds} s per phase, pipelines {limits['pipelines']}, "
           f"max waiting {limits['max_waiting']}; image 640x{height} (real dev scene)")  # fmt: skip
-    print("| phase | offered | requests | answered /s (200) | p50 ms | p95 ms | p99 ms | 503 busy | other 5xx | "
-          "timeouts, errors |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| phase | offered | requests | sent /s | answered /s (200) | p50 ms | p95 ms | p99 ms | 503 busy | "
+          "other 5xx | timeouts, errors |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for phase, target, result in phases:
         print(table_row(phase, target, result))
     return 0

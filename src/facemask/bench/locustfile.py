@@ -1,6 +1,7 @@
 """Locust users for `make loadtest` (run by `facemask.bench.load`, which sets the environment):
-`DetectUser` posts a real scene photo to /detect about once a second each (the rate is about the
-user count);
+`DetectUser` posts a real scene photo to /detect once a second on average each, paced from the start
+of one request to the start of the next (so the offered rate is the user count whatever the
+response time: an open load, as independent clients are);
 `CameraUser` streams the real clip over the WebSocket at 10 frames/s, one answer per frame.
 
 Environment: FACEMASK_API_KEY, FACEMASK_LOAD_IMAGE (a JPEG), FACEMASK_LOAD_FRAMES (a folder of JPEG
@@ -11,26 +12,32 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import time
 from pathlib import Path
 
-from locust import HttpUser, User, between, constant, task
+from locust import HttpUser, User, constant, task
 
 KEY = os.environ.get("FACEMASK_API_KEY", "")
 HEADERS = {"X-API-Key": KEY} if KEY else {}
 
 
 class DetectUser(HttpUser):
-    """About one request a second (0.5-1.5 s between them): independent clients never fire in
-    lockstep, and a refused one does not come back in step with the rest."""
+    """One request a second on average: each starts 0.5-1.5 s after the previous one started (not
+    ended), so independent clients never fire in lockstep, a refused one does not come back in step
+    with the rest, and a slow answer does not lower the offered rate (until it takes over 0.5 s)."""
 
-    wait_time = between(0.5, 1.5)
     image = (
         Path(os.environ.get("FACEMASK_LOAD_IMAGE", "")).read_bytes() if os.environ.get("FACEMASK_LOAD_IMAGE") else b""
     )
+    started = 0.0  # perf_counter() when the last request was sent
+
+    def wait_time(self) -> float:
+        return max(0.0, random.uniform(0.5, 1.5) - (time.perf_counter() - self.started))
 
     @task
     def detect(self) -> None:
+        self.started = time.perf_counter()
         files = {"image": ("scene.jpg", self.image, "image/jpeg")}
         with self.client.post("/detect", files=files, headers=HEADERS, timeout=30, catch_response=True) as resp:
             if resp.status_code != 200:
