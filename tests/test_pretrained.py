@@ -148,7 +148,7 @@ def test_int8_models_load_and_answer_as_fp32_on_real_faces(shared, cfg, tmp_path
     from facemask.boxes import match
     from facemask.detection.retinaface_mnet import RetinaFaceMobileNet, RetinaFaceOnnxDetector, load_state, preprocess
     from facemask.detector_training.export import export_onnx
-    from facemask.onnx_sessions import ort_session as session
+    from facemask.onnx_sessions import ort_session
     from facemask.quantization import quantize
 
     torch.manual_seed(0)
@@ -167,7 +167,7 @@ def test_int8_models_load_and_answer_as_fp32_on_real_faces(shared, cfg, tmp_path
     batches = iter([{"input": pre.batch(calibration, bgr=True).numpy()}])
     int8 = quantize(fp32, batches, tmp_path / "classifier.int8.onnx")
     x = pre.batch(scored, bgr=True).numpy()
-    a, b = (torch.softmax(torch.from_numpy(session(m).run(None, {"input": x})[0]), 1).numpy() for m in (fp32, int8))
+    a, b = (torch.softmax(torch.from_numpy(ort_session(m).run(None, {"input": x})[0]), 1).numpy() for m in (fp32, int8))
     assert b.shape == (64, 4) and np.allclose(b.sum(1), 1, atol=1e-5)
     assert len(set(a.argmax(1))) >= 2
     assert (a.argmax(1) == b.argmax(1)).mean() >= 0.9

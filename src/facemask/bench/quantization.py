@@ -31,7 +31,7 @@ from facemask.config import Paths, load_params
 from facemask.detection.retinaface_mnet import preprocess
 from facemask.detector_training.scene_data import manifest_scenes
 from facemask.imageio import read_image
-from facemask.onnx_sessions import ort_session as session
+from facemask.onnx_sessions import ort_session
 from facemask.quantization import quantize
 
 
@@ -75,7 +75,7 @@ def classifier_rows(classifier: MaskClassifier, calibration: list, test: list, t
     models = {"fp32": export_classifier(classifier, tmp / "classifier.onnx")}
     batches = (pre.batch(calibration[i : i + 16], bgr=True).numpy() for i in range(0, len(calibration), 16))
     models["int8"] = quantize(models["fp32"], ({"input": x} for x in batches), tmp / "classifier.int8.onnx")
-    runs = {precision: session(model).run for precision, model in models.items()}
+    runs = {precision: ort_session(model).run for precision, model in models.items()}
     rows = {p: {"model": f"classifier {classifier.meta['backbone']}", "precision": p} for p in models}
     probs = {}
     for precision, run in runs.items():
@@ -97,10 +97,10 @@ def classifier_rows(classifier: MaskClassifier, calibration: list, test: list, t
 
 def detector_rows(detector: Path, scenes: list[Path], frame: np.ndarray, tmp: Path) -> list:
     """fp32 and int8 rows of the detector's graph: ms per `frame`."""
-    name = session(detector).get_inputs()[0].name
+    name = ort_session(detector).get_inputs()[0].name
     int8 = quantize(detector, ({name: preprocess(letterboxed(p))} for p in scenes), tmp / "detector.int8.onnx")
     x = preprocess(frame)
-    runs = {precision: session(model).run for precision, model in (("fp32", detector), ("int8", int8))}
+    runs = {precision: ort_session(model).run for precision, model in (("fp32", detector), ("int8", int8))}
     ms = paired_ms({p: (lambda run=run: run(None, {name: x})) for p, run in runs.items()}, repeats=4)
     return [{"model": "detector (fine-tuned)", "precision": p, "ms, 640x480 frame": round(ms[p], 2)} for p in runs]
 

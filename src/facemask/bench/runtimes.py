@@ -36,7 +36,7 @@ from facemask.config import Params, load_params
 from facemask.data.voc import evaluation_folder, load_scenes
 from facemask.detection import build_detector
 from facemask.detection.retinaface_mnet import RetinaFaceMobileNetDetector, RetinaFaceOnnxDetector, preprocess
-from facemask.onnx_sessions import ort_session as session
+from facemask.onnx_sessions import ort_session
 from facemask.pipeline import MaskPipeline
 from facemask.quantization import quantize
 from facemask.scenes.average_precision import scene_metrics
@@ -81,7 +81,7 @@ def graphs(params: Params, classifier: MaskClassifier, calibration: int, tmp: Pa
         batches = ({"input": pre.batch(crops[i : i + 16], bgr=True).numpy()} for i in range(0, len(crops), 16))
         out["classifier int8"] = quantize(out["classifier fp32"], batches, tmp / "classifier.int8.onnx")
     out["detector fp32"] = Path(paths.detector_onnx)
-    name = session(out["detector fp32"]).get_inputs()[0].name
+    name = ort_session(out["detector fp32"]).get_inputs()[0].name
     inputs = ({name: preprocess(letterboxed(p))} for p in scenes)
     out["detector int8"] = quantize(out["detector fp32"], inputs, tmp / "detector.int8.onnx")
     return out
@@ -100,7 +100,7 @@ def variants(params: Params, classifier: MaskClassifier, g: dict[str, Path]) -> 
         detector.top_k,
         detector.min_face,
     )
-    runtimes: dict[str, Callable[[Path], Any]] = {"ONNX Runtime": session}
+    runtimes: dict[str, Callable[[Path], Any]] = {"ONNX Runtime": ort_session}
     try:
         import openvino  # noqa: F401
 
@@ -114,7 +114,7 @@ def variants(params: Params, classifier: MaskClassifier, g: dict[str, Path]) -> 
             det[p] = RetinaFaceOnnxDetector(  # the served class, on this precision's graph (ONNX Runtime) ...
                 g[f"detector {p}"], detector.score_threshold, detector.nms_threshold, detector.top_k, detector.min_face
             )
-            if graph_session is not session:  # ... or on another runtime's session of it
+            if graph_session is not ort_session:  # ... or on another runtime's session of it
                 det[p].session = graph_session(g[f"detector {p}"])
             clf[p] = GraphClassifier(classifier, graph_session(g[f"classifier {p}"]))
         out[(runtime, "fp32")] = (det["fp32"], clf["fp32"])
@@ -165,8 +165,8 @@ def detector_batches(params: Params, tmp: Path, sizes: Sequence[int] = (1, 2, 4,
     inputs = {n: np.repeat(frame, n, axis=0) for n in sizes}
     rows, threads = [], torch.get_num_threads()
     for t in sorted({1, threads}):
-        torch.set_num_threads(t)  # `session` takes torch's thread count
-        run = session(graph)
+        torch.set_num_threads(t)  # `ort_session` takes torch's thread count
+        run = ort_session(graph)
         calls = {n: (lambda x=inputs[n], run=run: run.run(None, {"input": x})) for n in sizes}
         ms = paired_ms(calls, rounds=4, repeats=3)
         rows += [{"threads": t, "frames per call": n, "ms per frame": round(ms[n] / n, 2)} for n in sizes]
