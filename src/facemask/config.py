@@ -611,7 +611,8 @@ class Serving(_Strict):
 
 
 class Params(_Strict):
-    seed: int
+    seed: int  # the data split (ingest)
+    train_seed: int  # the networks' training draws (train_detector, augment, train)
     paths: Paths
     data: Data
     detector: Detector

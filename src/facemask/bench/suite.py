@@ -142,7 +142,7 @@ def bench_training(params: Params, quick: bool) -> list[dict]:
         def on_validation_batch_start(self, *args) -> None:
             self.val.append(time.perf_counter())
 
-    pl.seed_everything(params.seed)
+    pl.seed_everything(params.train_seed)
     dm, module = build_classifier_fit(params)
     dm.setup("fit")
     total_batches, val_batches = len(dm.train_dataloader()), len(dm.val_dataloader())

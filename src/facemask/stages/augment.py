@@ -17,13 +17,13 @@ log = logging.getLogger("facemask.augment")
 
 
 def augment(params: Params) -> None:
-    pipeline = build_augmentation(params.augment.transforms, seed=params.seed)
+    pipeline = build_augmentation(params.augment.transforms, seed=params.train_seed)
     out = params.paths.augmentation
     save_augmentation(pipeline, out)
     crops = pd.read_csv(params.paths.crop_table).dropna(subset=["crop"])
     train = crops[crops["split"] == "train"]
     per_label = max(1, params.augment.preview_count // (2 * train["label"].nunique()))
-    sample = train.sample(frac=1.0, random_state=params.seed).groupby("label").head(per_label)
+    sample = train.sample(frac=1.0, random_state=params.train_seed).groupby("label").head(per_label)
     images = []
     for name in sample["crop"]:
         rgb = cv2.cvtColor(read_image(params.paths.crops / name, params.data.max_image_pixels), cv2.COLOR_BGR2RGB)

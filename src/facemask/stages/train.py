@@ -36,7 +36,7 @@ CROP_GEOMETRY = {"size", "margin", "align"}
 
 
 def train(params: Params) -> None:
-    pl.seed_everything(params.seed, workers=True)
+    pl.seed_everything(params.train_seed, workers=True)
     tp, paths, labels = params.trainer, params.paths, params.classifier_labels
     if params.crop.background.enabled:  # the rejection threshold is fitted through the detector: fail now,
         detector_backend(params.detector).weights_file(params.detector)  # not after the training
@@ -104,7 +104,7 @@ def train(params: Params) -> None:
 def log_inputs(params: Params, dm: CropDataModule) -> None:
     """The run's parameters: the sections this stage declares in dvc.yaml, no more; the class counts."""
     labels, dump = params.classifier_labels, params.model_dump(mode="json")
-    read = {k: dump[k] for k in ("seed", "model", "trainer")}
+    read = {k: dump[k] for k in ("train_seed", "model", "trainer")}
     read["crop"] = {k: v for k, v in dump["crop"].items() if k in {*CROP_GEOMETRY, "background"}}
     read |= {"data": {"labels": dump["data"]["labels"]}, "detector": {"name": dump["detector"]["name"]}}
     mlflow.log_params(mlflow_tracking.flatten(read))
@@ -118,7 +118,9 @@ def calibrated_int8(params: Params, network: torch.nn.Module, labels: list[str])
     """The network's int8 graph, calibrated on `model.int8_calibration` training-split crops (shuffled
     with the seed), and how far it strays from fp32 on the val-split crops (logged to the run)."""
     pre = Preprocessor.from_config(params.model)
-    train = split_crops(params, "train").sample(frac=1.0, random_state=params.seed)[: params.model.int8_calibration]
+    train = split_crops(params, "train").sample(frac=1.0, random_state=params.train_seed)[
+        : params.model.int8_calibration
+    ]
     crops = [read_image(params.paths.crops / name, params.data.max_image_pixels) for name in train["crop"]]
     batches = ({"input": pre.batch(crops[i : i + 16], bgr=True).numpy()} for i in range(0, len(crops), 16))
     graph = quantize_graph(onnx_graph(network, params.model.input_size), batches)

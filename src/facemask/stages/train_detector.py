@@ -39,7 +39,7 @@ def build(params: Params) -> tuple[SceneDataModule, DetectorModule]:
         cfg,
         params.pipeline.detect_long_side or 640,
         params.data.max_image_pixels,
-        params.seed,
+        params.train_seed,
     )
     init = params.detectors[cfg.init]
     network = load_state(RetinaFaceMobileNet(), resolve_weights(init.weights, key=f"detectors.{cfg.init}.weights"))
@@ -51,7 +51,7 @@ def build(params: Params) -> tuple[SceneDataModule, DetectorModule]:
 
 
 def train_detector(params: Params) -> None:
-    pl.seed_everything(params.seed, workers=True)
+    pl.seed_everything(params.train_seed, workers=True)
     cfg, paths = params.detector_train, params.paths
     reports = paths.reports / "detector"
     dm, module = build(params)
@@ -59,7 +59,11 @@ def train_detector(params: Params) -> None:
 
     experiment_id = mlflow_tracking.setup(params.mlflow)
     with mlflow.start_run(experiment_id=experiment_id, run_name="train-detector") as run:
-        mlflow.log_params(mlflow_tracking.flatten({"detector_train": params.detector_train.model_dump(mode="json")}))
+        mlflow.log_params(
+            mlflow_tracking.flatten(
+                {"train_seed": params.train_seed, "detector_train": params.detector_train.model_dump(mode="json")}
+            )
+        )
         mlflow.log_params({"data.train_scenes": len(dm.train_scenes), "data.val_scenes": len(dm.val_scenes)})
         mlflow.set_tags({"stage": "train_detector", "facemask.kind": "detector", "init": cfg.init})
         fitted = fit_recorded(module, dm, "detector_train", cfg.lightning, cfg.callbacks, params.mlflow,

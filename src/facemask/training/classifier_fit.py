@@ -27,7 +27,7 @@ def build_classifier_fit(params: Params) -> tuple[CropDataModule, MaskClassifier
         batch_size=tp.batch_size,
         num_workers=tp.num_workers,
         balance=tp.balance,
-        seed=params.seed,
+        seed=params.train_seed,
         epoch_samples=tp.epoch_samples,
         scene_share=tp.scene_share,
     )
