@@ -127,7 +127,11 @@ def test_searching_around_tracked_faces_raises_the_alerts_of_full_detection(pipe
     """Region mode (the detector searches only around tracked faces between full passes) on the
     entrance clip and the real clip: the same alerts (within a frame), the same faces per frame and the same
     compliance (within 0.02) as with the whole frame searched every frame, the faces per frame the
-    same in all but 3 % of the frames, with regions searched on most of the entrance clip's frames."""
+    same in all but 3 % of the frames, with regions searched on most of the entrance clip's frames.
+    A region pass never changes what a track is called nor starts one (a disputed one is replaced
+    by a full pass): on every frame answered from regions, every track keeps the class it had.
+    Holds for any model the pipeline trains (the real clip's face is borderline: a mask held up,
+    nose out; on a model of another machine, region passes once called it `mask` 0.7 s long)."""
     real = shared / "videos/mask-on-1280x720.mp4"
     cap = cv2.VideoCapture(str(real))
     clip = [f for ok, f in iter(cap.read, (False, None))]
@@ -148,6 +152,14 @@ def test_searching_around_tracked_faces_raises_the_alerts_of_full_detection(pipe
         if name == "entrance":
             assert regions.full_detections < 0.5 * regions.frames, f"{name}: {regions.full_detections} full passes"
         assert {o["detection"] for o in out["regions"]} == {"full", "regions"}
+        changed = [
+            (o["time"], t["id"], t["label"])
+            for o in out["regions"]
+            if o["detection"] == "regions"
+            for t in o["tracks"]
+            if t["since"] >= o["time"]
+        ]
+        assert not changed, f"{name}: region passes changed or started tracks: {changed}"
         alerts = {m: [(a["time"], a["class"]) for o in out[m] for a in o["alerts"]] for m in out}
         assert len(alerts["full"]) == len(alerts["regions"]) == 1, (name, alerts)
         (t_full, class_full), (t_regions, class_regions) = alerts["full"][0], alerts["regions"][0]

@@ -45,6 +45,7 @@ class Pending:
     found: list[Face]  # every face the detector found (all are blurred in stored media)
     faces: list[Face]  # those inside the camera's zones: classified, tracked, alerted on
     detection: str  # how they were found: full, regions or reused
+    pipeline: MaskPipeline | None = None  # the pipeline that found them (a disputed region pass reruns on it)
 
 
 @dataclass
@@ -92,7 +93,8 @@ class CameraSession:
     def _detect(self, frame: np.ndarray, pipeline: MaskPipeline) -> tuple[list[Face], str]:
         """The faces of this frame and how they were found: `reused` (the frame barely changed),
         `regions` (searched only around the live tracks' last faces: a face missed once is still
-        looked for) or `full` (at least every `regions.full_every` frames: new people appear there)."""
+        looked for; `finish` replaces it by a full pass where it disputes a track's class) or `full`
+        (at least every `regions.full_every` frames: new people appear there)."""
         diff, roi = self.cfg.frame_diff, self.cfg.regions
         h, w = frame.shape[:2]
         thumb = cv2.cvtColor(
@@ -126,10 +128,24 @@ class CameraSession:
             raise ValueError("expected a non-empty HxWx3 BGR frame")
         self.last_frame = time.time()
         now = self.last_frame if now is None else now
-        found, detection = self._detect(frame, pipeline or self.pipeline)
+        pipeline = pipeline or self.pipeline
+        found, detection = self._detect(frame, pipeline)
+        return self._pending(frame, now, found, detection, pipeline)
+
+    def _pending(
+        self, frame: np.ndarray, now: float, found: list[Face], detection: str, pipeline: MaskPipeline
+    ) -> Pending:
         watched = [f for f in found if self.zones.keeps(f.box, frame.shape)] if self.zones else found
         faces = [f for f in watched if f.score >= self.cfg.min_score]
-        return Pending(frame, now, found, faces, detection)
+        return Pending(frame, now, found, faces, detection, pipeline)
+
+    def _full_pass(self, pending: Pending) -> tuple[Pending, list[FaceResult]]:
+        """`pending`'s frame searched whole and classified: what a disputed region pass is replaced by."""
+        pipeline = pending.pipeline or self.pipeline
+        frame = pending.frame
+        self._faces, self._since_full, self._last_shape = pipeline.detect_faces(frame), 0, frame.shape
+        full = self._pending(frame, pending.now, self._faces, "full", pipeline)
+        return full, pipeline.classify(frame, full.faces)
 
     def process(self, frame: np.ndarray, now: float | None = None, pipeline: MaskPipeline | None = None) -> dict:
         """One frame: `begin`, its watched faces classified, `finish`."""
@@ -140,6 +156,11 @@ class CameraSession:
     def finish(self, pending: Pending, results: list[FaceResult]) -> dict:
         """The second half of `process`: the classified faces of `pending` into tracks, alerts,
         media and counters; returns what a client draws."""
+        if pending.detection == "regions" and self.tracker.disputes(results):
+            # a region pass only confirms: a face it classes otherwise than its track (a borderline
+            # face seen at another scale and alignment), or a new face, is decided by a full pass, so
+            # region search never changes what a track is called, it only saves the passes that agree
+            pending, results = self._full_pass(pending)
         frame, now, found, detection = pending.frame, pending.now, pending.found, pending.detection
         tracks = self.tracker.update(results, now)
         if self.media is not None:  # every face found is blurred in the media, watched or not

@@ -56,15 +56,25 @@ class Tracker:
         self.tracks: dict[int, Track] = {}
         self._next = 1
 
+    def assign(self, faces: list[FaceResult]) -> dict[int, Track]:
+        """{face index: the live track it would join}; faces that would start a track are left out.
+        Changes nothing (`update` joins them)."""
+        live = list(self.tracks.values())
+        if not live or not faces:
+            return {}
+        pairs = match(
+            [t.box for t in live], [f.box for f in faces], np.array([f.score for f in faces]), self.cfg.iou_match
+        )
+        return {face: live[track] for track, face in pairs.items()}
+
+    def disputes(self, faces: list[FaceResult]) -> bool:
+        """Whether any face would start a track or answers another class than its track is called."""
+        assigned = self.assign(faces)
+        return any(i not in assigned or assigned[i].label != face.label for i, face in enumerate(faces))
+
     def update(self, faces: list[FaceResult], now: float) -> list[Track]:
         """Tracks seen in this frame (in the order of `faces`); tracks unseen for too long end."""
-        live = list(self.tracks.values())
-        assigned: dict[int, Track] = {}
-        if live and faces:
-            pairs = match(
-                [t.box for t in live], [f.box for f in faces], np.array([f.score for f in faces]), self.cfg.iou_match
-            )
-            assigned = {face: live[track] for track, face in pairs.items()}
+        assigned = self.assign(faces)
         seen = []
         for i, face in enumerate(faces):
             track = assigned.get(i)
