@@ -15,7 +15,7 @@ from pathlib import Path
 
 # Lowest first. docs/architecture.md describes what each holds.
 LAYERS: list[list[str]] = [
-    ["errors", "atomic_files"],
+    ["errors", "atomic_files", "machine"],
     ["config"],
     ["imageio", "boxes", "plots", "mlflow_tracking", "subprocesses", "compute", "quantization", "onnx_sessions"],
     ["data", "tracking_server"],

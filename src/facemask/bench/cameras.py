@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from facemask.bench.rtsp import CLIPS, shared_clips
 from facemask.config import Camera, load_params
+from facemask.machine import describe
 from facemask.pipeline import MaskPipeline
 from facemask.serving.cameras import PulledCameras
 from facemask.serving.live import LiveStreams
@@ -115,7 +116,13 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['spread']:>7.0%} {r['dropped_share']:>8.0%} {r['latency_ms_p50']:>7.0f} "
               f"{r['latency_ms_p95']:>7.0f} {r['rss_mb']:>7.0f}")  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"fps": args.fps, "seconds": args.seconds, "pipelines": params.serving.pipelines, "clips": list(CLIPS)}
+    meta = {
+        "machine": describe(),
+        "fps": args.fps,
+        "seconds": args.seconds,
+        "pipelines": params.serving.pipelines,
+        "clips": list(CLIPS),
+    }
     args.out.write_text(json.dumps({**meta, "rows": rows}, indent=2))
     print(f"-> {args.out}")
     return 0

@@ -29,6 +29,7 @@ import pandas as pd
 import psutil
 
 from facemask.config import compose, validate, write_params
+from facemask.machine import describe
 
 ENGINES = ("pool", "dask")
 
@@ -143,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     table = pd.DataFrame(rows)
     print(table.to_string(index=False))
     args.out.mkdir(parents=True, exist_ok=True)
-    record = {"machine": {"cpus": os.cpu_count(), "memory_gib": round(psutil.virtual_memory().total / 2**30)},
+    record = {"machine": {**describe(), "memory_gib": round(psutil.virtual_memory().total / 2**30)},
               "slice_images": args.images, "rows": rows}  # fmt: skip
     (args.out / "crop_scale.json").write_text(json.dumps(record, indent=2) + "\n")
     return 0

@@ -31,6 +31,7 @@ from facemask.config import Paths, load_params
 from facemask.detection.retinaface_mnet import preprocess
 from facemask.detector_training.scene_data import manifest_scenes
 from facemask.imageio import read_image
+from facemask.machine import describe
 from facemask.onnx_sessions import ort_session
 from facemask.quantization import quantize
 
@@ -128,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"calibrated on {len(train)} training crops and {len(scenes)} training scenes; {len(test)} test crops")
     print(pd.DataFrame(rows).astype(object).fillna("").to_markdown(index=False))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(rows, indent=2) + "\n")
+    args.out.write_text(json.dumps({"machine": describe(), "rows": rows}, indent=2) + "\n")
     return 0
 
 

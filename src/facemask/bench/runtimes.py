@@ -36,6 +36,7 @@ from facemask.config import Params, load_params
 from facemask.data.voc import evaluation_folder, load_scenes
 from facemask.detection import build_detector
 from facemask.detection.retinaface_mnet import RetinaFaceMobileNetDetector, RetinaFaceOnnxDetector, preprocess
+from facemask.machine import describe, label
 from facemask.onnx_sessions import ort_session
 from facemask.pipeline import MaskPipeline
 from facemask.quantization import quantize
@@ -193,12 +194,18 @@ def main(argv: list[str] | None = None) -> int:
     table = pd.DataFrame(rows)
     table.insert(table.columns.get_loc("dev mAP") + 1, "mAP change", (table["dev mAP"] - table["dev mAP"][0]).round(4))
     print(f"{len(scenes)} dev scenes, {params.detector.name} at {params.pipeline.detect_long_side} + "
-          f"{classifier.meta['backbone']}; {torch.get_num_threads()} threads")  # fmt: skip
+          f"{classifier.meta['backbone']}; {torch.get_num_threads()} threads on {label()}")  # fmt: skip
     print(table.to_markdown(index=False))
     print("\nthe detector on several frames at once (ONNX Runtime, fp32):")
     print(pd.DataFrame(batches).to_markdown(index=False))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    out = {"scenes": len(scenes), "calibration": args.calibration, "rows": rows, "detector_batches": batches}
+    out = {
+        "machine": describe(),
+        "scenes": len(scenes),
+        "calibration": args.calibration,
+        "rows": rows,
+        "detector_batches": batches,
+    }
     args.out.write_text(json.dumps(out, indent=2))
     print(f"-> {args.out}")
     return 0

@@ -24,6 +24,7 @@ import psutil
 
 from facemask.bench.rtsp import RtspServer, shared_clips
 from facemask.config import Camera, load_params
+from facemask.machine import describe
 from facemask.pipeline import MaskPipeline
 from facemask.serving.cameras import PulledCameras
 from facemask.serving.live import LiveStreams
@@ -96,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         "alerts_raised": raised, "alerts_logged": logged,
         "frames_analysed": {c["name"]: c["frames_analysed"] for c in health},
         "connections": {c["name"]: c["connections"] for c in health},
-        "checks": checks, "minutes": minutes,
+        "checks": checks, "minutes": minutes, "machine": describe(),
     }  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))

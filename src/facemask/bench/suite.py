@@ -27,6 +27,7 @@ import pandas as pd
 
 from facemask.config import Params, load_params
 from facemask.imageio import image_file_size, read_image
+from facemask.machine import describe
 
 
 def _median_ms(fn: Callable[[], object], repeats: int, warmup: int = 2) -> float:
@@ -231,6 +232,7 @@ def machine() -> dict:
 
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     return {
+        **describe(),  # CPU model, generation, cores, vector units: whose times these are
         "python": platform.python_version(),
         "torch": torch.__version__,
         "cpus": mp.cpu_count(),

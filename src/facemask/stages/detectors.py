@@ -13,7 +13,7 @@ import sys
 import mlflow
 import pandas as pd
 
-from facemask import mlflow_tracking, plots
+from facemask import machine, mlflow_tracking, plots
 from facemask.cli import run_stage
 from facemask.config import Params
 from facemask.detection import detector_backend
@@ -73,12 +73,13 @@ def compare(params: Params) -> None:
             }
         )
         log.info("%s: mAP %.3f, %.1f fps", variant.name, result["map"], result["fps"])
-    table = pd.DataFrame(rows)
+    table = pd.DataFrame(rows).assign(machine=machine.label())  # every fps of one run, on this machine
     out = paths.reports / "scenes"
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "detectors.csv", index=False)
     done = table[table["status"] == "ok"]
     fig = plots.accuracy_vs_speed(done)
+    fig.suptitle(machine.label(), fontsize=8, x=0.99, ha="right")
     fig.savefig(out / "detectors.png", dpi=110)
     with mlflow.start_run(run_id=ref["run_id"]):
         mlflow.log_figure(fig, "plots/scenes/detectors.png")

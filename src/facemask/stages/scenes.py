@@ -11,7 +11,7 @@ import sys
 
 import mlflow
 
-from facemask import mlflow_tracking
+from facemask import machine, mlflow_tracking
 from facemask.cli import run_stage, write_json
 from facemask.config import Params
 from facemask.scenes.average_precision import format_scene_table
@@ -25,11 +25,12 @@ def scenes(params: Params) -> None:
     run, result = evaluate_scenes(params, paths.classifier)
     out = paths.scene_metrics.parent
     figures = write_reports(run, result, run.labels, out, params.scenes.gallery_size, params.scenes.iou_threshold)
-    write_json(paths.scene_metrics, summary(result))
+    write_json(paths.scene_metrics, {**summary(result), "machine": machine.describe()})  # whose ms and fps
 
     ref = mlflow_tracking.attach(params.mlflow, paths.classifier_run)
     with mlflow.start_run(run_id=ref["run_id"]):
         mlflow.log_metrics(flat_metrics(result))
+        mlflow.set_tag("scenes.machine", machine.label())
         for name, fig in figures.items():
             mlflow.log_figure(fig, f"plots/scenes/{name}")
         mlflow.log_artifact(str(out / "worst_errors.png"), "plots/scenes")
@@ -39,7 +40,7 @@ def scenes(params: Params) -> None:
         f"{params.detector.name} at long side {params.pipeline.detect_long_side or 'native'}"
     )
     print(format_scene_table(result, run.labels))
-    print(f"median {result['frame_ms_median']:.1f} ms/frame ({result['fps']:.1f} fps)")
+    print(f"median {result['frame_ms_median']:.1f} ms/frame ({result['fps']:.1f} fps) on {machine.label()}")
 
 
 def main(argv: list[str] | None = None) -> int:
