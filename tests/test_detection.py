@@ -77,9 +77,10 @@ def test_choose_face_policies():
     assert choose_face([small, large], "drop") == (None, "multi_face")
 
 
-def test_each_backend_says_what_it_needs_from_its_config_entry(shared):
+def test_each_backend_says_what_it_needs_from_its_config_entry(shared, monkeypatch):
     """Stages ask the backend (not its name) whether it reads a weights file; a target that is no
     backend's from_config is a config error naming it."""
+    monkeypatch.setenv("FACEMASK_MIRROR", str(shared))  # the suite's mirror, also when pytest runs alone
     params = validate(compose())
     reads = {name: detector_backend(cfg).reads_weights for name, cfg in params.detectors.items()}
     assert reads == {"yunet": True, "retinaface_mnet": True, "retinaface": False, "retinaface_ft": True}
