@@ -103,10 +103,11 @@ def run_seed(repo: Path, work: Path, seed: int) -> Path:
 
 
 def log_comparison(table: pd.DataFrame, summary: pd.DataFrame, repo: Path) -> str:
-    """One MLflow comparison in this checkout's tracking store: a parent run (means and sds) and a
-    child run per seed; returns the parent's run id."""
-    params = load_params(repo / "params.yaml")
-    experiment_id = mlflow_tracking.setup(params.mlflow)
+    """One MLflow comparison in this checkout's tracking store, experiment `<experiment>-seeds` (the
+    training experiment keeps its training runs): a parent run (means and sds) and a child run per
+    seed; returns the parent's run id."""
+    cfg = load_params(repo / "params.yaml").mlflow
+    experiment_id = mlflow_tracking.setup(cfg.model_copy(update={"experiment": f"{cfg.experiment}-seeds"}))
     tag = f"seeds-{len(table)}"
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"seed spread ({len(table)} seeds)") as parent:
         mlflow.set_tags({"comparison": tag, "facemask.kind": "seed-spread", "machine": label()})
