@@ -48,7 +48,7 @@ def figures(root: Path) -> dict[str, float]:
         return json.loads((reports / rel).read_text())
 
     detector, classifier = read("detector/train.json"), read("train.json")
-    test, dev = read("metrics.json"), read("scenes/metrics.json")
+    test, dev = (json.loads((root / path).read_text()) for path in (params.paths.metrics, params.paths.scene_metrics))
     sweep = pd.read_csv(reports / "rejection.csv")
     chosen = sweep.loc[(sweep["reject_min_probability"] - classifier["reject_min_probability"]).abs().idxmin()]
     sources = test["per_source"]
