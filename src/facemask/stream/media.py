@@ -98,12 +98,6 @@ def blur_faces(frame: np.ndarray, faces: tuple[Box, ...], keep: Box | None = Non
     return out
 
 
-BLOCKS = 1
-
-
-BLOCKS = 2
-
-
 class MediaWriter:
     """Encodes finished recordings on one background thread: the snapshot (the frame where the
     alerted face scored best, its box drawn) and the clip. At most `max_pending` wait; beyond that a
