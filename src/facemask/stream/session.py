@@ -117,8 +117,12 @@ class CameraSession:
             if sum((x2 - x1) * (y2 - y1) for x1, y1, x2, y2 in regions) < roi.max_share * h * w:
                 self._faces = pipeline.detect_faces(frame, regions)
                 return self._faces, "regions"
+        return self._full(frame, pipeline), "full"
+
+    def _full(self, frame: np.ndarray, pipeline: MaskPipeline) -> list[Face]:
+        """The whole frame searched; the next region passes count from here."""
         self._faces, self._since_full, self._last_shape = pipeline.detect_faces(frame), 0, frame.shape
-        return self._faces, "full"
+        return self._faces
 
     def begin(self, frame: np.ndarray, now: float | None = None, pipeline: MaskPipeline | None = None) -> Pending:
         """The first half of `process`: the frame checked and its faces found (the watched ones the
@@ -141,10 +145,8 @@ class CameraSession:
 
     def _full_pass(self, pending: Pending) -> tuple[Pending, list[FaceResult]]:
         """`pending`'s frame searched whole and classified: what a disputed region pass is replaced by."""
-        pipeline = pending.pipeline or self.pipeline
-        frame = pending.frame
-        self._faces, self._since_full, self._last_shape = pipeline.detect_faces(frame), 0, frame.shape
-        full = self._pending(frame, pending.now, self._faces, "full", pipeline)
+        frame, pipeline = pending.frame, pending.pipeline or self.pipeline
+        full = self._pending(frame, pending.now, self._full(frame, pipeline), "full", pipeline)
         return full, pipeline.classify(frame, full.faces)
 
     def process(self, frame: np.ndarray, now: float | None = None, pipeline: MaskPipeline | None = None) -> dict:
