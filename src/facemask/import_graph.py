@@ -15,7 +15,7 @@ from pathlib import Path
 
 # Lowest first. docs/architecture.md describes what each holds.
 LAYERS: list[list[str]] = [
-    ["errors", "atomic_files", "machine"],
+    ["errors", "atomic_files", "machine", "numerics"],
     ["config"],
     ["imageio", "boxes", "plots", "mlflow_tracking", "subprocesses", "compute", "quantization", "onnx_sessions"],
     ["data", "tracking_server"],

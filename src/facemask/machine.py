@@ -43,16 +43,20 @@ def describe() -> dict[str, object]:
         "cores": cores,
         "vector": [f for f in VECTOR_FLAGS if f in flags],
         "mhz": round(float(info["cpu MHz"])) if "cpu MHz" in info else None,
+        # the numeric libraries' kernels in force (facemask.numerics caps them at AVX2 on load)
+        "kernels": os.environ.get("ONEDNN_MAX_CPU_ISA", "native").lower(),
         "os": f"{platform.system()} {platform.release()}",
     }
 
 
 def label() -> str:
-    """One line for a table's caption: 'AMD EPYC (25/1/1), 2 cores, avx2'."""
+    """One line for a table's caption: 'AMD EPYC (25/1/1), 2 cores, avx2', and the kernels' cap where
+    it is below the CPU's best: 'AMD EPYC (25/17/1), 2 cores, avx512f, kernels avx2'."""
     m = describe()
     generation = f" ({m['cpu_generation']})" if m["cpu_generation"] else ""
     best = next((v for v in m["vector"] if v.startswith(("avx512", "amx", "avx2"))), "no avx2")
-    return f"{m['cpu']}{generation}, {m['cores']} cores, {best}"
+    capped = f", kernels {m['kernels']}" if m["kernels"] != "native" and not best.startswith(m["kernels"]) else ""
+    return f"{m['cpu']}{generation}, {m['cores']} cores, {best}{capped}"
 
 
 if __name__ == "__main__":

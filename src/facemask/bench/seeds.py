@@ -8,6 +8,9 @@ to a model is adopted on the mean over seeds on validation data, not on one run.
 `experiments/seeds/`) with `train_seed` set in `conf/config.yaml`, its data and ingest outputs taken
 from this checkout (the data split is `seed`'s and stays), then the real `dvc repro`: the detector's
 fine-tuning, the crops, the classifier and every evaluation, as `make test` runs them.
+`run --override KEY=VALUE ...` trains a candidate change instead (Hydra overrides, as `make params
+OVERRIDES=...` takes them, applied in every clone; `--work` keeps it apart from the plain seeds):
+`--seeds 42 43 44 --override +detector_train.callbacks.ema._target_=... --work experiments/ema`.
 `collect DIR ...`: the table from pipeline checkouts already run (this one included: `.`).
 Both print one row per seed and the mean ± sd, write `--out` (CSV, plus `.json` with the summary and
 the machine) and log one MLflow comparison: a parent run with the means and sds, a child run per seed.
@@ -93,25 +96,27 @@ def clone_for_seed(repo: Path, work: Path, seed: int) -> Path:
     return dest
 
 
-def run_seed(repo: Path, work: Path, seed: int) -> Path:
+def run_seed(repo: Path, work: Path, seed: int, overrides: list[str] = ()) -> Path:
     dest = clone_for_seed(repo, work, seed)
     bin_dir = Path(sys.executable).parent
-    subprocess.run([str(bin_dir / "python"), "-m", "facemask.config"], cwd=dest, check=True)
-    print(f"== train_seed {seed}: dvc repro in {dest}", flush=True)
+    subprocess.run([str(bin_dir / "python"), "-m", "facemask.config", *overrides], cwd=dest, check=True)
+    print(f"== train_seed {seed}{' with ' + ' '.join(overrides) if overrides else ''}: dvc repro in {dest}", flush=True)
     subprocess.run([str(bin_dir / "dvc"), "repro"], cwd=dest, check=True)
     return dest
 
 
-def log_comparison(table: pd.DataFrame, summary: pd.DataFrame, repo: Path) -> str:
+def log_comparison(table: pd.DataFrame, summary: pd.DataFrame, repo: Path, overrides: list[str] = ()) -> str:
     """One MLflow comparison in this checkout's tracking store, experiment `<experiment>-seeds` (the
     training experiment keeps its training runs): a parent run (means and sds) and a child run per
     seed; returns the parent's run id."""
     cfg = load_params(repo / "params.yaml").mlflow
     experiment_id = mlflow_tracking.setup(cfg.model_copy(update={"experiment": f"{cfg.experiment}-seeds"}))
     tag = f"seeds-{len(table)}"
-    with mlflow.start_run(experiment_id=experiment_id, run_name=f"seed spread ({len(table)} seeds)") as parent:
+    name = f"seed spread ({len(table)} seeds{', ' + ' '.join(overrides) if overrides else ''})"
+    with mlflow.start_run(experiment_id=experiment_id, run_name=name[:250]) as parent:
         mlflow.set_tags({"comparison": tag, "facemask.kind": "seed-spread", "machine": label()})
         mlflow.log_param("train_seeds", ",".join(str(int(s)) for s in table["train_seed"]))
+        mlflow.log_param("overrides", " ".join(overrides) or "none")
         for name, row in summary.iterrows():
             mlflow.log_metrics({f"{name}.mean": float(row["mean"]), f"{name}.sd": float(row["sd"])})
         for _, row in table.iterrows():
@@ -130,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--seeds", type=int, nargs="+", required=True)
     run.add_argument("--work", type=Path, default=Path("experiments/seeds"))
     run.add_argument("--with-this", action="store_true", help="add this checkout's own run as one more seed")
+    run.add_argument("--override", nargs="+", default=[], metavar="KEY=VALUE", help="Hydra overrides: a candidate")
     collect = sub.add_parser("collect", help="tabulate pipeline checkouts already run")
     collect.add_argument("dirs", type=Path, nargs="+")
     for p in (run, collect):
@@ -138,7 +144,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     repo = Path.cwd()
     if args.command == "run":
-        dirs = [run_seed(repo, args.work.resolve(), s) for s in args.seeds] + ([repo] if args.with_this else [])
+        if args.override and args.with_this:
+            raise SystemExit("--with-this adds this checkout's run, which has no --override: compare in two tables")
+        work = args.work.resolve()
+        dirs = [run_seed(repo, work, s, args.override) for s in args.seeds] + ([repo] if args.with_this else [])
     else:
         dirs = args.dirs
     missing = [str(d) for d in dirs if not (d / "params.yaml").is_file()]
@@ -148,14 +157,16 @@ def main(argv: list[str] | None = None) -> int:
     summary = spread(table)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(args.out, index=False)
-    record = {"machine": describe(), "seeds": table["train_seed"].tolist(), "spread": summary.round(4).T.to_dict()}
+    overrides = args.override if args.command == "run" else []
+    record = {"machine": describe(), "seeds": table["train_seed"].tolist(), "overrides": overrides,
+              "spread": summary.round(4).T.to_dict()}  # fmt: skip
     args.out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
     with pd.option_context("display.width", 200, "display.max_columns", 30):
         print(table.round(4).to_string(index=False))
         print(f"\nover {len(table)} training seeds on {label()}:")
         print(summary.round(4).to_string())
     if not args.no_mlflow:
-        print(f"MLflow: seed-spread run {log_comparison(table, summary, repo)}")
+        print(f"MLflow: seed-spread run {log_comparison(table, summary, repo, overrides)}")
     print(f"-> {args.out} and {args.out.with_suffix('.json')}")
     return 0
 

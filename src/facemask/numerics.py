@@ -1,0 +1,54 @@
+"""One arithmetic on every x86 machine: the numeric libraries' CPU kernels capped at AVX2.
+
+PyTorch (ATen), oneDNN, MKL, NumPy and OpenCV each pick their kernels by the CPU they find.
+AVX-512 kernels add in another order than AVX2 ones, so the same seeded training computes other floats
+from the first step and ends as another model: the project's AVX-512 machines trained one detector and
+classifier (dev mAP 0.707), its AVX2-only machines another (0.680), each bit for bit every time.
+Capped at AVX2, which every x86 machine of this kind has, an AVX-512 machine fine-tunes the AVX2
+machines' detector bit for bit (README, Machines). ONNX Runtime, which runs the detector for the crops,
+the evaluation and the service, has no such setting: its AVX-512 kernels stay. The cap costs an
+AVX-512 machine some speed (detector fine-tuning 67 s an epoch against 60), not accuracy.
+
+`FACEMASK_CPU_ISA`: `avx2` (default) applies the cap; `native` leaves each library its own choice
+(fastest, not reproducible across machines). A variable already set in the environment wins over
+the cap's value for it. The libraries read these variables once, when they load: `facemask`'s
+package init calls `cap()` before any module of it imports torch or OpenCV.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+SETTING = "FACEMASK_CPU_ISA"
+# what each library reads, and its value for the cap
+AVX2 = {
+    "ATEN_CPU_CAPABILITY": "avx2",  # PyTorch's own vectorised kernels (depthwise convs, activations)
+    "ONEDNN_MAX_CPU_ISA": "AVX2",  # oneDNN: PyTorch's convolutions and matrix products
+    "MKL_CBWR": "AVX2",  # MKL's conditional numerical reproducibility: its BLAS, AVX2 code paths
+    "NPY_DISABLE_CPU_FEATURES": "X86_V4 AVX512_ICL AVX512_SPR",  # NumPy's AVX-512 loops (exp, log, sums)
+    "OPENCV_CPU_DISABLE": "AVX512-SKX",  # OpenCV's AVX-512 code (resizes, colour conversion, warps)
+}
+
+
+def cap() -> dict[str, str]:
+    """Set the cap's variables (those not set already) unless `FACEMASK_CPU_ISA=native` or the CPU has
+    no AVX2 (then there is nothing to cap to); returns what it set."""
+    choice = os.environ.get(SETTING, "avx2").strip().lower()
+    if choice not in ("avx2", "native"):
+        raise ValueError(f"{SETTING}={choice!r}: use avx2 (the same models on every machine) or native")
+    if choice == "native" or not _has_avx2():
+        return {}
+    applied = {k: v for k, v in AVX2.items() if k not in os.environ}
+    os.environ.update(applied)
+    return applied
+
+
+def _has_avx2() -> bool:
+    """Whether the CPU has AVX2 (its flags in /proc/cpuinfo; elsewhere, no cap). No import of
+    `facemask.machine`: the package init runs this, and `python -m facemask.machine` must still work."""
+    try:
+        return "avx2" in Path("/proc/cpuinfo").read_text().partition("\n\n")[0].split()
+    except OSError:
+        return False
+
