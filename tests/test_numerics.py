@@ -69,3 +69,36 @@ def test_a_bad_setting_is_a_clear_error():
     )  # fmt: skip
     assert run.returncode != 0
     assert "FACEMASK_CPU_ISA='avx1024'" in run.stderr and "use avx2" in run.stderr
+
+
+def identity_graph(path) -> str:
+    import onnx
+    from onnx import TensorProto, helper
+
+    x, y = (helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 3]) for n in "xy")
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y])
+    onnx.save(helper.make_model(graph, ir_version=9, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return str(path)
+
+
+@pytest.mark.parametrize("stage", ["crop", "train"])
+def test_the_stages_a_model_is_made_of_run_onnx_runtime_without_layout_optimizations(stage, tmp_path):
+    """The crop and train stages set `reproducible_inference()` first (here: before refusing a missing
+    params file): their ONNX Runtime sessions, and their workers', then leave out the layout
+    optimizations whose sums differ between AVX2 and AVX-512; other processes (the service, the
+    benches) keep them all, and `FACEMASK_CPU_ISA=native` keeps them everywhere."""
+    code = (
+        f"import contextlib, facemask.stages.{stage} as stage; from facemask.onnx_sessions import ort_session\n"
+        f"level = lambda: str(ort_session({identity_graph(tmp_path / 'g.onnx')!r}).get_session_options()"
+        ".graph_optimization_level).split('.')[-1]\n"
+        "print(level())\n"
+        f"with contextlib.suppress(SystemExit): stage.main(['--params', {str(tmp_path / 'missing.yaml')!r}])\n"
+        "print(level())\n"
+    )
+    clean = {k: v for k, v in os.environ.items() if k != numerics.ORT_SETTING}
+    cases = [({}, ["ORT_ENABLE_ALL", "ORT_ENABLE_EXTENDED"]), ({numerics.SETTING: "native"}, ["ORT_ENABLE_ALL"] * 2)]
+    for env, expected in cases:
+        run = subprocess.run([str(BIN / "python"), "-c", code], env={**clean, **env}, capture_output=True, text=True)
+        assert run.returncode == 0, run.stderr[-2000:]
+        assert run.stdout.split()[-2:] == expected
+        assert "missing.yaml" in run.stderr  # the stage did run, and refused the missing file

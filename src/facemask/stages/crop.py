@@ -32,6 +32,7 @@ from facemask.config import Params
 from facemask.detection import detector_backend
 from facemask.errors import FacemaskError
 from facemask.face_crops import process
+from facemask.numerics import reproducible_inference
 from facemask.pipeline import FaceFinder
 
 log = logging.getLogger("facemask.crop")
@@ -177,6 +178,7 @@ def crop(params: Params) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    reproducible_inference()  # a model is made of what this stage computes: the same floats on every x86
     return run_stage("crop", crop, argv)
 
 

@@ -23,6 +23,7 @@ from facemask.config import Params
 from facemask.crop_scoring import predict_crops, split_crops
 from facemask.detection import detector_backend
 from facemask.imageio import read_image
+from facemask.numerics import reproducible_inference
 from facemask.preprocess import Preprocessor
 from facemask.quantization import quantize_graph
 from facemask.scenes.rejection import fit_rejection
@@ -148,6 +149,7 @@ def record_rejection(params: Params, classifier: MaskClassifier) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
+    reproducible_inference()  # a model is made of what this stage computes: the same floats on every x86
     return run_stage("train", train, argv)
 
 
