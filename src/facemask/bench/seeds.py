@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -101,7 +102,9 @@ def run_seed(repo: Path, work: Path, seed: int, overrides: list[str] = ()) -> Pa
     bin_dir = Path(sys.executable).parent
     subprocess.run([str(bin_dir / "python"), "-m", "facemask.config", *overrides], cwd=dest, check=True)
     print(f"== train_seed {seed}{' with ' + ' '.join(overrides) if overrides else ''}: dvc repro in {dest}", flush=True)
-    subprocess.run([str(bin_dir / "dvc"), "repro"], cwd=dest, check=True)
+    # the stages' `python` is this environment's, however this was started (make's `uv run` or not)
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    subprocess.run([str(bin_dir / "dvc"), "repro"], cwd=dest, check=True, env=env)
     return dest
 
 
