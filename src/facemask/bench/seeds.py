@@ -31,7 +31,7 @@ import mlflow
 import pandas as pd
 
 from facemask import mlflow_tracking
-from facemask.config import load_params
+from facemask.config import compose, load_params, write_params
 from facemask.machine import describe, label
 
 CLOSE_UPS = ("face-mask-2class", "maskedface-net-sample")
@@ -100,7 +100,12 @@ def clone_for_seed(repo: Path, work: Path, seed: int) -> Path:
 def run_seed(repo: Path, work: Path, seed: int, overrides: list[str] = ()) -> Path:
     dest = clone_for_seed(repo, work, seed)
     bin_dir = Path(sys.executable).parent
-    subprocess.run([str(bin_dir / "python"), "-m", "facemask.config", *overrides], cwd=dest, check=True)
+    # the clone's own conf/ (a shared environment's `python -m facemask.config` reads the conf/ of the
+    # checkout it was installed from: every clone would train that checkout's train_seed)
+    raw = compose(list(overrides), config_dir=dest / "conf")
+    if raw["train_seed"] != seed:
+        raise SystemExit(f"{dest}: params compose train_seed {raw['train_seed']}, not {seed} (an override sets it?)")
+    write_params(raw, dest / "params.yaml")
     print(f"== train_seed {seed}{' with ' + ' '.join(overrides) if overrides else ''}: dvc repro in {dest}", flush=True)
     # the stages' `python` is this environment's, however this was started (make's `uv run` or not)
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
