@@ -10,8 +10,8 @@ the evaluation and the service, has no such setting, but its AVX-512 and AVX2 ke
 bit without its layout optimizations (NCHWc blocks of 16 channels against 8: other sums; measured on
 the detector, AVX2 emulated by QEMU's Haswell against this machine's AVX-512): the stages a model is
 made of (the crops, the rejection threshold) run it so (`reproducible_inference`), the service and
-the evaluations at full speed (1.7x faster detector). The cap costs an AVX-512 machine some speed
-(detector fine-tuning 67 s an epoch against 60), not accuracy.
+the evaluations at full speed (1.7x faster detector). The cap costs an AVX-512 machine no
+measurable speed (a training step within the runs' noise, README), nor accuracy.
 
 `FACEMASK_CPU_ISA`: `avx2` (default) applies the cap; `native` leaves each library its own choice
 (fastest, not reproducible across machines). A variable already set in the environment wins over
@@ -38,14 +38,19 @@ AVX2 = {
 def cap() -> dict[str, str]:
     """Set the cap's variables (those not set already) unless `FACEMASK_CPU_ISA=native` or the CPU has
     no AVX2 (then there is nothing to cap to); returns what it set."""
-    choice = os.environ.get(SETTING, "avx2").strip().lower()
-    if choice not in ("avx2", "native"):
-        raise ValueError(f"{SETTING}={choice!r}: use avx2 (the same models on every machine) or native")
-    if choice == "native" or not _has_avx2():
+    if _choice() == "native" or not _has_avx2():
         return {}
     applied = {k: v for k, v in AVX2.items() if k not in os.environ}
     os.environ.update(applied)
     return applied
+
+
+def _choice() -> str:
+    """`FACEMASK_CPU_ISA`, checked: `avx2` (the default) or `native`."""
+    choice = os.environ.get(SETTING, "avx2").strip().lower()
+    if choice not in ("avx2", "native"):
+        raise ValueError(f"{SETTING}={choice!r}: use avx2 (the same models on every machine) or native")
+    return choice
 
 
 def _has_avx2() -> bool:
@@ -63,7 +68,7 @@ ORT_SETTING = "FACEMASK_ORT_OPTIMIZATION"  # ONNX Runtime's graph optimizations:
 def reproducible_inference() -> None:
     """For the stages a model is made of: ONNX Runtime without layout optimizations (`extended`), the
     same floats on AVX2 and AVX-512, while the cap is on; a value already set wins."""
-    if os.environ.get(SETTING, "avx2").strip().lower() != "native":
+    if _choice() != "native":
         os.environ.setdefault(ORT_SETTING, "extended")
 
 
