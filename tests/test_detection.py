@@ -83,7 +83,13 @@ def test_each_backend_says_what_it_needs_from_its_config_entry(shared, monkeypat
     monkeypatch.setenv("FACEMASK_MIRROR", str(shared))  # the suite's mirror, also when pytest runs alone
     params = validate(compose())
     reads = {name: detector_backend(cfg).reads_weights for name, cfg in params.detectors.items()}
-    assert reads == {"yunet": True, "retinaface_mnet": True, "retinaface": False, "retinaface_ft": True}
+    assert reads == {
+        "yunet": True,
+        "retinaface_mnet": True,
+        "retinaface": False,
+        "retinaface_ft": True,
+        "centerface": True,
+    }
     assert all(detector_backend(cfg).name == name for name, cfg in params.detectors.items())
     yunet_cfg = params.detectors["yunet"]
     assert (

@@ -156,7 +156,7 @@ class Weights(_Strict):
     sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
 
 
-DetectorName = Literal["yunet", "retinaface", "retinaface_mnet", "retinaface_ft"]
+DetectorName = Literal["yunet", "retinaface", "retinaface_mnet", "retinaface_ft", "centerface"]
 
 
 class BoxFit(_Strict):
@@ -182,6 +182,9 @@ class Detector(_Strict):
     top_k: int = Field(gt=0)
     min_face: int = Field(ge=1)
     box_fit: BoxFit = Field(default_factory=BoxFit)
+    # > 0: a second pass on the image shrunk by this factor, merged by NMS, for faces larger than the
+    # detector's training range (a close-up photo's face for a detector made for small faces); 0: none
+    large_face_pass: float = Field(default=0.0, ge=0.0, lt=1.0)
 
 
 class Background(_Strict):

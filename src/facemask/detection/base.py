@@ -98,16 +98,44 @@ def detector_backend(cfg: DetectorConfig) -> type[DetectorBackend]:
     return backend
 
 
+class LargeFacePass:
+    """A detector that also looks at the image shrunk by `scale` and keeps the best of overlapping
+    boxes (NMS at `nms_threshold`): faces larger than its training range are found at the small size."""
+
+    def __init__(self, detector: FaceDetector, scale: float, nms_threshold: float):
+        self.detector, self.scale, self.nms_threshold = detector, scale, nms_threshold
+        self.name = detector.name
+
+    def detect(self, image: np.ndarray) -> list[Face]:
+        import cv2
+        import torch
+        from torchvision.ops import nms
+
+        faces = self.detector.detect(image)
+        h, w = image.shape[:2]
+        size = (round(w * self.scale), round(h * self.scale))
+        if min(size) < 32:  # nothing large enough to need it
+            return faces
+        small = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+        faces += [face.transformed(self.scale) for face in self.detector.detect(small)]
+        if len(faces) < 2:
+            return faces
+        boxes = torch.from_numpy(np.stack([face.box for face in faces]))
+        scores = torch.tensor([face.score for face in faces], dtype=torch.float32)
+        return [faces[i] for i in nms(boxes, scores, self.nms_threshold).tolist()]
+
+
 def build_detector(cfg: DetectorConfig, weights: Path | None = None) -> FaceDetector:
-    """The configured backend, built by Hydra from its `_target_` factory; `weights` defaults to the
-    mirror copy or a cached download. The factory's own errors (a missing weights file, a failed
-    download) come through unwrapped."""
+    """The configured backend, built by Hydra from its `_target_` factory (with its `large_face_pass`
+    when it has one); `weights` defaults to the mirror copy or a cached download. The factory's own
+    errors (a missing weights file, a failed download) come through unwrapped."""
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
 
     try:
-        return instantiate({"_target_": cfg.target}, cfg=cfg, weights=weights)
+        detector = instantiate({"_target_": cfg.target}, cfg=cfg, weights=weights)
     except InstantiationException as err:
         if err.__cause__ is not None and not isinstance(err.__cause__, ImportError | AttributeError):
             raise err.__cause__ from None
         raise ValueError(f"detector._target_: cannot build {cfg.target!r} for {cfg.name!r}: {err}") from None
+    return LargeFacePass(detector, cfg.large_face_pass, cfg.nms_threshold) if cfg.large_face_pass else detector
