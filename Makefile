@@ -12,7 +12,7 @@ FACEMASK_MIRROR ?= $(if $(wildcard ../shared/datasets),$(abspath ../shared),)
 export FACEMASK_MIRROR
 OVERRIDES ?=
 
-.PHONY: help setup params check-params pipeline run test test-fast lint format mlflow-ui mlflow-server postgres proxy mqtt-broker rtsp-server container clean bento-models serve bento bench-latency scenes bench bench-classifiers bench-quantization bench-runtimes bench-cameras soak browser stream compliance bench-stream loadtest api-key audit bench-seeds
+.PHONY: help setup params check-params pipeline run test test-fast lint format mlflow-ui mlflow-server postgres proxy mqtt-broker rtsp-server container clean bento-models serve bento bench-latency scenes bench bench-classifiers bench-quantization bench-runtimes bench-cameras soak browser stream compliance bench-stream loadtest api-key audit bench-seeds bench-peers
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -115,6 +115,9 @@ bench-classifiers: ## train + score classifier recipes end to end, one MLflow ex
 
 bench-seeds: ## the pipeline's spread: dvc repro once per training seed in scratch clones (SEEDS="43 44"), with this checkout's run -> reports/bench/seeds.{csv,json}, one MLflow comparison
 	$(RUN) python -m facemask.bench.seeds run --seeds $(or $(SEEDS),43 44) --with-this
+
+bench-peers: ## the AIZOO peer and our pipeline on the same 200 dev scenes in one process: mAP, AP per class, recall by size, frame median/p95, ratios -> reports/bench/peers.{csv,json}
+	$(RUN) python -m facemask.bench.peers
 
 bench-cameras: ## 8 then 16 pulled file cameras at 5 fps on one worker: fps per camera, drops, latency, RSS -> reports/bench/cameras.json
 	$(RUN) python -m facemask.bench.cameras
