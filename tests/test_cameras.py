@@ -24,8 +24,8 @@ from facemask.serving.live import LiveStreams
 from facemask.serving.packaging import load_cameras_config
 from facemask.serving.pool import PipelinePool
 from facemask.stream.capture import CameraReader, public_source
+from facemask.stream.delivery import read_jsonl
 from facemask.stream.session import CameraSession
-from facemask.stream.sinks import read_jsonl
 from facemask.stream.zones import ZoneFilter
 from facemask.subprocesses import stop
 

@@ -19,10 +19,11 @@ import pytest
 from facemask.boxes import iou_matrix
 from facemask.config import load_params
 from facemask.imageio import encode_jpeg
+from facemask.stream.delivery import read_jsonl
 from facemask.stream.media import EventMedia
 from facemask.stream.retention import MediaRetention
 from facemask.stream.session import CameraSession
-from facemask.stream.sinks import EventSinks, read_jsonl
+from facemask.stream.sinks import EventSinks
 
 from .conftest import FPS, REPO, free_port
 from .test_stream import frames, run, stream_cfg

@@ -23,7 +23,7 @@ from facemask.registry import promote
 from facemask.serving.packaging import ModelLoadError, load_pipeline
 from facemask.serving.startup import EXIT_CODE
 from facemask.stream.client import StreamClient
-from facemask.stream.sinks import read_jsonl
+from facemask.stream.delivery import read_jsonl
 
 from .conftest import API_KEY, FPS, REPO, Subscriber, entrance_frames, free_port, start_bento, start_mlflow, stop
 from .test_registry import log_candidate

@@ -23,8 +23,9 @@ import pytest
 
 from facemask.config import load_params
 from facemask.pipeline import MaskPipeline
+from facemask.stream.delivery import read_jsonl
 from facemask.stream.session import CameraSession
-from facemask.stream.sinks import EventSinks, read_jsonl
+from facemask.stream.sinks import EventSinks
 
 from .conftest import FPS, REPO, Subscriber, free_port
 

@@ -1,8 +1,10 @@
-"""The package's layers, and a check that imports only go down them.
+"""The package's layers, and a check that imports only go down them and never in a circle.
 
 Each top-level module or subpackage of `facemask` is a unit; a unit may import units of lower layers
-only. `python -m facemask.import_graph` prints the unit graph and every import that goes up or
-sideways (exit 1 if any); the tests run it. Imports inside functions count too.
+only. Within a unit, modules may import each other, but no module may reach itself again through its
+imports (a cycle: two modules that need each other belong in one, or share a third). `python -m
+facemask.import_graph` prints the unit graph, every import that goes up or sideways and every import
+cycle (exit 1 if any); the tests run it. Imports inside functions count too.
 """
 
 from __future__ import annotations
@@ -97,6 +99,60 @@ def closure(root: Path, modules: list[str]) -> set[Path]:
     return seen
 
 
+def module_imports(root: Path) -> dict[str, set[str]]:
+    """{module: the package's modules it imports} (a package is its `__init__`), anywhere in the file."""
+    graph: dict[str, set[str]] = {}
+    for path in sorted(root.rglob("*.py")):
+        module = ".".join((PACKAGE, *path.relative_to(root).with_suffix("").parts)).removesuffix(".__init__")
+        targets: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                targets.update(a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                targets.add(node.module)
+                targets.update(f"{node.module}.{a.name}" for a in node.names)  # a submodule imported by name
+        graph[module] = {
+            t for t in targets if t != module and t.startswith(f"{PACKAGE}.") and _module_path(root, t) is not None
+        }
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The import cycles: each group of modules that reach one another (Tarjan's strongly connected
+    components of more than one module), sorted, as a path that closes on its first module."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    groups: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for dest in sorted(graph.get(node, ())):
+            if dest not in index:
+                visit(dest)
+                low[node] = min(low[node], low[dest])
+            elif dest in on_stack:
+                low[node] = min(low[node], index[dest])
+        if low[node] == index[node]:
+            group = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                group.append(member)
+                if member == node:
+                    break
+            if len(group) > 1:
+                groups.append(sorted(group))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return sorted(groups)
+
+
 def violations(edges: dict[tuple[str, str], set[str]]) -> list[str]:
     """Each import that is not strictly downward, or involves a unit no layer names."""
     out = []
@@ -127,8 +183,11 @@ def main(argv: list[str] | None = None) -> int:
     problems = violations(edges)
     for line in problems:
         print(f"layer violation: {line}", file=sys.stderr)
-    print(f"{len(edges)} imports between {len(RANK)} units; {len(problems)} violations")
-    return 1 if problems else 0
+    circles = cycles(module_imports(args.root))
+    for group in circles:
+        print(f"import cycle: {' -> '.join([*group, group[0]])}", file=sys.stderr)
+    print(f"{len(edges)} imports between {len(RANK)} units; {len(problems)} violations; {len(circles)} import cycles")
+    return 1 if problems or circles else 0
 
 
 if __name__ == "__main__":

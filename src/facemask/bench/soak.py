@@ -29,7 +29,7 @@ from facemask.pipeline import MaskPipeline
 from facemask.serving.cameras import PulledCameras
 from facemask.serving.live import LiveStreams
 from facemask.serving.pool import PipelinePool
-from facemask.stream.sinks import read_jsonl
+from facemask.stream.delivery import read_jsonl
 
 
 def main(argv: list[str] | None = None) -> int:

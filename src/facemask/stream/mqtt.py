@@ -8,7 +8,7 @@ Topics under `topic_prefix` (default `facemask`):
 - `<prefix>/availability`: `online` (retained) once connected; `offline` when the service stops,
   or from the broker (the last will) when the service dies without a word.
 
-Delivery is `sinks.Delivery`'s: a background thread publishes in order and waits for the broker's
+Delivery is `delivery.Delivery`'s: a background thread publishes in order and waits for the broker's
 acknowledgement; while the broker is away events wait in a bounded queue, then in a pending file,
 and go out when it is back. The frame loop never waits for the broker.
 """
@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 import paho.mqtt.client as mqtt
 
 from facemask.config import Mqtt
-from facemask.stream.sinks import Delivery
+from facemask.stream.delivery import Delivery
 
 log = logging.getLogger("facemask.events")
 
