@@ -42,11 +42,29 @@ def unit_of(module: str) -> str | None:
     return parts[1] if parts[0] == PACKAGE and len(parts) > 1 else None
 
 
+def module_name(root: Path, path: Path) -> str:
+    """`<root>/scenes/evaluate.py` -> `facemask.scenes.evaluate` (a package: its `__init__`'s name)."""
+    return ".".join((PACKAGE, *path.relative_to(root).with_suffix("").parts)).removesuffix(".__init__")
+
+
+def imported_names(path: Path) -> set[str]:
+    """Every module name the file's import statements name, anywhere in it: `import a.b` gives a.b,
+    `from a import x` gives a and a.x (x may be a submodule imported by name)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module)
+            names.update(f"{node.module}.{a.name}" for a in node.names)
+    return names
+
+
 def imports(root: Path) -> dict[tuple[str, str], set[str]]:
     """{(importing unit, imported unit): the importing modules} for every import between units."""
     edges: dict[tuple[str, str], set[str]] = defaultdict(set)
     for path in sorted(root.rglob("*.py")):
-        module = ".".join((PACKAGE, *path.relative_to(root).with_suffix("").parts)).removesuffix(".__init__")
+        module = module_name(root, path)
         source = unit_of(module)
         if source is None:
             continue
@@ -87,15 +105,7 @@ def closure(root: Path, modules: list[str]) -> set[Path]:
             if path is None or path in seen:
                 continue
             seen.add(path)
-            for node in ast.walk(ast.parse(path.read_text(), str(path))):
-                if isinstance(node, ast.Import):
-                    todo += [a.name for a in node.names if a.name.startswith(f"{PACKAGE}.")]
-                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                    if node.module == PACKAGE:
-                        todo += [f"{PACKAGE}.{a.name}" for a in node.names]
-                    elif node.module.startswith(f"{PACKAGE}."):
-                        todo.append(node.module)
-                        todo += [f"{node.module}.{a.name}" for a in node.names]  # submodules imported by name
+            todo += sorted(n for n in imported_names(path) if n.startswith(f"{PACKAGE}."))
     return seen
 
 
@@ -103,16 +113,11 @@ def module_imports(root: Path) -> dict[str, set[str]]:
     """{module: the package's modules it imports} (a package is its `__init__`), anywhere in the file."""
     graph: dict[str, set[str]] = {}
     for path in sorted(root.rglob("*.py")):
-        module = ".".join((PACKAGE, *path.relative_to(root).with_suffix("").parts)).removesuffix(".__init__")
-        targets: set[str] = set()
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            if isinstance(node, ast.Import):
-                targets.update(a.name for a in node.names)
-            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                targets.add(node.module)
-                targets.update(f"{node.module}.{a.name}" for a in node.names)  # a submodule imported by name
+        module = module_name(root, path)
         graph[module] = {
-            t for t in targets if t != module and t.startswith(f"{PACKAGE}.") and _module_path(root, t) is not None
+            name
+            for name in imported_names(path)
+            if name != module and name.startswith(f"{PACKAGE}.") and _module_path(root, name) is not None
         }
     return graph
 
