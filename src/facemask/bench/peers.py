@@ -15,6 +15,7 @@ ours. Prints one table and writes it to `reports/bench/peers.{csv,json}` with th
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 import time
@@ -96,6 +97,12 @@ class AizooPeer:
         """The weights as ours come: the mirror copy, or a verified download from upstream."""
         return cls(resolve_weights(PROTOTXT, "peer.prototxt"), resolve_weights(CAFFEMODEL, "peer.caffemodel"))
 
+    def with_score_threshold(self, score_threshold: float) -> AizooPeer:
+        """The same loaded network, keeping candidates down to `score_threshold`."""
+        other = copy.copy(self)
+        other.score_threshold = score_threshold
+        return other
+
     def __call__(self, frame: np.ndarray) -> Prediction:
         """One BGR frame -> the peer's answers in frame pixels, as the project's metric takes them."""
         h, w = frame.shape[:2]
@@ -123,8 +130,8 @@ class AizooPeer:
 
 def compare(params: Params, limit: int | None) -> pd.DataFrame:
     """The peer and our pipeline over the same scenes, frame by frame in one process: one row each."""
-    peer, low = AizooPeer.from_mirror(), AizooPeer.from_mirror()
-    low.score_threshold = LOW_SCORE
+    peer = AizooPeer.from_mirror()
+    low = peer.with_score_threshold(LOW_SCORE)
     scenes = load_scenes(evaluation_folder(params.scenes), params.scenes.source.label_map)[:limit]
     ours = MaskPipeline.from_params(params, params.paths.classifier)
     labels = ours.labels
