@@ -12,7 +12,7 @@ FACEMASK_MIRROR ?= $(if $(wildcard ../shared/datasets),$(abspath ../shared),)
 export FACEMASK_MIRROR
 OVERRIDES ?=
 
-.PHONY: help setup params check-params pipeline run test test-fast lint format mlflow-ui mlflow-server postgres proxy mqtt-broker rtsp-server container clean bento-models serve bento bench-latency scenes bench bench-classifiers bench-quantization bench-runtimes bench-cameras soak browser stream compliance bench-stream loadtest api-key audit bench-seeds bench-peers
+.PHONY: help setup params check-params pipeline run test test-fast lint format mlflow-ui mlflow-server postgres proxy mqtt-broker rtsp-server container clean bento-models serve bento bench-latency scenes bench bench-classifiers bench-quantization bench-runtimes bench-cameras soak browser stream compliance bench-stream loadtest api-key audit bench-seeds bench-peers bench-profiles
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -121,6 +121,9 @@ bench-peers: ## the AIZOO peer and our pipeline on the same 200 dev scenes in on
 
 bench-cameras: ## 8 then 16 pulled file cameras at 5 fps on one worker: fps per camera, drops, latency, RSS -> reports/bench/cameras.json
 	$(RUN) python -m facemask.bench.cameras
+
+bench-profiles: ## a door-profile and a crowd-profile camera at once on one worker (the real clips, 30 fps asked): frames/s of each -> reports/bench/profiles-cameras.json
+	$(RUN) python -m facemask.bench.cameras --cameras 2 --fps 30 --seconds $(or $(SECONDS),60) --profiles door crowd --out reports/bench/profiles-cameras.json
 
 soak: rtsp-server ## pulled cameras for DURATION seconds (default 3600; bounded) with an RTSP server restart every 10 min: RSS, reconnects, alerts -> reports/bench/soak.json
 	$(RUN) python -m facemask.bench.soak --seconds $(or $(DURATION),3600)

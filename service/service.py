@@ -27,6 +27,7 @@ with bentoml.importing():
     import mlflow
     import numpy as np
 
+    from facemask.config import UnknownProfile
     from facemask.draw import draw_faces, label_colours
     from facemask.errors import FacemaskError
     from facemask.imageio import ImageError, decode_image, encode_jpeg
@@ -68,9 +69,16 @@ class FaceOut(BaseModel):
     probabilities: dict[str, float]
 
 
+Profile = Annotated[
+    str | None,
+    Field(description="the detection profile (info's `profiles`: crowd | door | hall by default); none: the default"),
+]
+
+
 class DetectOut(BaseModel):
     model_version: str = Field(description="the classifier that answered: registry name/vN")
     detector_version: str | None = Field(description="the registered face detector that answered (None: a stock one)")
+    profile: str | None = Field(description="the detection profile that found the faces")
     width: int
     height: int
     faces: list[FaceOut]
@@ -79,6 +87,7 @@ class DetectOut(BaseModel):
 class GateOut(BaseModel):
     model_version: str
     detector_version: str | None
+    profile: str | None
     allow: bool
     reason: str = Field(
         description="ok | no_face | several_faces | low_confidence | the class's serving.gate_deny reason "
@@ -142,37 +151,43 @@ class FaceMask:
         self.cameras.close()
         self.live.close()
 
-    def _run(self, image: Path) -> tuple[np.ndarray, list, dict]:
-        """The decoded image, its faces and the versions of the models that found them."""
+    def _run(self, image: Path, profile: str | None) -> tuple[np.ndarray, list, dict]:
+        """The decoded image, its faces found under the detection `profile`, and the versions of the
+        models (and the profile) that found them."""
         try:
+            self.pipeline.profile(profile)  # an unknown name is refused before any work
             frame = decode_image(Path(image).read_bytes(), self.limits.max_pixels)
-        except ImageError as err:
+        except (ImageError, UnknownProfile) as err:
             raise BadInput(str(err)) from None
         with self.pool.lease() as pipeline:
-            return frame, pipeline(frame), self.pool.version_of(pipeline)
+            profiled = pipeline.profile(profile)
+            return frame, profiled(frame), {**self.pool.version_of(pipeline), "profile": profiled.profile_name}
 
     @bentoml.api
-    def detect(self, image: ImageFile) -> DetectOut:
+    def detect(self, image: ImageFile, profile: Profile = None) -> DetectOut:
         """Every face: box, detector score, class and class probabilities."""
-        frame, faces, version = self._run(image)
+        frame, faces, version = self._run(image, profile)
         h, w = frame.shape[:2]
         return DetectOut(**version, width=w, height=h, faces=[f.to_dict() for f in faces])
 
     @bentoml.api
-    def annotate(self, image: ImageFile, ctx: bentoml.Context) -> Annotated[Path, ContentType("image/jpeg")]:
+    def annotate(
+        self, image: ImageFile, ctx: bentoml.Context, profile: Profile = None
+    ) -> Annotated[Path, ContentType("image/jpeg")]:
         """The image with boxes and labels drawn (JPEG); the model version is in a response header."""
-        frame, faces, version = self._run(image)
+        frame, faces, version = self._run(image, profile)
         out = Path(ctx.temp_dir) / "annotated.jpg"
         out.write_bytes(encode_jpeg(draw_faces(frame, faces, self.colours)))
         ctx.response.headers["X-Model-Version"] = version["model_version"]
         ctx.response.headers["X-Detector-Version"] = version["detector_version"] or "stock"
         ctx.response.headers["X-Faces"] = str(len(faces))
+        ctx.response.headers["X-Profile"] = version["profile"] or ""
         return out
 
     @bentoml.api
-    def gate(self, image: ImageFile) -> GateOut:
+    def gate(self, image: ImageFile, profile: Profile = None) -> GateOut:
         """May this person enter? Allow one correctly masked face; otherwise deny with the reason."""
-        _, faces, version = self._run(image)
+        _, faces, version = self._run(image, profile)
         decision = self.gate_rule.decide(faces)
         return GateOut(
             **version,
@@ -191,6 +206,7 @@ class FaceMask:
             "labels": self.pipeline.labels,
             "compliant": self.pipeline.compliant,
             "detector": self.pipeline.detector.name,
+            "profiles": _profiles(self.pipeline),  # the detection profiles a camera or a request may name
             "classifier_runtime": self.pipeline.classifier.runtime,  # onnxruntime_int8: the artefact's int8 graph
             "frame_batches": dict(sorted(self.live.batcher.sizes.items())),  # camera frames per batch -> batches
             "limits": self.limits.model_dump(mode="json", exclude={"api_keys_file", "allowed_origins"}),
@@ -284,12 +300,13 @@ class FaceMask:
         await websocket.accept(
             subprotocol=SUBPROTOCOL if SUBPROTOCOL in websocket.scope.get("subprotocols", []) else None
         )
-        # ?frame_diff=on|off and ?regions=on|off override the packaged settings for a new camera
+        # ?frame_diff=on|off and ?regions=on|off override the packaged settings for a new camera,
+        # ?profile=<name> picks its detection profile
         switch = {k: websocket.query_params[k].lower() in ("1", "on", "true") for k in ("frame_diff", "regions")
                   if k in websocket.query_params}  # fmt: skip
         try:
-            self.live.open(camera, **switch)
-        except ValueError as err:
+            self.live.open(camera, **switch, profile=websocket.query_params.get("profile"))
+        except ValueError as err:  # a bad camera name, an unknown profile
             await websocket.close(code=1008, reason=str(err))
             return
         except CameraLimitError as err:
@@ -309,6 +326,13 @@ class FaceMask:
             pass
         finally:
             self.live.release(camera)
+
+
+def _profiles(pipeline) -> dict:
+    """The detection profiles served: the default's name and each one's settings."""
+    if pipeline.profiles is None:
+        return {"default": None, "profiles": {}}
+    return pipeline.profiles.model_dump(mode="json")
 
 
 FaceMask.add_asgi_middleware(

@@ -43,6 +43,24 @@ def streams(pipelines: list[MaskPipeline], tmp_path, window_ms: float, max_frame
     return LiveStreams(PipelinePool(lambda: next(it), len(pipelines)), cfg, limits)
 
 
+def push_at_once(live: LiveStreams, cameras, clip: list[np.ndarray]) -> dict[str, list[dict]]:
+    """Every camera pushes the clip at once (the next frame after the answer, 5 fps timestamps), each
+    from a thread of its own; then the streams are closed. Returns each camera's answers."""
+    answers: dict[str, list[dict]] = {c: [] for c in cameras}
+
+    def camera_client(camera: str) -> None:
+        for i, frame in enumerate(clip):
+            answers[camera].append(live.analyse(camera, frame, now=1000.0 + i / 5))
+
+    threads = [threading.Thread(target=camera_client, args=(c,)) for c in cameras]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    live.close()
+    return answers
+
+
 def summary(answer: dict) -> list[tuple]:
     return [(t["id"], t["label"], t["since"]) for t in answer["tracks"]]
 
@@ -55,18 +73,7 @@ def test_cameras_batched_together_answer_as_each_alone(pipeline, shared, clip, t
     expected = [reference.process(frame, now=1000.0 + i / 5) for i, frame in enumerate(clip)]
     for camera in CAMERAS:
         live.open(camera)
-    answers: dict[str, list[dict]] = {c: [] for c in CAMERAS}
-
-    def camera_client(camera: str) -> None:  # a pushing camera: the next frame after the answer
-        for i, frame in enumerate(clip):
-            answers[camera].append(live.analyse(camera, frame, now=1000.0 + i / 5))
-
-    threads = [threading.Thread(target=camera_client, args=(c,)) for c in CAMERAS]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(300)
-    live.close()
+    answers = push_at_once(live, CAMERAS, clip)
     sizes = live.batcher.sizes
     assert sum(n * k for n, k in sizes.items()) == len(CAMERAS) * len(clip)  # every frame once
     assert sum(k for n, k in sizes.items() if n > 1) >= len(clip) // 2, f"frames were not batched: {sizes}"

@@ -310,7 +310,7 @@ def test_the_served_bento_pulls_its_cameras_and_shows_them_on_the_grid_page(bent
         f"  - {{name: entrance, source: '{video}', fps: 5,\n"
         "     zones: [{name: door, points: [[0, 0], [1, 0], [1, 1], [0, 1]]}]}\n"
         f"  - {{name: silent, source: 'rtsp://admin:pw@127.0.0.1:{silent_port}/x'}}\n"
-        f"  - {{name: rtsp-entrance, source: '{server.url('entrance')}', fps: 5}}\n"
+        f"  - {{name: rtsp-entrance, source: '{server.url('entrance')}', fps: 5, profile: door}}\n"
     )
     env = {**bento_env, "FACEMASK_CAMERAS_FILE": str(file), "FACEMASK_EVENTS": str(tmp_path / "events.jsonl")}
     proc, url = start_bento(bento, env, tmp_path / "serve.log")
@@ -325,6 +325,7 @@ def test_the_served_bento_pulls_its_cameras_and_shows_them_on_the_grid_page(bent
 
         status = until(ready, 60, "both entrance cameras analysed, the silent one failed")
         assert list(status) == ["entrance", "silent", "rtsp-entrance"]  # as configured
+        assert [s["profile"] for s in status.values()] == ["crowd", "crowd", "door"]  # unnamed: the default
         entrance, silent = status["entrance"], status["silent"]
         assert entrance["state"] == "connected" and entrance["latency_ms"] > 0 and entrance["compliance"] is not None
         assert silent["source"] == f"rtsp://***@127.0.0.1:{silent_port}/x" and "cannot open" in silent["last_error"]

@@ -325,16 +325,57 @@ def test_the_camera_client_streams_a_video_file_to_the_served_bento(server, shar
     assert wrong.returncode == 2 and "refused the stream" in wrong.stderr
 
 
-def test_live_stream_refuses_a_bad_camera_name(server):
+@pytest.mark.parametrize(
+    ("path", "reason"),
+    [("bad%20name!", "camera names are"), ("lobby?profile=nosuch", "unknown detection profile 'nosuch': one of")],
+)
+def test_live_stream_refuses_a_bad_camera_name_or_profile(server, path, reason):
     from websockets.exceptions import ConnectionClosed
     from websockets.sync.client import connect
 
     with (
-        connect(server.replace("http://", "ws://") + "/live/ws/bad%20name!", additional_headers=KEY) as ws,
+        connect(server.replace("http://", "ws://") + f"/live/ws/{path}", additional_headers=KEY) as ws,
         pytest.raises(ConnectionClosed) as err,
     ):
         ws.recv(timeout=10)
-    assert err.value.rcvd.code == 1008
+    assert err.value.rcvd.code == 1008 and reason in err.value.rcvd.reason
+    assert requests.get(f"{server}/readyz", timeout=10).status_code == 200
+
+
+def test_a_request_or_a_stream_picks_its_detection_profile(server, shared):
+    """`profile` on detect / annotate / gate and `?profile=` on a live stream: the answer names the
+    profile that found its faces (the default when none is given); an unknown name is a 400 that
+    names the known ones, and the service keeps serving. Which faces each profile finds is
+    test_profiles'; here only the wiring through the served Bento."""
+    from websockets.sync.client import connect
+
+    from facemask.imageio import encode_jpeg
+
+    params = load_params(REPO / "params.yaml")
+    known = sorted(params.profiles.profiles)
+    info = requests.post(f"{server}/info", json={}, timeout=10, headers=KEY).json()
+    assert info["profiles"]["default"] == params.profiles.default and sorted(info["profiles"]["profiles"]) == known
+    photo = held_out(shared, "mask", 1)[0]
+    for profile in known:
+        answer = requests.post(f"{server}/detect", files={"image": ("f", photo, "image/jpeg")},
+                               data={"profile": profile}, headers=KEY, timeout=60)  # fmt: skip
+        assert answer.status_code == 200 and answer.json()["profile"] == profile, answer.text
+    assert post(server, "detect", photo).json()["profile"] == params.profiles.default
+    gate = requests.post(f"{server}/gate", files={"image": ("f", photo, "image/jpeg")}, data={"profile": "door"},
+                         headers=KEY, timeout=60)  # fmt: skip
+    assert gate.status_code == 200 and gate.json()["profile"] == "door"
+    annotated = requests.post(f"{server}/annotate", files={"image": ("f", photo, "image/jpeg")},
+                              data={"profile": "door"}, headers=KEY, timeout=60)  # fmt: skip
+    assert annotated.headers["X-Profile"] == "door"
+    for api in ("detect", "annotate", "gate"):
+        bad = requests.post(f"{server}/{api}", files={"image": ("f", photo, "image/jpeg")}, data={"profile": "lobby"},
+                            headers=KEY, timeout=60)  # fmt: skip
+        assert bad.status_code == 400 and "unknown detection profile 'lobby'" in bad.text, (api, bad.text)
+        assert all(name in bad.text for name in known)
+    frame = encode_jpeg(next(iter(entrance_frames(shared))))
+    with connect(server.replace("http://", "ws://") + "/live/ws/gate-door?profile=door", additional_headers=KEY) as ws:
+        ws.send(frame)
+        assert json.loads(ws.recv(timeout=30))["profile"] == "door"
     assert requests.get(f"{server}/readyz", timeout=10).status_code == 200
 
 

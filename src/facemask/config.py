@@ -535,6 +535,44 @@ class Stream(_Strict):
 
 
 CAMERA_NAME = r"^[A-Za-z0-9_.-]{1,64}$"  # a camera's name: in URLs, topics, file names and metric labels
+PROFILE_NAME = r"^[a-z][a-z0-9_-]{0,31}$"  # a detection profile's name: in requests, URLs and camera configs
+
+
+class Profile(_Strict):
+    """How faces are found (the classifier is the same for all): the full pass's input size, region
+    search between full passes on streams, and the detector."""
+
+    description: str = ""
+    detector: DetectorName | None = None  # None: the served detector (`detector`); else a `detectors` entry
+    detect_long_side: int = Field(ge=0, le=8192)  # as pipeline.detect_long_side (0: the frame as it is)
+    regions: bool | None = None  # region search on streams; None: as stream.regions.enabled
+
+
+class Profiles(_Strict):
+    """Named detection profiles; a camera or a request picks one, else `default` answers."""
+
+    default: str
+    profiles: dict[str, Profile] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _names(self) -> Profiles:
+        bad = [name for name in self.profiles if not re.match(PROFILE_NAME, name)]
+        if bad:
+            raise ValueError(f"profile names are 1-32 lower-case letters, digits, '_' or '-': {bad}")
+        if self.default not in self.profiles:
+            raise ValueError(f"default profile {self.default!r} is not one of {sorted(self.profiles)}")
+        return self
+
+    def check(self, name: str | None) -> str:
+        """`name` (None: the default) if it is a profile; UnknownProfile naming the known ones if not."""
+        name = self.default if name is None else name
+        if name not in self.profiles:
+            raise UnknownProfile(f"unknown detection profile {name!r}: one of {', '.join(sorted(self.profiles))}")
+        return name
+
+
+class UnknownProfile(FacemaskError, ValueError):
+    """A camera or a request named a detection profile the deployment does not have."""
 
 
 class Zone(_Strict):
@@ -561,6 +599,7 @@ class Camera(_Strict):
     enabled: bool = True
     zones: list[Zone] = Field(default_factory=list)
     anchor: Literal["centre", "feet"] = "centre"  # the point of a face's box a zone must hold
+    profile: str | None = None  # the detection profile (`profiles`); None: the default one
 
     @model_validator(mode="after")
     def _source(self) -> Camera:
@@ -630,6 +669,7 @@ class Params(_Strict):
     stream: Stream
     serving: Serving
     cameras: Cameras
+    profiles: Profiles
     detectors: dict[str, Detector] = Field(default_factory=dict)
     detector_train: DetectorTrain
 
@@ -658,6 +698,17 @@ class Params(_Strict):
         missing = {v.detector for v in self.scenes.compare} - set(self.detectors)
         if missing:
             raise ValueError(f"scenes.compare names detectors with no config under `detectors`: {sorted(missing)}")
+        missing = {p.detector for p in self.profiles.profiles.values() if p.detector} - set(self.detectors)
+        if missing:
+            raise ValueError(f"profiles name detectors with no config under `detectors`: {sorted(missing)}")
+        trained = {n for n, p in self.profiles.profiles.items() if p.detector not in (None, self.detector.name)
+                   and p.detector == self.detector_train.target}  # fmt: skip
+        if trained:
+            raise ValueError(f"profiles {sorted(trained)}: the fine-tuned detector ships only as `detector`")
+        for camera in self.cameras.sources:
+            if camera.profile is not None and camera.profile not in self.profiles.profiles:
+                raise ValueError(f"camera {camera.name!r}: unknown profile {camera.profile!r}, "
+                                 f"one of {sorted(self.profiles.profiles)}")  # fmt: skip
         return self
 
 

@@ -7,7 +7,8 @@ detected, cropped and preprocessed exactly as in training.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import copy
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import numpy as np
 
 from facemask.boxes import Box, Region, merge_regions, nested
 from facemask.classifier import MaskClassifier
-from facemask.config import BoxFit, Params, Pipeline
+from facemask.config import BoxFit, Params, Pipeline, Profiles, UnknownProfile
 from facemask.detection import Face, FaceDetector, build_detector
 from facemask.detection.align import crop_face
 
@@ -168,6 +169,41 @@ class MaskPipeline:
         rejects = [i for i, lb in enumerate(classifier.labels) if lb == classifier.meta.get("reject_label")]
         self.reject_index = rejects[0] if rejects else None
         self.face_index = [i for i in range(len(classifier.labels)) if i != self.reject_index]
+        self.profiles: Profiles | None = None  # `with_profiles`: the named ways faces are found
+        self.profile_name: str | None = None  # the profile this pipeline answers as (None: no profiles)
+        self.region_search: bool | None = None  # the profile's region search on streams (None: as configured)
+        self._profiled: dict[str, MaskPipeline] = {}
+
+    def with_profiles(
+        self, profiles: Profiles, detectors: Mapping[str, tuple[FaceDetector, BoxFit]] | None = None
+    ) -> MaskPipeline:
+        """This pipeline answering under each of `profiles` (`profile(name)`): one classifier in memory,
+        faces found at the profile's input size by its detector (`detectors` by name, with its box fit;
+        a profile naming none uses this pipeline's). Returns self."""
+        detectors = detectors or {}
+        self.profiles, self._profiled = profiles, {}
+        for name, profile in profiles.profiles.items():
+            variant = copy.copy(self)
+            detector, box_fit = self.detector, self.box_fit
+            if profile.detector not in (None, self.detector.name):
+                if profile.detector not in detectors:
+                    raise ValueError(f"profile {name!r} needs the detector {profile.detector!r}, which is not loaded")
+                detector, box_fit = detectors[profile.detector]
+            variant.settings = self.settings.model_copy(update={"detect_long_side": profile.detect_long_side})
+            finder = self.finder
+            variant.finder = FaceFinder(detector, variant.settings, finder.crop_size, finder.margin, finder.align)
+            variant.box_fit, variant.profile_name, variant.region_search = box_fit, name, profile.regions
+            self._profiled[name] = variant
+        return self
+
+    def profile(self, name: str | None = None) -> MaskPipeline:
+        """The pipeline of the detection profile `name` (None: the default; without profiles, this
+        one); an unknown name is an UnknownProfile that names the known ones."""
+        if self.profiles is None:
+            if name is None:
+                return self
+            raise UnknownProfile(f"unknown detection profile {name!r}: this pipeline has no profiles")
+        return self._profiled[self.profiles.check(name)]
 
     @classmethod
     def from_classifier(
@@ -187,16 +223,26 @@ class MaskPipeline:
 
     @classmethod
     def from_params(
-        cls, params: Params, classifier: Path | MaskClassifier, detector: FaceDetector | None = None
+        cls,
+        params: Params,
+        classifier: Path | MaskClassifier,
+        detector: FaceDetector | None = None,
+        profiles: bool = False,
     ) -> MaskPipeline:
         """Pipeline from the configuration; crop settings come from the classifier artefact when it
-        records them (they must match training), else from `params.crop`."""
+        records them (they must match training), else from `params.crop`. `profiles`: with the
+        configured detection profiles (`with_profiles`), their other detectors built too."""
         if not isinstance(classifier, MaskClassifier):
             classifier = MaskClassifier.load(classifier, params.pipeline.classifier_runtime)
         detector = detector or build_detector(params.detector)
-        return cls.from_classifier(
+        pipeline = cls.from_classifier(
             detector, classifier, params.crop.model_dump(), params.pipeline, params.detector.box_fit
         )
+        if not profiles:
+            return pipeline
+        names = {p.detector for p in params.profiles.profiles.values()} - {None, params.detector.name}
+        others = {n: (build_detector(params.detectors[n]), params.detectors[n].box_fit) for n in sorted(names)}
+        return pipeline.with_profiles(params.profiles, others)
 
     @property
     def detector(self) -> FaceDetector:
@@ -226,14 +272,18 @@ class MaskPipeline:
         classes (they sum to one) and their `score` is the detector's times p(face)."""
         return self.classify_many([(frame, faces)])[0]
 
-    def classify_many(self, items: Sequence[tuple[np.ndarray, list[Face]]]) -> list[list[FaceResult]]:
+    def classify_many(
+        self, items: Sequence[tuple[np.ndarray, list[Face]]], via: Sequence[MaskPipeline] | None = None
+    ) -> list[list[FaceResult]]:
         """`classify` for several frames (each with its faces): every face of every frame through
-        the network in one batch (several cameras' frames at once), the results split back per frame."""
-        crops = [crop for frame, faces in items for crop in self.finder.crop(frame, faces)]
+        the network in one batch (several cameras' frames at once), the results split back per frame.
+        `via`: the profile pipeline that found each frame's faces (its crops and box fit; default this)."""
+        via = via or [self] * len(items)
+        crops = [crop for (frame, faces), p in zip(items, via, strict=True) for crop in p.finder.crop(frame, faces)]
         probs = self._predict(crops)
         out, start = [], 0
-        for _, faces in items:
-            out.append(self.results(faces, probs[start : start + len(faces)]))
+        for (_, faces), p in zip(items, via, strict=True):
+            out.append(p.results(faces, probs[start : start + len(faces)]))
             start += len(faces)
         return out
 

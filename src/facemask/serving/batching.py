@@ -146,7 +146,8 @@ class FrameBatcher:
                 except Exception as err:
                     job.future.set_exception(err)
             try:
-                results = pipeline.classify_many([(p.frame, p.faces) for _, p in started])
+                results = pipeline.classify_many([(p.frame, p.faces) for _, p in started],
+                                                 via=[p.pipeline for _, p in started])  # fmt: skip
             except Exception as err:
                 for job, _ in started:
                     job.future.set_exception(err)

@@ -44,7 +44,7 @@ class PulledCameras:
             raise ConfigError(f"cameras.sources enables {len(enabled)} cameras, over serving.max_cameras "
                               f"({live.limits.max_cameras}): raise FACEMASK_MAX_CAMERAS or disable some")  # fmt: skip
         for camera in enabled:
-            live.open(camera.name, zones=ZoneFilter(camera.zones, camera.anchor))  # held: never expires
+            live.open(camera.name, zones=ZoneFilter(camera.zones, camera.anchor), profile=camera.profile)  # held
             self.readers[camera.name] = CameraReader(camera, cfg, on_frame=self._notify)
             self.analysed[camera.name], self.latencies[camera.name] = 0, deque(maxlen=600)
             self._served[camera.name] = 0.0
@@ -127,6 +127,7 @@ class PulledCameras:
             out.append(
                 {
                     **reader.health(),
+                    "profile": self.live.sessions[name].profile,
                     "frames_analysed": self.analysed[name],
                     "latency_ms": round(float(np.median(latency)) * 1000, 1) if latency else None,
                     "faces": len(last.get("tracks", [])),

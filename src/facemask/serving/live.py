@@ -52,20 +52,26 @@ class LiveStreams:
         frame_diff: bool | None = None,
         regions: bool | None = None,
         zones: ZoneFilter | None = None,
+        profile: str | None = None,
     ) -> CameraSession:
         """The camera's session; a reconnecting camera keeps its tracks and counters.
         `frame_diff` / `regions` switch the configured frame differencing / region search on or off
-        for a new session; `zones` are the faces it watches (default: all)."""
+        for a new session (`regions` None: as its profile says, else as configured); `zones` are the
+        faces it watches (default: all); `profile`: how its faces are found (None: the default
+        profile; an unknown name is an UnknownProfile naming the known ones)."""
         if not CAMERA_NAME.match(camera):
             raise ValueError("camera names are 1-64 letters, digits, '.', '_' or '-'")
+        profiled = self.pool.first.profile(profile)
         self.expire_idle()
         with self._lock:
             session = self.sessions.get(camera)
             if session is None:
                 if len(self.sessions) >= self.limits.max_cameras:
                     raise CameraLimitError(f"this worker holds its limit of {self.limits.max_cameras} cameras")
+                regions = profiled.region_search if regions is None else regions
                 cfg = self.cfg.switched(frame_diff=frame_diff, regions=regions)
-                session = CameraSession(camera, self.pool.first, cfg, self.sinks, zones, self.media.recorder(camera))
+                session = CameraSession(camera, self.pool.first, cfg, self.sinks, zones, self.media.recorder(camera),
+                                        profile=profiled.profile_name)  # fmt: skip
                 self.sessions[camera] = session
             self.connections[camera] = self.connections.get(camera, 0) + 1
             session.last_frame = time.time()

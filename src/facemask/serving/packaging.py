@@ -22,14 +22,15 @@ from pydantic import ValidationError
 
 from facemask import mlflow_tracking
 from facemask.classifier import MaskClassifier
-from facemask.config import Cameras, ConfigError, Detector, Params, Pipeline, Serving, Stream
-from facemask.detection import build_detector, detector_backend
+from facemask.config import Cameras, ConfigError, Detector, Params, Pipeline, Profiles, Serving, Stream
+from facemask.detection import FaceDetector, build_detector, detector_backend
 from facemask.pipeline import MaskPipeline
 from facemask.registry import DEV_TAG, METRIC_TAG, SPLIT_TAG, detector_file
 
 log = logging.getLogger(__name__)
 CLASSIFIER_MODEL = "facemask-classifier"
 DETECTOR_MODEL = "facemask-detector"
+PROFILE_DIR = "profiles"  # in the detector's store folder: the profiles' other detectors
 
 
 def import_champion(params: Params, classifier_version: str | None = None) -> tuple[str, str]:
@@ -76,12 +77,28 @@ def import_champion(params: Params, classifier_version: str | None = None) -> tu
         "stream.json": params.stream.model_dump_json(indent=2).encode(),
         "serving.json": params.serving.model_dump_json(indent=2).encode(),
         "cameras.json": params.cameras.model_dump_json(indent=2).encode(),
+        "profiles.json": params.profiles.model_dump_json(indent=2).encode(),
     }
     if weights is not None:
         files[detector.weights.file] = Path(weights).read_bytes()
+    files.update(_profile_detector_files(params))
     det_tag = _store_once(DETECTOR_MODEL, detector.name.replace("_", "-"), files, {}, det_meta)
     log.info("imported %s v%s as %s and detector %s as %s", name, version.version, clf_tag, detector.name, det_tag)
     return clf_tag, det_tag
+
+
+def _profile_detector_files(params: Params) -> dict[str, bytes]:
+    """The stock detectors the detection profiles name besides the served one, with their weights,
+    under `profiles/` (a Bento downloads nothing at start)."""
+    files = {}
+    names = {p.detector for p in params.profiles.profiles.values()} - {None, params.detector.name}
+    for name in sorted(names):
+        cfg = params.detectors[name]
+        files[f"{PROFILE_DIR}/{name}.json"] = json.dumps(cfg.model_dump(mode="json"), indent=2).encode()
+        weights = detector_backend(cfg).weights_file(cfg)
+        if weights is not None:
+            files[f"{PROFILE_DIR}/{cfg.weights.file}"] = Path(weights).read_bytes()
+    return files
 
 
 def _absolute_uri(uri: str) -> str:
@@ -110,6 +127,7 @@ def _store_once(name: str, prefix: str, files: dict[str, bytes], labels: dict, m
         pass
     with bentoml.models.create(tag, labels=labels, metadata=metadata) as model:
         for file_name, data in files.items():
+            Path(model.path, file_name).parent.mkdir(parents=True, exist_ok=True)
             Path(model.path, file_name).write_bytes(data)
     return str(model.tag)
 
@@ -119,23 +137,44 @@ class ModelLoadError(RuntimeError):
 
 
 def load_pipeline(classifier_dir: Path | str, detector_dir: Path | str) -> MaskPipeline:
-    """A ready pipeline from the two model-store folders; ModelLoadError names a bad file."""
-    path = Path(detector_dir, "detector.json")
+    """A ready pipeline from the two model-store folders, with its detection profiles when packaged;
+    ModelLoadError names a bad file."""
+    detector, cfg = _load_detector(Path(detector_dir), "detector.json")
+    settings = Path(detector_dir, "pipeline.json")
     try:
-        cfg = Detector.model_validate_json(path.read_text())
-        weights = Path(detector_dir) / cfg.weights.file if detector_backend(cfg).reads_weights else None
-        path = weights or path
-        settings = Path(detector_dir, "pipeline.json")
         pipeline = Pipeline.model_validate_json(settings.read_text()) if settings.is_file() else None
-        detector = build_detector(cfg, weights)
     except Exception as err:
-        raise ModelLoadError(f"cannot load the face detector model {path}: {type(err).__name__}: {err}") from err
+        raise ModelLoadError(f"cannot load the pipeline settings {settings}: {type(err).__name__}: {err}") from err
     path = Path(classifier_dir) / "classifier.pt"
     try:
         classifier = MaskClassifier.load(path, pipeline.classifier_runtime if pipeline else "torch")
     except Exception as err:  # a truncated or tampered file fails in many ways; all mean the same
         raise ModelLoadError(f"cannot load the classifier model {path}: {type(err).__name__}: {err}") from err
-    return MaskPipeline.from_classifier(detector, classifier, settings=pipeline, box_fit=cfg.box_fit)
+    pipeline = MaskPipeline.from_classifier(detector, classifier, settings=pipeline, box_fit=cfg.box_fit)
+    path = Path(detector_dir, "profiles.json")
+    if not path.is_file():  # a detector packaged before profiles: its one way of finding faces
+        return pipeline
+    try:
+        profiles = Profiles.model_validate_json(path.read_text())
+    except Exception as err:
+        raise ModelLoadError(f"cannot load the detection profiles {path}: {type(err).__name__}: {err}") from err
+    others = {}
+    for name in sorted({p.detector for p in profiles.profiles.values()} - {None, cfg.name}):
+        other, other_cfg = _load_detector(Path(detector_dir, PROFILE_DIR), f"{name}.json")
+        others[name] = (other, other_cfg.box_fit)
+    return pipeline.with_profiles(profiles, others)
+
+
+def _load_detector(folder: Path, config_file: str) -> tuple[FaceDetector, Detector]:
+    """A packaged detector (its config file and the weights beside it); ModelLoadError names a bad file."""
+    path = folder / config_file
+    try:
+        cfg = Detector.model_validate_json(path.read_text())
+        weights = folder / cfg.weights.file if detector_backend(cfg).reads_weights else None
+        path = weights or path
+        return build_detector(cfg, weights), cfg
+    except Exception as err:
+        raise ModelLoadError(f"cannot load the face detector model {path}: {type(err).__name__}: {err}") from err
 
 
 def load_stream_config(detector_dir: Path | str) -> Stream:

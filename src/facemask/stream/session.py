@@ -71,10 +71,13 @@ class CameraSession:
         sinks: EventSinks | None = None,
         zones: ZoneFilter | None = None,
         media: MediaRecorder | None = None,
+        profile: str | None = None,
     ):
         """`zones`: the faces this camera watches (default: all); `media`: keeps the frames for each
-        alert's snapshot and clip (default: the event carries its face crop only)."""
+        alert's snapshot and clip (default: the event carries its face crop only); `profile`: the
+        detection profile its faces are found with (`MaskPipeline.profile`; None: the default)."""
         self.camera, self.pipeline, self.cfg, self.sinks, self.media = camera, pipeline, cfg, sinks, media
+        self.profile = profile
         self.zones = zones or ZoneFilter([])
         self.tracker = Tracker(cfg, pipeline.labels)
         self.compliant = pipeline.compliant
@@ -132,7 +135,7 @@ class CameraSession:
             raise ValueError("expected a non-empty HxWx3 BGR frame")
         self.last_frame = time.time()
         now = self.last_frame if now is None else now
-        pipeline = pipeline or self.pipeline
+        pipeline = (pipeline or self.pipeline).profile(self.profile)
         found, detection = self._detect(frame, pipeline)
         return self._pending(frame, now, found, detection, pipeline)
 
@@ -151,9 +154,8 @@ class CameraSession:
 
     def process(self, frame: np.ndarray, now: float | None = None, pipeline: MaskPipeline | None = None) -> dict:
         """One frame: `begin`, its watched faces classified, `finish`."""
-        pipeline = pipeline or self.pipeline
         pending = self.begin(frame, now, pipeline)
-        return self.finish(pending, pipeline.classify(pending.frame, pending.faces))
+        return self.finish(pending, pending.pipeline.classify(pending.frame, pending.faces))
 
     def finish(self, pending: Pending, results: list[FaceResult]) -> dict:
         """The second half of `process`: the classified faces of `pending` into tracks, alerts,
@@ -180,6 +182,7 @@ class CameraSession:
             "time": now,
             "detector_ran": detection != "reused",
             "detection": detection,
+            "profile": pending.pipeline.profile_name if pending.pipeline else None,
             "tracks": [
                 {
                     **t.to_dict(),
