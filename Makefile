@@ -3,16 +3,19 @@
 # `make test`: set up, bring the pipeline up to date, run the tests (CI runs this).
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
+SCREENSHOT_TESTS := tests/test_service.py::test_camera_page_in_headless_chromium \
+  tests/test_cameras.py::test_the_served_bento_pulls_its_cameras_and_shows_them_on_the_grid_page \
+  tests/test_pipeline.py::test_mlflow_ui_opens_on_the_training_runs
 
 UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 RUN := $(UV) run --frozen
-# Offline mirror of the datasets and detector weights (see README). Defaults to ../shared when it
+# Offline mirror of the datasets and detector weights (docs/pipeline.md). Defaults to ../shared when it
 # exists; set FACEMASK_MIRROR= (empty) to download from the public sources instead.
 FACEMASK_MIRROR ?= $(if $(wildcard ../shared/datasets),$(abspath ../shared),)
 export FACEMASK_MIRROR
 OVERRIDES ?=
 
-.PHONY: help setup params check-params pipeline run test test-fast lint format mlflow-ui mlflow-server postgres proxy mqtt-broker rtsp-server container clean bento-models serve bento bench-latency scenes bench bench-classifiers bench-quantization bench-runtimes bench-cameras soak browser stream compliance bench-stream loadtest api-key audit bench-seeds bench-peers bench-profiles
+.PHONY: help setup params check-params pipeline run test test-fast lint format mlflow-ui mlflow-server postgres proxy mqtt-broker rtsp-server container clean bento-models serve bento bench-latency scenes bench bench-classifiers bench-quantization bench-runtimes bench-cameras soak browser stream compliance bench-stream loadtest api-key audit bench-seeds bench-peers bench-front bench-profiles docs docs-build screenshots
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -62,7 +65,16 @@ mqtt-broker: ## Debian's mosquitto for the MQTT tests (apt-get; root or sudo)
 	@command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || { $(SUDO) apt-get update -qq && \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends mosquitto; }
 
-test: setup browser postgres proxy mqtt-broker rtsp-server pipeline ## set up, bring the pipeline up to date (the service tests serve its champion), run all tests
+docs: ## serve the documentation site on http://127.0.0.1:8000 (MkDocs Material, live reload)
+	$(RUN) mkdocs serve --dev-addr 127.0.0.1:$${DOCS_PORT:-8000}
+
+docs-build: ## build the documentation site into site/ (--strict: a broken link, a missing page or a warning fails)
+	NO_MKDOCS_2_WARNING=1 $(RUN) mkdocs build --strict --quiet
+
+screenshots: browser ## the documentation's screenshots, taken by the browser tests from the real pages -> docs/img/
+	FACEMASK_SCREENSHOTS=$(CURDIR)/docs/img $(RUN) pytest -q $(SCREENSHOT_TESTS)
+
+test: setup browser postgres proxy mqtt-broker rtsp-server pipeline docs-build ## set up, bring the pipeline up to date (the service tests serve its champion), build the docs, run all tests
 	@# two test processes (a file each at a time: module fixtures build once; the longest files first,
 	@# tests/conftest.py); most tests wait on a subprocess or a server. The slowest are listed at the end.
 	$(RUN) pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=20
@@ -122,6 +134,9 @@ bench-peers: ## the AIZOO peer and our pipeline on the same 200 dev scenes in on
 bench-cameras: ## 8 then 16 pulled file cameras at 5 fps on one worker: fps per camera, drops, latency, RSS -> reports/bench/cameras.json
 	$(RUN) python -m facemask.bench.cameras
 
+bench-front: ## detectors x full-pass sizes (256-800) x fp32/int8 and the AIZOO peer: dev and val mAP, recall by size, close-up F1, ms median/p95 -> reports/bench/front.{csv,json,png}, MLflow
+	$(RUN) python -m facemask.bench.front
+
 bench-profiles: ## a door-profile and a crowd-profile camera at once on one worker (the real clips, 30 fps asked): frames/s of each -> reports/bench/profiles-cameras.json
 	$(RUN) python -m facemask.bench.cameras --cameras 2 --fps 30 --seconds $(or $(SECONDS),60) --profiles door crowd --out reports/bench/profiles-cameras.json
 
@@ -150,9 +165,9 @@ bench-latency: ## detect latency table (1/3/8 faces, 640x480), in-process; URL=h
 mlflow-server: postgres ## the team tracking server: MLflow on PostgreSQL, artifacts proxied, in mlflow-server/ (PORT=5000)
 	$(RUN) python -m facemask.tracking_server --root mlflow-server --host $${HOST:-127.0.0.1} --port $${PORT:-5000}
 
-mlflow-ui: ## open the MLflow UI on http://127.0.0.1:5000 (runs, metrics, plots, models); prints the runs page
-	@$(RUN) python -m facemask.mlflow_tracking --ui http://127.0.0.1:5000
-	$(RUN) mlflow ui --backend-store-uri $${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db} --host 127.0.0.1 --port 5000
+mlflow-ui: ## open the MLflow UI on http://127.0.0.1:5000 (MLFLOW_PORT=...; runs, metrics, plots, models); prints the runs page
+	@$(RUN) python -m facemask.mlflow_tracking --ui http://127.0.0.1:$${MLFLOW_PORT:-5000}
+	$(RUN) mlflow ui --backend-store-uri $${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db} --host 127.0.0.1 --port $${MLFLOW_PORT:-5000}
 
 clean: ## remove pipeline outputs (keeps the MLflow store and the DVC cache)
 	rm -rf data/interim data/crops data/raw models reports

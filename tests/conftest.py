@@ -252,6 +252,14 @@ def server(bento, bento_env):
     stop(proc)
 
 
+def screenshot(page, name: str) -> None:
+    """The page as the documentation shows it (`make screenshots` sets FACEMASK_SCREENSHOTS to
+    docs/img): taken from the real page by the browser test that drives it; otherwise nothing."""
+    if folder := os.environ.get("FACEMASK_SCREENSHOTS"):
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(Path(folder) / name))
+
+
 def chromium_binary() -> str:
     for candidate in ("/usr/lib/chromium/chromium", shutil.which("chromium") or ""):
         if candidate and Path(candidate).is_file():

@@ -29,7 +29,7 @@ from facemask.stream.session import CameraSession
 from facemask.stream.zones import ZoneFilter
 from facemask.subprocesses import stop
 
-from .conftest import API_KEY, REPO, chromium_binary, entrance_video, pipeline_output, start_bento
+from .conftest import API_KEY, REPO, chromium_binary, entrance_video, pipeline_output, screenshot, start_bento
 from .test_stream import frames, stream_cfg
 
 CLIP, STREET = CLIPS  # 30 fps each: a woman unmasked at 2-4 s, then masked (8.9 s); a street, small faces (31 s)
@@ -356,6 +356,7 @@ def test_the_served_bento_pulls_its_cameras_and_shows_them_on_the_grid_page(bent
             assert "failed" in page.inner_text('.tile[data-camera="silent"] .state')
             assert "cannot open" in page.inner_text('.tile[data-camera="silent"] .error')
             page.wait_for_selector("#timeline li.alert", timeout=90_000)
+            screenshot(page, "cameras-grid.png")
             alert = page.locator("#timeline li.alert").first
             assert "person #" in alert.inner_text() and "no mask" in alert.inner_text()
             camera = alert.get_attribute("data-camera")
@@ -368,6 +369,7 @@ def test_the_served_bento_pulls_its_cameras_and_shows_them_on_the_grid_page(bent
             page.locator("#events li.has-clip").first.click()
             page.wait_for_function("(v => v.readyState >= 2 && v.duration > 5)(document.getElementById('player'))",
                                    timeout=20_000)  # fmt: skip
+            screenshot(page, "event-review.png")  # the alert in the timeline, its event and clip opened
             server.stop()
             page.wait_for_function("['reconnecting', 'failed'].includes(window.grid.states['rtsp-entrance'])",
                                    timeout=20_000)  # fmt: skip

@@ -29,7 +29,7 @@ from facemask.classifier import MaskClassifier
 from facemask.config import compose, write_params
 from facemask.imageio import read_image
 
-from .conftest import BIN, REPO, chromium_binary, start_mlflow, stop
+from .conftest import BIN, REPO, chromium_binary, screenshot, start_mlflow, stop
 
 pytestmark = pytest.mark.slow
 STAGES = [
@@ -521,6 +521,7 @@ def test_mlflow_ui_opens_on_the_training_runs(project):
         page = browser.new_page(viewport={"width": 1400, "height": 900})
         page.goto(url)
         page.get_by_text(run_name).first.wait_for(timeout=60_000)
+        screenshot(page, "mlflow-runs.png")
         landed, text = page.url, page.inner_text("body")
         browser.close()
     assert f"/experiments/{experiment.experiment_id}/runs" in landed and "workflowType=machine_learning" in landed

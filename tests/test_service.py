@@ -27,7 +27,7 @@ from PIL import Image
 
 from facemask.config import compose, load_params, write_params
 
-from .conftest import API_KEY, BIN, FPS, REPO, chromium_binary, entrance_frames, entrance_video, run
+from .conftest import API_KEY, BIN, FPS, REPO, chromium_binary, entrance_frames, entrance_video, run, screenshot
 
 KEY = {"X-API-Key": API_KEY}
 
@@ -400,6 +400,7 @@ def test_camera_page_in_headless_chromium(server, shared, tmp_path):
         text = page.inner_text("#alerts li.alert")
         assert "person #" in text and ("no mask" in text or "incorrect" in text)
         assert "% masked" in page.inner_text("#compliance")
+        screenshot(page, "live-page.png")
         drawn = page.evaluate(
             "(() => { const c = document.getElementById('overlay');"
             " const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"

@@ -7,6 +7,7 @@ nothing and its boxes move, so only the classifier is served in int8.
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -26,8 +27,15 @@ def quantize(model: Path, batches: Iterable[dict[str, np.ndarray]], out: Path) -
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(inputs, None)
 
+    model, out = Path(model).resolve(), Path(out).resolve()
     prepared = out.with_suffix(".pre.onnx")
-    quant_pre_process(str(model), str(prepared))
+    # the pre-processing leaves scratch files in the working directory (a symbolic shape inference
+    # model, an external-data file): it runs in a temporary one
+    with tempfile.TemporaryDirectory(prefix="facemask-int8-") as scratch, contextlib.chdir(scratch):
+        try:
+            quant_pre_process(str(model), str(prepared))
+        except Exception:  # onnxruntime raises a bare Exception: "Incomplete symbolic shape inference"
+            quant_pre_process(str(model), str(prepared), skip_symbolic_shape=True)  # ONNX's own shape inference
     quantize_static(
         str(prepared), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,

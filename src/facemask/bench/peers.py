@@ -171,6 +171,13 @@ def compare(params: Params, limit: int | None) -> pd.DataFrame:
     return table.assign(machine=machine.label())
 
 
+def write_table(table: pd.DataFrame, folder: Path, stem: str) -> None:
+    """A benchmark table as `<stem>.csv` and `<stem>.json` (one record a row) in `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    table.to_csv(folder / f"{stem}.csv", index=False)
+    (folder / f"{stem}.json").write_text(json.dumps(table.to_dict(orient="records"), indent=2) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scenes", type=int, default=None, help="the first N dev scenes (default: all)")
@@ -183,10 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     except (FacemaskError, ValueError, FileNotFoundError) as err:
         print(f"peers: {err}", file=sys.stderr)
         return 2
-    out = args.out or params.paths.reports / "bench"
-    out.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out / "peers.csv", index=False)
-    (out / "peers.json").write_text(json.dumps(table.to_dict(orient="records"), indent=2) + "\n")
+    write_table(table, args.out or params.paths.reports / "bench", "peers")
     print(table.drop(columns="machine").round(3).to_markdown(index=False))
     print(f"\n{machine.label()}")
     return 0
