@@ -81,8 +81,8 @@ def train_scene_stems(shared: Path, n: int) -> list[str]:
 
 def make_mirror(shared: Path, dest: Path, per_folder: int, scene_count: int = 12, train_scenes: int = 16) -> Path:
     """A slice of the offline mirror: `per_folder` real images per label folder, the first
-    `train_scenes` annotated training scenes, the first `scene_count` dev scenes and both
-    detectors' weights, same layout."""
+    `train_scenes` annotated training scenes, the first `scene_count` dev scenes and the weights of
+    the detectors the default configuration names (CenterFace: the `hall` profile), same layout."""
     for source, folders in {
         "face-mask-2class": ["with_mask", "without_mask"],
         "maskedface-net-sample": ["correct", "incorrect"],
@@ -95,6 +95,7 @@ def make_mirror(shared: Path, dest: Path, per_folder: int, scene_count: int = 12
     (dest / "models" / "yunet").mkdir(parents=True)
     shutil.copy(shared / "models/yunet/face_detection_yunet.onnx", dest / "models/yunet")
     shutil.copytree(shared / "models/retinaface-mobilenet0.25", dest / "models/retinaface-mobilenet0.25")
+    shutil.copytree(shared / "models/centerface", dest / "models/centerface")
     copy_scenes(
         shared / "datasets/face-mask-scenes-train",
         dest / "datasets/face-mask-scenes-train",
