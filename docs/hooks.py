@@ -19,6 +19,18 @@ from pydantic import BaseModel
 ROOT = Path(__file__).resolve().parent.parent
 
 
+REPORT_IMAGES = {"img/front.png": "reports/bench/front.png"}  # the site's copy of a report's plot
+
+
+def on_files(files, config):
+    """The plots the benchmarks write into reports/ join the site under img/ (one file, no copy in docs/)."""
+    from mkdocs.structure.files import File
+
+    for uri, source in REPORT_IMAGES.items():
+        files.append(File.generated(config, uri, abs_src_path=str(ROOT / source)))
+    return files
+
+
 def on_page_markdown(markdown: str, page, config, files) -> str:
     for marker, build in (
         ("<!-- config-reference -->", config_reference),
