@@ -34,7 +34,7 @@ from tqdm import tqdm
 from facemask import machine
 from facemask.bench.peers import AizooPeer, write_table
 from facemask.classifier import MaskClassifier
-from facemask.config import Params, compose, validate
+from facemask.config import Params, Pipeline, compose, validate
 from facemask.data.manifest import split_scenes
 from facemask.data.voc import Scene, evaluation_folder, load_scenes
 from facemask.detection import FaceDetector, build_detector, detector_backend
@@ -42,7 +42,7 @@ from facemask.detection.base import LargeFacePass
 from facemask.errors import FacemaskError
 from facemask.imageio import read_image
 from facemask.onnx_sessions import ort_session
-from facemask.pipeline import MaskPipeline
+from facemask.pipeline import MaskPipeline, detect_at, face_labels
 from facemask.quantization import quantize_graph
 from facemask.scenes.average_precision import Prediction, scene_metrics
 from facemask.scenes.evaluate import to_prediction
@@ -70,14 +70,12 @@ def detector_graph(name: str, params: Params) -> bytes | None:
     return None
 
 
-def int8_detector(detector: FaceDetector, graph: bytes, frames: list[np.ndarray], long_side: int) -> FaceDetector:
+def int8_detector(detector: FaceDetector, graph: bytes, frames: list[np.ndarray], settings: Pipeline) -> FaceDetector:
     """A copy of `detector` on its graph quantized to int8, calibrated on what it is fed for `frames`
-    (resized to `long_side`, as the pipeline feeds it)."""
-    import cv2
-
+    by the pipeline's one detection call (`detect_at` with `settings`)."""
     if isinstance(detector, LargeFacePass):  # the wrapper keeps its pass; the network inside is quantized
         quantized = copy.copy(detector)
-        quantized.detector = int8_detector(detector.detector, graph, frames, long_side)
+        quantized.detector = int8_detector(detector.detector, graph, frames, settings)
         return quantized
     feeds: list[dict] = []
     session = detector.session
@@ -93,8 +91,7 @@ def int8_detector(detector: FaceDetector, graph: bytes, frames: list[np.ndarray]
     detector.session = Recorder()
     try:
         for frame in frames:
-            scale = long_side / max(frame.shape[:2])
-            detector.detect(cv2.resize(frame, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA))
+            detect_at(detector, frame, settings)
     finally:
         detector.session = session
     quantized = copy.copy(detector)
@@ -102,19 +99,20 @@ def int8_detector(detector: FaceDetector, graph: bytes, frames: list[np.ndarray]
     return quantized
 
 
-def photo_set(params: Params, per_label: int) -> list[tuple[Path, str]]:
-    """Close-up photos of the test split, the first `per_label` of each label by id."""
+def photo_set(params: Params, per_label: int) -> list[tuple[np.ndarray, str]]:
+    """Close-up photos of the test split, the first `per_label` of each label by id, decoded."""
     manifest = pd.read_csv(params.paths.manifest, keep_default_na=False)
     photos = manifest[(manifest["kind"] == "photo") & (manifest["split"] == "test")].sort_values("id")
     rows = photos.groupby("label", sort=True).head(per_label)
-    return [(Path(params.paths.raw) / r.source / r.relpath, r.label) for r in rows.itertuples()]
+    raw, max_pixels = Path(params.paths.raw), params.data.max_image_pixels
+    return [(read_image(raw / r.source / r.relpath, max_pixels), r.label) for r in rows.itertuples()]
 
 
-def photo_f1(answer: Callable[[np.ndarray], Prediction], photos: list, labels: list[str], max_pixels: int) -> float:
+def photo_f1(answer: Callable[[np.ndarray], Prediction], photos: list, labels: list[str]) -> float:
     """Macro-F1 over the face labels of the class answered for each photo's highest-scored face."""
     truth, said = [], []
-    for path, label in photos:
-        pred = answer(read_image(path, max_pixels))
+    for frame, label in photos:
+        pred = answer(frame)
         truth.append(label)
         said.append(pred.labels[int(np.argmax(pred.scores))] if len(pred.scores) else "missed")
     return float(f1_score(truth, said, labels=labels, average="macro", zero_division=0))
@@ -143,14 +141,11 @@ def front(params: Params, detectors: list[str], sizes: list[int], precisions: li
     val_frames = [read_image(s.image, max_pixels) for s in val]
     photos = photo_set(params, photos_per_label)
     classifier = MaskClassifier.load(params.paths.classifier, params.pipeline.classifier_runtime)
-    base = MaskPipeline.from_params(params, classifier)
-    labels = base.labels
+    labels = face_labels(classifier)
     rows = []
     peer = AizooPeer.from_mirror().with_score_threshold(0.05)
     result, ms = measure(peer, dev_frames, dev, params, labels)
-    rows.append(
-        _row("aizoo (peer)", "AizooPeer", 260, "fp32", result, ms, None, photo_f1(peer, photos, labels, max_pixels))
-    )
+    rows.append(_row("aizoo (peer)", "AizooPeer", 260, "fp32", result, ms, None, photo_f1(peer, photos, labels)))
     for name in detectors:
         cfg = params.detectors[name]
         detector = build_detector(cfg)
@@ -162,7 +157,7 @@ def front(params: Params, detectors: list[str], sizes: list[int], precisions: li
             used = (
                 detector
                 if precision == "fp32"
-                else int8_detector(detector, graph, val_frames[:CALIBRATION_SCENES], 640)
+                else int8_detector(detector, graph, val_frames[:CALIBRATION_SCENES], params.pipeline)
             )
             for size in tqdm(sizes, desc=f"{name} {precision}", unit="size"):
                 settings = params.pipeline.model_copy(update={"detect_long_side": size})
@@ -170,7 +165,7 @@ def front(params: Params, detectors: list[str], sizes: list[int], precisions: li
                 answer = lambda f, pipe=pipe: to_prediction(pipe(f), labels)  # noqa: E731
                 dev_result, ms = measure(answer, dev_frames, dev, params, labels)
                 val_result, _ = measure(answer, val_frames, val, params, labels)
-                f1 = photo_f1(answer, photos, labels, max_pixels)
+                f1 = photo_f1(answer, photos, labels)
                 rows.append(_row(name, type(used).__name__, size, precision, dev_result, ms, val_result["map"], f1))
     table = pd.DataFrame(rows)
     ours = table[table["detector"] != "aizoo (peer)"]
