@@ -15,7 +15,7 @@ FACEMASK_MIRROR ?= $(if $(wildcard ../shared/datasets),$(abspath ../shared),)
 export FACEMASK_MIRROR
 OVERRIDES ?=
 
-.PHONY: help setup params check-params pipeline run test test-fast lint format mlflow-ui mlflow-server postgres proxy mqtt-broker rtsp-server container clean bento-models serve bento bench-latency scenes bench bench-classifiers bench-quantization bench-runtimes bench-cameras soak browser stream compliance bench-stream loadtest api-key audit bench-seeds bench-peers bench-front bench-profiles docs docs-build screenshots
+.PHONY: help setup curl params check-params pipeline run test test-fast lint format mlflow-ui mlflow-server postgres proxy mqtt-broker rtsp-server container clean bento-models serve bento bench-latency scenes bench bench-classifiers bench-quantization bench-runtimes bench-cameras soak browser stream compliance bench-stream loadtest api-key audit bench-seeds bench-peers bench-front bench-profiles docs docs-build screenshots
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -47,6 +47,10 @@ browser: ## Debian's chromium for the web-page test (apt-get; root or sudo)
 	@command -v chromium >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
+curl: ## curl for the getting-started test, which runs the page's curl commands (apt-get; root or sudo)
+	@command -v curl >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends curl; }
+
 postgres: ## Debian's PostgreSQL server for the team tracking server and its test (apt-get; root or sudo)
 	@command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; }
@@ -74,7 +78,7 @@ docs-build: ## build the documentation site into site/ (--strict: a broken link,
 screenshots: browser ## the documentation's screenshots, taken by the browser tests from the real pages -> docs/img/
 	FACEMASK_SCREENSHOTS=$(CURDIR)/docs/img $(RUN) pytest -q $(SCREENSHOT_TESTS)
 
-test: setup browser postgres proxy mqtt-broker rtsp-server pipeline docs-build ## set up, bring the pipeline up to date (the service tests serve its champion), build the docs, run all tests
+test: setup browser curl postgres proxy mqtt-broker rtsp-server pipeline docs-build ## set up, bring the pipeline up to date (the service tests serve its champion), build the docs, run all tests
 	@# two test processes (a file each at a time: module fixtures build once; the longest files first,
 	@# tests/conftest.py); most tests wait on a subprocess or a server. The slowest are listed at the end.
 	$(RUN) pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=20
