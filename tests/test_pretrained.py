@@ -225,3 +225,43 @@ def test_the_int8_graph_travels_in_the_artefact_and_is_served(shared, cfg, tmp_p
         MaskClassifier.load(tmp_path / "without.pt", "onnxruntime_int8")
     fallback = MaskClassifier.load(tmp_path / "without.pt", "onnxruntime")
     assert fallback.predict_proba(scored[:2], bgr=True).shape == (2, 4)
+
+
+def test_the_stored_onnx_graph_serves_without_building_the_network(shared, cfg, tmp_path):
+    """The artefact carries the network's ONNX graph, checked against PyTorch when saved: a process
+    serving it in ONNX Runtime answers what the eager network answers on real photos without
+    importing timm or exporting; an artefact saved before graphs were stored is exported at load."""
+    import subprocess
+    import sys
+
+    from facemask.classifier import save_classifier
+
+    torch.manual_seed(0)
+    network = create_network(cfg, 4)
+    labels = ["mask", "no_mask", "incorrect", "background"]
+    save_classifier(network, cfg, labels, tmp_path / "classifier.pt", {"compliant_label": "mask"})
+    blob = torch.load(tmp_path / "classifier.pt", weights_only=True)
+    assert blob["onnx_fp32"].dtype == torch.uint8 and len(blob["onnx_fp32"]) > 1_000_000
+    del blob["onnx_fp32"]  # as saved before graphs were stored
+    torch.save(blob, tmp_path / "old.pt")
+
+    photos = real_images(shared, "face-mask-2class/with_mask", 4) + real_images(
+        shared, "maskedface-net-sample/incorrect", 4
+    )
+    script = (
+        "import sys, numpy as np\n"
+        "from facemask.classifier import MaskClassifier\n"
+        "from facemask.imageio import read_image\n"
+        f"crops = [read_image(p, {MAX_PIXELS}) for p in sys.argv[2:]]\n"
+        "served = MaskClassifier.load(sys.argv[1], 'onnxruntime')\n"
+        "np.save(sys.argv[1] + '.npy', served.predict_proba(crops, bgr=True))\n"
+        "print('timm' in sys.modules, served._network is None)\n"
+    )
+    for name, expected in (("classifier.pt", "False True"), ("old.pt", "True False")):
+        path = tmp_path / name
+        command = [sys.executable, "-c", script, str(path), *map(str, photos)]
+        run = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr[-2000:]
+        assert run.stdout.split("\n")[-2] == expected, (name, run.stdout)  # timm imported, network built
+        eager = MaskClassifier.load(path).predict_proba([read_image(p, MAX_PIXELS) for p in photos], bgr=True)
+        assert np.abs(np.load(f"{path}.npy") - eager).max() < 1e-3

@@ -1,18 +1,19 @@
 """The mask classifier artefact: a timm network plus everything needed to feed it.
 
 `models/classifier.pt` holds the state dict with its backbone name, labels and preprocessing, so the
-evaluation stage, the service and any client rebuild exactly the trained model.
+evaluation stage, the service and any client rebuild exactly the trained model. It also holds the
+network's ONNX graph, checked against PyTorch when it was saved (and the int8 graph, when calibrated):
+a process that runs the classifier in ONNX Runtime loads it without timm and without an export.
 """
 
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import timm
 import torch
 
 from facemask.config import ClassifierRuntime as Runtime
@@ -26,6 +27,8 @@ from facemask.preprocess import Preprocessor
 def create_network(cfg: ModelConfig, num_classes: int) -> torch.nn.Module:
     """The timm network with a `num_classes` head: from scratch, from timm's hub weights, or from a
     weights file (mirror or download) loaded strictly with its own head, which is then replaced."""
+    import timm  # here, not at the top: a process serving the stored ONNX graph never builds the network
+
     if cfg.pretrained == "none":
         return timm.create_model(cfg.backbone, num_classes=num_classes, drop_rate=cfg.drop_rate)
     if cfg.pretrained == "timm":
@@ -60,38 +63,42 @@ def onnx_graph(network: torch.nn.Module, input_size: int) -> bytes:
     return graph.getvalue()
 
 
-def onnx_session(network: torch.nn.Module, input_size: int, tolerance: float = 1e-3) -> Any:
-    """`network`'s ONNX export in an ONNX Runtime session, checked against PyTorch on a batch before
-    use: class probabilities further apart than `tolerance` are refused."""
-    session = ort_session(onnx_graph(network, input_size))
+def checked_onnx_graph(network: torch.nn.Module, input_size: int, tolerance: float = 1e-3) -> bytes:
+    """`network`'s ONNX export, checked against PyTorch on a batch: class probabilities further apart
+    than `tolerance` are refused."""
+    graph = onnx_graph(network, input_size)
     example = torch.rand(4, 3, input_size, input_size) * 4 - 2
     with torch.inference_mode():
         expected = torch.softmax(network.eval()(example), dim=1)
-    got = torch.softmax(torch.from_numpy(session.run(None, {"input": example.numpy()})[0]), dim=1)
+    got = torch.softmax(torch.from_numpy(ort_session(graph).run(None, {"input": example.numpy()})[0]), dim=1)
     gap = float((expected - got).abs().max())
     if gap > tolerance:
         raise RuntimeError(f"the ONNX export disagrees with PyTorch (probabilities {gap:.2g} apart)")
-    return session
+    return graph
 
 
 class MaskClassifier:
     """Batched inference over face crops; returns class probabilities in `labels` order.
 
-    `runtime`: `torch` runs the network eagerly; `onnxruntime` runs its ONNX export (made here, once,
-    and checked against PyTorch): the same probabilities, measured 4x faster for MobileNetV2 on 2 cores;
-    `onnxruntime_int8` runs the int8 graph the train stage calibrated and stored in the artefact
-    (`int8_graph`; its agreement with fp32 on the val crops is in `meta["int8"]`)."""
+    `runtime`: `torch` runs the network eagerly; `onnxruntime` runs its ONNX export (`fp32_graph`, the
+    one stored in the artefact; else exported here, once, and checked against PyTorch): the same
+    probabilities, measured 4x faster for MobileNetV2 on 2 cores; `onnxruntime_int8` runs the int8 graph
+    the train stage calibrated and stored in the artefact (`int8_graph`; its agreement with fp32 on the
+    val crops is in `meta["int8"]`). `network` may be a function that builds it: it is then built on
+    first use (`.network`), never where a stored graph answers."""
 
     def __init__(
         self,
-        network: torch.nn.Module,
+        network: torch.nn.Module | Callable[[], torch.nn.Module],
         labels: Sequence[str],
         preprocessor: Preprocessor,
         meta: dict,
         runtime: Runtime = "torch",
         int8_graph: bytes | None = None,
+        fp32_graph: bytes | None = None,
     ):
-        self.network = network.eval()
+        self._network = network.eval() if isinstance(network, torch.nn.Module) else None
+        self._build = network
         self.labels = list(labels)
         self.preprocessor = preprocessor
         self.meta = meta
@@ -99,7 +106,9 @@ class MaskClassifier:
         self.int8_graph = int8_graph
         self._session = None
         if runtime == "onnxruntime":
-            self._session = onnx_session(self.network, preprocessor.input_size)
+            if fp32_graph is None:
+                fp32_graph = checked_onnx_graph(self.network, preprocessor.input_size)
+            self._session = ort_session(fp32_graph)
         elif runtime == "onnxruntime_int8":
             if int8_graph is None:
                 raise ConfigError(
@@ -107,6 +116,13 @@ class MaskClassifier:
                     "graph: retrain it (dvc repro train, model.int8_calibration > 0) or serve it in onnxruntime"
                 )
             self._session = ort_session(int8_graph)
+
+    @property
+    def network(self) -> torch.nn.Module:
+        """The PyTorch network (built from the artefact on first use when it was loaded lazily)."""
+        if self._network is None:
+            self._network = self._build().eval()
+        return self._network
 
     @torch.inference_mode()
     def predict_proba(self, crops: Sequence[np.ndarray], bgr: bool = False, batch_size: int = 64) -> np.ndarray:
@@ -129,13 +145,23 @@ class MaskClassifier:
         if not path.is_file():
             raise FileNotFoundError(f"classifier {path} not found: run the train stage (dvc repro train)")
         blob: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)  # no code from the file
-        cfg = ModelConfig.model_validate({**blob["model"], "pretrained": "none"})  # the trained weights follow
-        network = create_network(cfg, len(blob["labels"]))
-        network.load_state_dict(blob["state_dict"])
+        # the trained weights follow; the backbone was checked against timm when it was trained
+        cfg = ModelConfig.model_validate({**blob["model"], "pretrained": "none"}, context={"trained": True})
+
+        def network() -> torch.nn.Module:
+            built = create_network(cfg, len(blob["labels"]))
+            built.load_state_dict(blob["state_dict"])
+            return built
+
         meta = {**blob.get("meta", {}), "backbone": cfg.backbone, "input_size": cfg.input_size}
-        int8 = blob.get("onnx_int8")
-        int8_graph = int8.numpy().tobytes() if int8 is not None else None
-        return cls(network, blob["labels"], Preprocessor.from_config(cfg), meta, runtime, int8_graph)
+        int8_graph, fp32_graph = (_graph(blob, key) for key in ("onnx_int8", "onnx_fp32"))  # fp32: older have none
+        return cls(network, blob["labels"], Preprocessor.from_config(cfg), meta, runtime, int8_graph, fp32_graph)
+
+
+def _graph(blob: dict[str, Any], key: str) -> bytes | None:
+    """An ONNX graph stored in the artefact as a uint8 tensor, as bytes."""
+    graph = blob.get(key)
+    return graph.numpy().tobytes() if graph is not None else None
 
 
 def save_classifier(
@@ -145,9 +171,11 @@ def save_classifier(
     path: Path,
     meta: dict | None = None,
     int8_graph: bytes | None = None,
+    fp32_graph: bytes | None = None,
 ) -> None:
-    """The artefact: weights, backbone, labels, preprocessing, metadata and, when given, the int8
-    graph (as a uint8 tensor: the file loads with `weights_only`, no code)."""
+    """The artefact: weights, backbone, labels, preprocessing, metadata, the ONNX graph (`fp32_graph`,
+    else exported and checked here) and, when given, the int8 graph (graphs as uint8 tensors: the file
+    loads with `weights_only`, no code)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     blob = {
         "model": cfg.model_dump(mode="json"),
@@ -155,6 +183,8 @@ def save_classifier(
         "state_dict": {k: v.detach().cpu() for k, v in network.state_dict().items()},
         "meta": meta or {},
     }
+    blob["onnx_fp32"] = torch.frombuffer(bytearray(fp32_graph or checked_onnx_graph(network, cfg.input_size)),
+                                         dtype=torch.uint8)  # fmt: skip
     if int8_graph is not None:
         blob["onnx_int8"] = torch.frombuffer(bytearray(int8_graph), dtype=torch.uint8)
     tmp = path.with_suffix(".tmp")

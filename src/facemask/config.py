@@ -14,7 +14,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from facemask.atomic_files import write_atomic
 from facemask.errors import FacemaskError
@@ -295,7 +304,9 @@ class Model(_Strict):
 
     @field_validator("backbone")
     @classmethod
-    def _known_backbone(cls, name: str) -> str:
+    def _known_backbone(cls, name: str, info: ValidationInfo) -> str:
+        if (info.context or {}).get("trained"):  # a trained artefact's: checked when it was trained
+            return name
         import timm
 
         if not timm.is_model(name):

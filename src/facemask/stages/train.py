@@ -17,7 +17,7 @@ import torch
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from facemask import mlflow_tracking, plots
-from facemask.classifier import MaskClassifier, onnx_graph, save_classifier
+from facemask.classifier import MaskClassifier, checked_onnx_graph, save_classifier
 from facemask.cli import run_stage, write_json
 from facemask.config import Params
 from facemask.crop_scoring import predict_crops, split_crops
@@ -62,16 +62,17 @@ def train(params: Params) -> None:
             "reject_label": params.crop.background.label if params.crop.background.enabled else None,
             "compliant_label": params.data.compliant,  # the gate, compliance and drawings read it here
         }
+        graph = checked_onnx_graph(network, params.model.input_size)  # served, calibrated, stored: one export
         int8_graph = None
         if params.model.int8_calibration:
-            int8_graph, meta["int8"] = calibrated_int8(params, network, labels)
+            int8_graph, meta["int8"] = calibrated_int8(params, network, graph, labels)
         if meta["reject_label"] is not None:  # the rejection threshold belongs to this model, as served
             runtime = params.pipeline.classifier_runtime
             pre = Preprocessor.from_config(params.model)
             meta["reject_min_probability"] = record_rejection(
-                params, MaskClassifier(network, labels, pre, meta, runtime, int8_graph)
+                params, MaskClassifier(network, labels, pre, meta, runtime, int8_graph, graph)
             )
-        save_classifier(network, params.model, labels, paths.classifier, meta, int8_graph)
+        save_classifier(network, params.model, labels, paths.classifier, meta, int8_graph, graph)
 
         frame = fitted.history
         frame.to_csv(paths.reports / "train_history.csv", index=False)
@@ -115,18 +116,21 @@ def log_inputs(params: Params, dm: CropDataModule) -> None:
     mlflow.set_tags({"stage": "train", "backbone": params.model.backbone, "detector": params.detector.name})
 
 
-def calibrated_int8(params: Params, network: torch.nn.Module, labels: list[str]) -> tuple[bytes, dict]:
-    """The network's int8 graph, calibrated on `model.int8_calibration` training-split crops (shuffled
-    with the seed), and how far it strays from fp32 on the val-split crops (logged to the run)."""
+def calibrated_int8(
+    params: Params, network: torch.nn.Module, fp32_graph: bytes, labels: list[str]
+) -> tuple[bytes, dict]:
+    """The int8 graph of the network's ONNX graph `fp32_graph`, calibrated on `model.int8_calibration`
+    training-split crops (shuffled with the seed), and how far it strays from fp32 on the val-split
+    crops (logged to the run)."""
     pre = Preprocessor.from_config(params.model)
     train = split_crops(params, "train").sample(frac=1.0, random_state=params.train_seed)[
         : params.model.int8_calibration
     ]
     crops = [read_image(params.paths.crops / name, params.data.max_image_pixels) for name in train["crop"]]
     batches = ({"input": pre.batch(crops[i : i + 16], bgr=True).numpy()} for i in range(0, len(crops), 16))
-    graph = quantize_graph(onnx_graph(network, params.model.input_size), batches)
+    graph = quantize_graph(fp32_graph, batches)
     val = split_crops(params, "val")
-    fp32 = predict_crops(MaskClassifier(network, labels, pre, {}, "onnxruntime"), params, val)
+    fp32 = predict_crops(MaskClassifier(network, labels, pre, {}, "onnxruntime", fp32_graph=fp32_graph), params, val)
     int8 = predict_crops(MaskClassifier(network, labels, pre, {}, "onnxruntime_int8", graph), params, val)
     stats = {
         "calibration_crops": len(crops),
