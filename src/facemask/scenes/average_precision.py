@@ -17,7 +17,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torchmetrics.detection import MeanAveragePrecision
 
 from facemask.boxes import match
 
@@ -73,6 +72,8 @@ def average_precision(
 ) -> dict:
     """Per-class AP and mAP at one IoU threshold (101-point interpolation) plus PR curves."""
     index = {lb: i for i, lb in enumerate(labels)}
+    from torchmetrics.detection import MeanAveragePrecision  # here: it imports torchvision (seconds)
+
     metric = MeanAveragePrecision(
         box_format="xyxy",
         iou_type="bbox",
