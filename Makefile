@@ -171,6 +171,7 @@ mlflow-server: postgres ## the team tracking server: MLflow on PostgreSQL, artif
 
 mlflow-ui: ## open the MLflow UI on http://127.0.0.1:5000 (MLFLOW_PORT=...; runs, metrics, plots, models); prints the runs page
 	@$(RUN) python -m facemask.mlflow_tracking --ui http://127.0.0.1:$${MLFLOW_PORT:-5000}
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=$${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false} \
 	$(RUN) mlflow ui --backend-store-uri $${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db} --host 127.0.0.1 --port $${MLFLOW_PORT:-5000}
 
 clean: ## remove pipeline outputs (keeps the MLflow store and the DVC cache)

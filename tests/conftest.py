@@ -21,7 +21,7 @@ import requests
 import yaml
 
 from facemask.subprocesses import free_port, stop, wait_ready
-from facemask.tracking_server import tracking_server
+from facemask.tracking_server import JOB_EXECUTION, tracking_server
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -126,7 +126,8 @@ def start_mlflow(root: Path, port: int | None = None) -> tuple[subprocess.Popen,
         "--artifacts-destination", str(root / "artifacts"), "--workers", "1",
     ]  # fmt: skip
     log = (root / "server.log").open("a")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=root, start_new_session=True)
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": JOB_EXECUTION}  # as the team server
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=root, env=env, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(
@@ -408,6 +409,24 @@ def broker():
 def video(shared, tmp_path_factory) -> Path:
     """The entrance scene (`entrance_frames`) as an mp4 file."""
     return entrance_video(shared, tmp_path_factory.mktemp("video") / "entrance.mp4")
+
+
+@pytest.fixture(autouse=True)
+def _mlflow_tracking_uri_restored():
+    """`mlflow.set_tracking_uri` (a test's own, or a stage's run in-process) also exports
+    MLFLOW_TRACKING_URI: both are restored after each test, so that no later test's subprocess logs
+    to a tracking server an earlier test has stopped."""
+    import mlflow
+    from mlflow.tracking._tracking_service import utils  # the set URI (None: unset), as mlflow's own
+    # _use_tracking_uri saves it
+
+    env, uri = os.environ.get("MLFLOW_TRACKING_URI"), utils._tracking_uri
+    yield
+    mlflow.set_tracking_uri(uri)  # None unsets it
+    if env is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = env
 
 
 @pytest.fixture(scope="module")

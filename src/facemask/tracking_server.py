@@ -152,6 +152,11 @@ class TrackingServer:
     db: Postgres
 
 
+# MLflow 3's server also starts a job runner (three or more huey consumer processes, each importing
+# MLflow) for GenAI jobs this project never submits: off unless the environment asks for it.
+JOB_EXECUTION = "false"
+
+
 @contextlib.contextmanager
 def tracking_server(
     root: Path, host: str = "127.0.0.1", port: int | None = None, workers: int = 1
@@ -168,6 +173,7 @@ def tracking_server(
         "--artifacts-destination", str(root / "artifacts"), "--serve-artifacts", "--workers", str(workers),
     ]  # fmt: skip
     env = {**os.environ, "MLFLOW_BACKEND_STORE_URI": db.url}  # the password stays out of `ps`
+    env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", JOB_EXECUTION)
     try:
         db.start()
         with log.open("a") as fh:
