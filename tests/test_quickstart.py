@@ -41,7 +41,8 @@ def test_the_getting_started_commands_run_as_written(tmp_path):
     commands = page_commands()
     assert commands[0] == "make run" and "make compliance" in commands and "make mlflow-ui" in commands
     port, mlflow_port = free_port(), free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("FACEMASK_API_KEYS", "FACEMASK_EVENTS"))}
+    # a newcomer's shell: no keys, event file or tracking server of another test
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FACEMASK_API_KEYS", "FACEMASK_EVENTS", "MLFLOW_"))}
     env.update({"PORT": str(port), "MLFLOW_PORT": str(mlflow_port), "BENTOML_HOME": str(tmp_path / "bentoml"),
                 "BENTOML_DO_NOT_TRACK": "True"})  # fmt: skip
     created = [REPO / "annotated.jpg", REPO / "door.mp4"]
