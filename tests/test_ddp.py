@@ -36,11 +36,13 @@ from .conftest import BIN, REPO, free_port
 # so the run is held to having learnt, as every measured run did, not to one process's score.
 # Four epochs (seed 42, crops of 3fa95d0, this test as written): DDP 0.534 (three: 0.474, two: 0.257; six
 # with the int8 graph: 0.601). The int8 graph is not what this test is about (test_pretrained): without it
-# the run takes 118 s against 151 for six epochs with it, on machine E.
+# the run takes 118 s against 151 for six epochs with it, on machine E. A global batch of 64 (half the
+# steps: each step all-reduces every BatchNorm layer over gloo) scored 0.441 against 0.534 for 32, in
+# 124 s against 195 (132 CPU-seconds against 188; machine E, beside a test run).
 EPOCHS = 4
 SETTINGS = [
     "model=lcnet", "model.input_size=64", f"trainer.max_epochs={EPOCHS}", "trainer.epoch_samples=3000",
-    "trainer.batch_size=32", "trainer.num_workers=0", f"trainer.callbacks.early_stopping.patience={EPOCHS}",
+    "trainer.batch_size=64", "trainer.num_workers=0", f"trainer.callbacks.early_stopping.patience={EPOCHS}",
     "model.int8_calibration=0", "pipeline.classifier_runtime=onnxruntime",
 ]  # fmt: skip
 CONSTANT = 0.213  # the best constant answer's face macro-F1 on these crops
@@ -129,4 +131,4 @@ def test_two_gloo_processes_with_global_batchnorm_compute_what_one_process_does(
 def test_two_process_ddp_trains_learns_and_logs_one_run(tmp_path, mlflow_server):
     score = train_ddp(tmp_path, mlflow_server)
     print(f"test face macro-F1 after DDP training: {score:.4f}")
-    assert score > CONSTANT + 0.1, "the two-process run must have learnt (0.534 measured at four epochs, seed 42)"
+    assert score > CONSTANT + 0.1, "the two-process run must have learnt (0.441 measured as set, seed 42)"
