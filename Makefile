@@ -65,6 +65,10 @@ rtsp-server: ## Debian's GStreamer RTSP server (for the system python3) for the 
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-gi \
 	  gir1.2-gst-rtsp-server-1.0 gstreamer1.0-tools gstreamer1.0-plugins-good gstreamer1.0-plugins-bad; }
 
+prometheus: ## Debian's Prometheus and promtool for the alerting-rule and scrape tests (apt-get; root or sudo)
+	@command -v promtool >/dev/null 2>&1 || [ -x /usr/bin/promtool ] || { $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; }
+
 mqtt-broker: ## Debian's mosquitto for the MQTT tests (apt-get; root or sudo)
 	@command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || { $(SUDO) apt-get update -qq && \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends mosquitto; }
@@ -78,7 +82,7 @@ docs-build: ## build the documentation site into site/ (--strict: a broken link,
 screenshots: browser ## the documentation's screenshots, taken by the browser tests from the real pages -> docs/img/
 	FACEMASK_SCREENSHOTS=$(CURDIR)/docs/img $(RUN) pytest -q $(SCREENSHOT_TESTS)
 
-test: setup browser curl postgres proxy mqtt-broker rtsp-server pipeline docs-build ## set up, bring the pipeline up to date (the service tests serve its champion), build the docs, run all tests
+test: setup browser curl postgres proxy mqtt-broker rtsp-server prometheus pipeline docs-build ## set up, bring the pipeline up to date (the service tests serve its champion), build the docs, run all tests
 	@# two test processes (a file each at a time: module fixtures build once; the longest files first,
 	@# tests/conftest.py); most tests wait on a subprocess or a server. The slowest are listed at the end.
 	$(RUN) pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=20

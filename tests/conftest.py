@@ -269,6 +269,34 @@ def chromium_binary() -> str:
     pytest.fail("Debian's chromium is missing: `make browser` (part of `make test`) installs it")
 
 
+def prometheus_binary(name: str = "prometheus") -> str:
+    """Debian's `prometheus` or `promtool` (`make prometheus`, part of `make test`, installs them)."""
+    found = shutil.which(name) or (f"/usr/bin/{name}" if Path(f"/usr/bin/{name}").is_file() else None)
+    if found is None:
+        pytest.fail(f"Debian's {name} is missing: `make prometheus` (part of `make test`) installs it")
+    return found
+
+
+def start_prometheus(root: Path, config: dict) -> tuple[subprocess.Popen, str]:
+    """A real Prometheus server on a free loopback port with `config` (its data in `root`), waited for
+    until ready; returns the process and its URL."""
+    port = free_port()
+    (root / "prometheus.yml").write_text(yaml.safe_dump(config))
+    cmd = [
+        prometheus_binary(), f"--config.file={root / 'prometheus.yml'}", f"--storage.tsdb.path={root / 'data'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+    ]  # fmt: skip
+    log = (root / "prometheus.log").open("a")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=root, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(proc, lambda: requests.get(f"{url}/-/ready", timeout=1).ok, 60,
+                   lambda: (root / "prometheus.log").read_text()[-2000:])  # fmt: skip
+    except RuntimeError as err:
+        pytest.fail(f"prometheus: {err}")
+    return proc, url
+
+
 FPS = 10
 
 

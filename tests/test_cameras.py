@@ -328,6 +328,8 @@ def test_the_served_bento_pulls_its_cameras_and_shows_them_on_the_grid_page(bent
         assert [s["profile"] for s in status.values()] == ["crowd", "crowd", "door"]  # unnamed: the default
         entrance, silent = status["entrance"], status["silent"]
         assert entrance["state"] == "connected" and entrance["latency_ms"] > 0 and entrance["compliance"] is not None
+        # each camera has its drift watch, against the served classifier's val-scene reference
+        assert set(entrance["drift"]) == {"score", "psi", "faces"} and set(silent["drift"]) == {"score", "psi", "faces"}
         assert silent["source"] == f"rtsp://***@127.0.0.1:{silent_port}/x" and "cannot open" in silent["last_error"]
         metrics = requests.get(f"{url}/metrics", headers=key, timeout=10).text
 

@@ -550,3 +550,78 @@ def test_fuzzed_uploads_only_ever_get_a_clean_4xx(server, shared):
 
     fuzz()
     assert post(server, "detect", real).status_code == 200
+
+
+def test_prometheus_scrapes_the_service_and_raises_the_alerts_of_the_deploy_rules(server, shared, tmp_path):
+    """A real Prometheus (Debian's) scrapes the served Bento's /metrics every second with the API key
+    as its bearer token and evaluates deploy/prometheus/rules.yml on live data (its copy open round
+    the clock): a covered camera (grey frames) raises FacemaskNoFaceSeen while a camera that sees
+    the entrance does not; every rule evaluates without error; every query of the Grafana dashboard
+    runs, and those on frames, faces and faces per full pass (the drift watch) find the streamed
+    cameras."""
+    from websockets.sync.client import connect
+
+    from facemask.imageio import encode_jpeg
+
+    from .conftest import start_prometheus, stop
+    from .test_monitoring import RULES, dashboard_queries
+
+    hours = "(hour() >= 7 and hour() < 19)"
+    assert hours in RULES.read_text()
+    (tmp_path / "rules.yml").write_text(RULES.read_text().replace(hours, "(hour() >= 0)"))
+    (tmp_path / "key").write_text(API_KEY)
+    config = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(tmp_path / "rules.yml")],
+        "scrape_configs": [{
+            "job_name": "facemask", "metrics_path": "/metrics",
+            "static_configs": [{"targets": [server.split("//")[1]]}],
+            "authorization": {"type": "Bearer", "credentials_file": str(tmp_path / "key")},
+        }],
+    }  # fmt: skip
+    proc, prom = start_prometheus(tmp_path, config)
+
+    def query(expr: str) -> list[dict]:
+        answer = requests.get(f"{prom}/api/v1/query", params={"query": expr}, timeout=10).json()
+        assert answer["status"] == "success", (expr, answer)
+        return answer["data"]["result"]
+
+    def firing(camera: str) -> bool:
+        alerts = requests.get(f"{prom}/api/v1/alerts", timeout=10).json()["data"]["alerts"]
+        return any(a["labels"].get("camera") == camera and a["labels"]["alertname"] == "FacemaskNoFaceSeen"
+                   and a["state"] == "firing" for a in alerts)  # fmt: skip
+
+    try:
+        deadline = time.time() + 30
+        while not query('up{job="facemask"} == 1'):  # scraped with the key
+            assert time.time() < deadline, (tmp_path / "prometheus.log").read_text()[-2000:]
+            time.sleep(0.5)
+        grey = encode_jpeg(np.full((480, 640, 3), 120, np.uint8))
+        ws_url = server.replace("http://", "ws://") + "/live/ws/"
+        with (connect(ws_url + "covered", additional_headers=KEY) as covered,
+              connect(ws_url + "entrance-watch", max_size=2**22, additional_headers=KEY) as entrance):  # fmt: skip
+            for frame in list(entrance_frames(shared))[:24]:  # 4.8 s at 5 fps: several scrapes see them grow
+                start = time.perf_counter()
+                for ws, data in ((covered, grey), (entrance, encode_jpeg(frame))):
+                    ws.send(data)
+                    assert "error" not in json.loads(ws.recv(timeout=30))
+                time.sleep(max(0.0, 0.2 - (time.perf_counter() - start)))
+            deadline = time.time() + 30
+            while not firing("covered"):
+                assert time.time() < deadline, requests.get(f"{prom}/api/v1/alerts", timeout=10).json()
+                time.sleep(0.5)
+        assert not firing("entrance-watch")
+        rules = requests.get(f"{prom}/api/v1/rules", timeout=10).json()["data"]["groups"]
+        evaluated = [r for g in rules for r in g["rules"]]
+        assert len(evaluated) == 9 and all(r["health"] == "ok" for r in evaluated), evaluated
+        for title, expr in dashboard_queries():
+            result = query(expr.replace("$camera", ".*"))
+            cameras = {r["metric"].get("camera") for r in result}
+            if "facemask_frames_total" in expr:
+                assert {"covered", "entrance-watch"} <= cameras, title
+            if "facemask_faces_total" in expr:
+                assert "entrance-watch" in cameras and "covered" not in cameras, title
+            if "facemask_faces_per_frame" in expr:  # the drift watch counts every full pass, faces or none
+                assert {"covered", "entrance-watch"} <= cameras, title
+    finally:
+        stop(proc)

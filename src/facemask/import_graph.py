@@ -19,7 +19,17 @@ from pathlib import Path
 LAYERS: list[list[str]] = [
     ["errors", "atomic_files", "machine", "numerics"],
     ["config"],
-    ["imageio", "boxes", "plots", "mlflow_tracking", "subprocesses", "compute", "quantization", "onnx_sessions"],
+    [
+        "imageio",
+        "boxes",
+        "plots",
+        "mlflow_tracking",
+        "subprocesses",
+        "compute",
+        "quantization",
+        "onnx_sessions",
+        "drift",
+    ],
     ["data", "tracking_server"],
     ["cli"],
     ["detection", "preprocess", "augment"],

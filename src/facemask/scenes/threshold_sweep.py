@@ -89,7 +89,7 @@ def score_sweep(thresholds: list[float], overrides: list[str], classifier: Path 
     rows = []
     for t in thresholds:
         params = validate(compose([*overrides, f"detector.score_threshold={t}"]), f"score_threshold={t}")
-        reject, table = fit_rejection(params, model)
+        reject, table, _ = fit_rejection(params, model)
         best = table[table["reject_min_probability"] == reject].iloc[0]
         rows.append({"score_threshold": t, "reject_min_probability": reject, "val mAP": round(best["map"], 4),
                      "val recall": round(best["detector_recall"], 4),

@@ -122,17 +122,18 @@ class PulledCameras:
         """Per camera: the reader's state and counts, frames analysed, latency and live figures."""
         out = []
         for name, reader in self.readers.items():
-            latency = self.latencies[name]
+            latency, session = self.latencies[name], self.live.sessions[name]
             last = self.latest.get(name) or {}
             out.append(
                 {
                     **reader.health(),
-                    "profile": self.live.sessions[name].profile,
+                    "profile": session.profile,
                     "frames_analysed": self.analysed[name],
                     "latency_ms": round(float(np.median(latency)) * 1000, 1) if latency else None,
                     "faces": len(last.get("tracks", [])),
                     "compliance": last.get("compliance"),
                     "last_analysed": last.get("time"),
+                    "drift": session.drift.summary() if session.drift else None,  # facemask.drift
                 }
             )
         if self.metrics:

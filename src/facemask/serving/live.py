@@ -17,6 +17,7 @@ from concurrent.futures import Future
 
 from facemask import config
 from facemask.config import Serving, Stream
+from facemask.drift import DriftMonitor
 from facemask.imageio import ImageError, decode_image
 from facemask.serving.batching import FrameBatcher
 from facemask.serving.pool import PipelinePool
@@ -27,6 +28,9 @@ from facemask.stream.zones import ZoneFilter
 
 CAMERA_NAME = re.compile(config.CAMERA_NAME)
 log = logging.getLogger(__name__)
+
+
+SWEEP_S = 10.0  # idle sessions expired and the delivery backlog measured this often (at most)
 
 
 class CameraLimitError(RuntimeError):
@@ -71,11 +75,27 @@ class LiveStreams:
                 regions = profiled.region_search if regions is None else regions
                 cfg = self.cfg.switched(frame_diff=frame_diff, regions=regions)
                 session = CameraSession(camera, self.pool.first, cfg, self.sinks, zones, self.media.recorder(camera),
-                                        profile=profiled.profile_name)  # fmt: skip
+                                        profile=profiled.profile_name, drift=self._drift_monitor(camera))  # fmt: skip
                 self.sessions[camera] = session
             self.connections[camera] = self.connections.get(camera, 0) + 1
             session.last_frame = time.time()
             return session
+
+    def _drift_monitor(self, camera: str) -> DriftMonitor | None:
+        """A new session's drift watch, against the served classifier's reference (None: it has none)."""
+        stored = self.pool.first.classifier.meta.get("drift_reference")
+        if stored is None:
+            return None
+        try:
+            listener = (
+                (lambda samples, monitor: self.metrics.observe_drift(camera, samples, monitor))
+                if self.metrics
+                else None
+            )
+            return DriftMonitor(stored, listener=listener)
+        except ValueError as err:  # a reference measured with other bins
+            log.warning("camera %s: no drift watch (%s)", camera, err)
+            return None
 
     def release(self, camera: str) -> None:
         """A connection of `camera` closed; with its last one, its clips in progress end there."""
@@ -131,8 +151,15 @@ class LiveStreams:
         return idle
 
     def _sweep(self) -> None:
-        while not self._stop.wait(min(30.0, self.limits.idle_expiry_s / 4)):
+        while not self._stop.wait(min(SWEEP_S, self.limits.idle_expiry_s / 4)):
             self.expire_idle()
+            self.observe_backlog()
+
+    def observe_backlog(self) -> None:
+        """Each delivery's undelivered events on /metrics (`facemask_events_pending`)."""
+        if self.metrics:
+            for delivery in self.sinks.deliveries:
+                self.metrics.events_pending.labels(sink=delivery.name).set(len(delivery.pending_ids()))
 
     def close(self) -> None:
         """Flush every camera's stats window; keep undelivered webhook events in the pending file."""

@@ -3,8 +3,11 @@ series are removed when its session expires, so their number stays bounded by `m
 
 from __future__ import annotations
 
+import contextlib
+
 import bentoml
 
+from facemask.drift import EDGES, QUANTITIES, DriftMonitor
 from facemask.stream.capture import STATES
 
 
@@ -47,6 +50,46 @@ class LiveMetrics:
             labelnames=["camera"],
             buckets=(0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0),
         )
+        # event delivery (webhook, MQTT): events not delivered yet, in memory or in the pending file
+        self.events_pending = m.Gauge(
+            name="facemask_events_pending",
+            documentation="Events a delivery (webhook, mqtt) has not delivered yet",
+            labelnames=["sink"],
+        )
+
+        # drift (facemask.drift): the faces a full pass keeps, scored 0.5 or more, per camera
+        self.face_histograms = {
+            "score": m.Histogram(
+                name="facemask_face_detector_score", documentation="Detector score of the faces a full pass keeps",
+                labelnames=["camera"], buckets=(*EDGES["score"][1:], 1.0),
+            ),
+            "background": m.Histogram(
+                name="facemask_face_background_probability",
+                documentation="p(background) of the faces a full pass keeps",
+                labelnames=["camera"], buckets=(*EDGES["background"][1:], 1.0),
+            ),
+            "height": m.Histogram(
+                name="facemask_face_height_pixels", documentation="Height of the faces a full pass keeps",
+                labelnames=["camera"], buckets=EDGES["height"][1:],
+            ),
+            "faces": m.Histogram(
+                name="facemask_faces_per_frame", documentation="Faces a full pass keeps (scored 0.5 or more)",
+                labelnames=["camera"], buckets=(0, 1, 2, 4, 9),
+            ),
+        }  # fmt: skip
+        self.face_classes = m.Counter(
+            name="facemask_face_class_total",
+            documentation="Faces a full pass keeps, by the classifier's class (before smoothing)",
+            labelnames=["camera", "label"],
+        )
+        self.drift_psi = m.Gauge(
+            name="facemask_drift_psi",
+            documentation="Population stability index of a camera's recent faces against the validation reference",
+            labelnames=["camera", "quantity"],
+        )
+        self.drift_score = m.Gauge(
+            name="facemask_drift_score", documentation="A camera's largest drift PSI", labelnames=["camera"]
+        )
         self._counted: dict[tuple[str, str], int] = {}
 
     def observe(self, camera: str, result: dict) -> None:
@@ -57,6 +100,19 @@ class LiveMetrics:
             self.alerts.labels(camera=camera, label=alert["class"]).inc()
         if result["compliance"] is not None:
             self.masked_share.labels(camera=camera).set(result["compliance"])
+
+    def observe_drift(self, camera: str, samples: dict[str, list], monitor: DriftMonitor) -> None:
+        """One full pass's drift samples (`DriftMonitor`'s listener), and the camera's PSI."""
+        for quantity, histogram in self.face_histograms.items():
+            for value in samples[quantity]:
+                histogram.labels(camera=camera).observe(value)
+        for label in samples["class"]:
+            self.face_classes.labels(camera=camera, label=label).inc()
+        scores = monitor.psi()
+        if scores is not None:
+            for quantity, value in scores.items():
+                self.drift_psi.labels(camera=camera, quantity=quantity).set(value)
+            self.drift_score.labels(camera=camera).set(max(scores.values()))
 
     def observe_cameras(self, health: list[dict]) -> None:
         """Pulled cameras' states and frame counts from their `health()`."""
@@ -79,3 +135,16 @@ class LiveMetrics:
             self.alerts.remove(camera, label)
         self.bad_frames.remove(camera)
         self.masked_share.remove(camera)
+        for histogram in self.face_histograms.values():
+            _remove(histogram, camera)
+        for label in labels:
+            _remove(self.face_classes, camera, label)
+        for quantity in QUANTITIES:
+            _remove(self.drift_psi, camera, quantity)
+        _remove(self.drift_score, camera)
+
+
+def _remove(metric, *labels: str) -> None:
+    """A series removed if it exists (a camera without drift never had its drift series)."""
+    with contextlib.suppress(KeyError):
+        metric.remove(*labels)

@@ -69,7 +69,7 @@ def train(params: Params) -> None:
         if meta["reject_label"] is not None:  # the rejection threshold belongs to this model, as served
             runtime = params.pipeline.classifier_runtime
             pre = Preprocessor.from_config(params.model)
-            meta["reject_min_probability"] = record_rejection(
+            meta["reject_min_probability"], meta["drift_reference"] = record_rejection(
                 params, MaskClassifier(network, labels, pre, meta, runtime, int8_graph, graph)
             )
         save_classifier(network, params.model, labels, paths.classifier, meta, int8_graph, graph)
@@ -142,14 +142,15 @@ def calibrated_int8(
     return graph, stats
 
 
-def record_rejection(params: Params, classifier: MaskClassifier) -> float:
-    """The model's rejection threshold, fitted on the val-split scenes; the sweep recorded."""
-    threshold, sweep = fit_rejection(params, classifier)
+def record_rejection(params: Params, classifier: MaskClassifier) -> tuple[float, dict]:
+    """The model's rejection threshold, fitted on the val-split scenes (the sweep recorded), and the
+    drift reference measured in the same pass (`facemask.drift`)."""
+    threshold, sweep, reference = fit_rejection(params, classifier)
     sweep.to_csv(params.paths.reports / "rejection.csv", index=False)
     mlflow.log_figure(plots.rejection_sweep(sweep, threshold), "plots/rejection.png")
     mlflow.log_metric("reject_min_probability", threshold)
     log.info("rejection threshold %.2f (val-scene mAP %.3f)", threshold, sweep["map"].max())
-    return threshold
+    return threshold, reference
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,6 +25,7 @@ from facemask.config import Stream
 from facemask.detection import Face
 from facemask.detection.align import crop_face
 from facemask.draw import hex_colour, label_colours
+from facemask.drift import DriftMonitor
 from facemask.imageio import encode_jpeg
 from facemask.pipeline import FaceResult, MaskPipeline
 from facemask.stream.media import MediaRecorder
@@ -72,12 +73,14 @@ class CameraSession:
         zones: ZoneFilter | None = None,
         media: MediaRecorder | None = None,
         profile: str | None = None,
+        drift: DriftMonitor | None = None,
     ):
         """`zones`: the faces this camera watches (default: all); `media`: keeps the frames for each
         alert's snapshot and clip (default: the event carries its face crop only); `profile`: the
-        detection profile its faces are found with (`MaskPipeline.profile`; None: the default)."""
+        detection profile its faces are found with (`MaskPipeline.profile`; None: the default);
+        `drift`: watches what its full passes find against the classifier's reference."""
         self.camera, self.pipeline, self.cfg, self.sinks, self.media = camera, pipeline, cfg, sinks, media
-        self.profile = profile
+        self.profile, self.drift = profile, drift
         self.zones = zones or ZoneFilter([])
         self.tracker = Tracker(cfg, pipeline.labels)
         self.compliant = pipeline.compliant
@@ -166,6 +169,8 @@ class CameraSession:
             # region search never changes what a track is called, it only saves the passes that agree
             pending, results = self._full_pass(pending)
         frame, now, found, detection = pending.frame, pending.now, pending.found, pending.detection
+        if self.drift is not None and detection == "full":  # the whole frame, as the reference's scenes
+            self.drift.observe(results)
         tracks = self.tracker.update(results, now)
         if self.media is not None:  # every face found is blurred in the media, watched or not
             self.media.add(now, frame, found, tracks)
