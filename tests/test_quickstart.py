@@ -8,6 +8,7 @@ MLFLOW_PORT; the page's 3000 and 5000 rewritten to them) and BentoML's store is 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -53,7 +54,7 @@ def test_the_getting_started_commands_run_as_written(tmp_path):
         for command in commands:
             command = command.replace("127.0.0.1:3000", f"127.0.0.1:{port}")
             if command == "make compliance":  # the page: stop the service with Ctrl-C first
-                stop(servers.pop("make run"), signal.SIGINT)
+                ctrl_c(servers.pop("make run"))
             if command in SERVING:
                 url = f"http://127.0.0.1:{port}/readyz" if command == "make run" else f"http://127.0.0.1:{mlflow_port}/"
                 servers[command] = serve(command, env, url, tmp_path / f"{command.replace(' ', '-')}.log")
@@ -68,6 +69,18 @@ def test_the_getting_started_commands_run_as_written(tmp_path):
             stop(proc, signal.SIGINT)
         for path in created:
             path.unlink(missing_ok=True)
+
+
+def ctrl_c(proc: subprocess.Popen) -> None:
+    """What Ctrl-C in the terminal does: SIGINT to the foreground process group (make, uv, `bentoml
+    serve`), whose server then stops its workers (in sessions of their own) and they flush; then
+    whatever is left is stopped. A SIGINT sent to the workers as well raced the server's own stop:
+    once in a fresh clone the worker ended before its flush."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGINT)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=90)
+    stop(proc, signal.SIGINT)
 
 
 def serve(command: str, env: dict, url: str, log: Path) -> subprocess.Popen:
