@@ -14,6 +14,7 @@ import re
 import threading
 import time
 from concurrent.futures import Future
+from functools import partial
 
 from facemask import config
 from facemask.config import Serving, Stream
@@ -86,12 +87,8 @@ class LiveStreams:
         stored = self.pool.first.classifier.meta.get("drift_reference")
         if stored is None:
             return None
+        listener = partial(self.metrics.observe_drift, camera) if self.metrics else None
         try:
-            listener = (
-                (lambda samples, monitor: self.metrics.observe_drift(camera, samples, monitor))
-                if self.metrics
-                else None
-            )
             return DriftMonitor(stored, listener=listener)
         except ValueError as err:  # a reference measured with other bins
             log.warning("camera %s: no drift watch (%s)", camera, err)

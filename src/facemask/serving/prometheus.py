@@ -108,11 +108,11 @@ class LiveMetrics:
                 histogram.labels(camera=camera).observe(value)
         for label in samples["class"]:
             self.face_classes.labels(camera=camera, label=label).inc()
-        scores = monitor.psi()
-        if scores is not None:
-            for quantity, value in scores.items():
+        summary = monitor.summary()  # the camera's score is the largest PSI, as /cameras/status shows it
+        if summary["psi"] is not None:
+            for quantity, value in summary["psi"].items():
                 self.drift_psi.labels(camera=camera, quantity=quantity).set(value)
-            self.drift_score.labels(camera=camera).set(max(scores.values()))
+            self.drift_score.labels(camera=camera).set(summary["score"])
 
     def observe_cameras(self, health: list[dict]) -> None:
         """Pulled cameras' states and frame counts from their `health()`."""
