@@ -18,7 +18,7 @@ from typing import Annotated
 import bentoml
 from bentoml.exceptions import BadInput
 from bentoml.validators import ContentType
-from fastapi import FastAPI, Query, WebSocket, WebSocketDisconnect
+from fastapi import FastAPI, Query, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from pydantic import BaseModel, Field
 
@@ -34,8 +34,9 @@ with bentoml.importing():
     from facemask.serving.cameras import PulledCameras
     from facemask.serving.decisions import GateRule
     from facemask.serving.events import MEDIA_TYPES, EventNotFound, EventReview, MediaNotReady, parse_time
+    from facemask.serving.feedback import BadReview, FeedbackOff, Review
     from facemask.serving.grid import GridFeed
-    from facemask.serving.guard import SUBPROTOCOL, Guard, GuardMiddleware, load_api_keys
+    from facemask.serving.guard import SUBPROTOCOL, Guard, GuardMiddleware, key_id, load_api_keys, request_key
     from facemask.serving.live import CameraLimitError, LiveStreams
     from facemask.serving.packaging import (
         CLASSIFIER_MODEL,
@@ -82,6 +83,15 @@ class DetectOut(BaseModel):
     width: int
     height: int
     faces: list[FaceOut]
+
+
+class ReviewIn(BaseModel):
+    verdict: str = Field(description="right | wrong_class | not_a_face")
+    label: str | None = Field(None, description="with wrong_class: the right class (one of info's labels)")
+    box: list[float] | None = Field(
+        None, description="a corrected face box x1, y1, x2, y2 in the region image's pixels (default: the detector's)"
+    )
+    reviewer: str | None = Field(None, description="who judged it (recorded in the scene's annotation)")
 
 
 class GateOut(BaseModel):
@@ -133,7 +143,7 @@ class FaceMask:
         self.live = LiveStreams(self.pool, load_stream_config(det.path), self.limits, METRICS)
         self.cameras = PulledCameras(self.live, load_cameras_config(det.path), METRICS).start()
         self.grid = GridFeed(self.cameras)
-        self.review = EventReview(self.live.cfg)
+        self.review = EventReview(self.live.cfg, self.pipeline.labels)
         keys = load_api_keys(self.limits)
         if not keys:
             logging.getLogger(__name__).warning(
@@ -272,10 +282,32 @@ class FaceMask:
             return JSONResponse({"error": str(err)}, status_code=400)
         return self.review.list(camera, label, *window, limit=limit, offset=offset)
 
+    @events_app.post("/{event_id}/review")
+    def review_event(self, event_id: str, verdict: ReviewIn, request: Request):
+        """A reviewer's verdict on an alert's face: `right`, `wrong_class` with the right `label`, or
+        `not_a_face`; optionally a corrected `box` in the region image's pixels and the `reviewer`.
+        Stored as a PASCAL VOC scene in the feedback folder (`make retrain` trains on it). 403 when
+        this deployment keeps nothing for review (`stream.feedback`), 404 for an unknown alert or a
+        region deleted by retention, 422 for a verdict, class, box or name that cannot be stored
+        (nothing is written), 503 while the region is being recorded. Needs the API key."""
+        review = Review(verdict.verdict, verdict.label, tuple(verdict.box) if verdict.box is not None else None,
+                        verdict.reviewer, key_id(request_key(request.scope)))  # fmt: skip
+        try:
+            return self.review.review(event_id, review)
+        except FeedbackOff as err:
+            return JSONResponse({"error": str(err)}, status_code=403)
+        except BadReview as err:
+            return JSONResponse({"error": str(err)}, status_code=422)
+        except MediaNotReady as err:
+            return JSONResponse({"error": str(err)}, status_code=503, headers={"retry-after": str(err.retry_after_s)})
+        except EventNotFound as err:
+            return JSONResponse({"error": str(err)}, status_code=404)
+
     @events_app.get("/{event_id}/{kind}")
     def event_media(self, event_id: str, kind: str):
-        """An alert's `snapshot` (JPEG: the best view, faces blurred unless configured otherwise) or
-        `clip` (MP4 from the pre-roll to the post-roll). 503 with Retry-After while it is being
+        """An alert's `snapshot` (JPEG: the best view, faces blurred unless configured otherwise),
+        `clip` (MP4 from the pre-roll to the post-roll) or, with `stream.feedback` on, `region` (the
+        face a reviewer judges, sharp, the other faces blurred). 503 with Retry-After while it is being
         recorded; 404 for an unknown event or a deleted file. Needs the API key."""
         if kind not in MEDIA_TYPES:
             return JSONResponse({"error": f"no such media {kind!r}: snapshot or clip"}, status_code=404)

@@ -190,6 +190,7 @@ def bento_env(tmp_path_factory, shared):
         "BENTOML_DO_NOT_TRACK": "True",
         "FACEMASK_EVENTS": str(home / "events.jsonl"),
         "FACEMASK_API_KEYS": API_KEY,
+        "FACEMASK_FEEDBACK": "on",  # alerts keep their face's region for review (test_service, test_cameras)
         "FACEMASK_MAX_UPLOAD_BYTES": "3000000",
         "FACEMASK_MAX_FRAME_BYTES": "1000000",
     }

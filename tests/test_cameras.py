@@ -364,14 +364,32 @@ def test_the_served_bento_pulls_its_cameras_and_shows_them_on_the_grid_page(bent
             camera = alert.get_attribute("data-camera")
             alert.click()
             assert "open" in page.get_attribute(f'.tile[data-camera="{camera}"]', "class")
-            # the recorded events (GET /events/ with the key): the alert's blurred snapshot, a click plays its clip
+            # the recorded events (GET /events/ with the key): with feedback on (bento_env), the face the
+            # alert is about (its region, sharp) to review; a click plays the clip
             page.wait_for_selector("#events li.has-clip", timeout=60_000)
-            page.wait_for_function("document.querySelector('#events li.has-clip img').naturalWidth === 640",
-                                   timeout=20_000)  # fmt: skip
-            page.locator("#events li.has-clip").first.click()
+            page.wait_for_function("(i => i.alt === 'the face reviewed' && i.naturalWidth > 0)"
+                                   "(document.querySelector('#events li.has-clip img'))", timeout=20_000)  # fmt: skip
+            item = page.locator("#events li.has-clip").first
+            item.click()
             page.wait_for_function("(v => v.readyState >= 2 && v.duration > 5)(document.getElementById('player'))",
                                    timeout=20_000)  # fmt: skip
             screenshot(page, "event-review.png")  # the alert in the timeline, its event and clip opened
+            # review and correct on the page: a wrong class, then the verdict replaced by `right`
+            event_id = item.get_attribute("data-event")
+            served = page.evaluate(f"window.grid.events.find(e => e.id === '{event_id}').class")
+            other = "incorrect" if served != "incorrect" else "mask"
+            page.fill("#reviewer", "Ana")
+            page.dispatch_event("#reviewer", "change")
+            page.locator("#events li.has-clip select.wrong-class").first.select_option(other)
+            page.wait_for_function("document.querySelector('#events li .verdict').textContent.includes('corrected')",
+                                   timeout=10_000)  # fmt: skip
+            screenshot(page, "event-correction.png")
+            annotation = tmp_path / "feedback/annotations" / f"{event_id}.xml"
+            assert f"<name>{other}</name>" in annotation.read_text() and "<by>Ana</by>" in annotation.read_text()
+            page.locator("#events li.has-clip button.right").first.click()
+            page.wait_for_function("document.querySelector('#events li .verdict').textContent.includes('right')",
+                                   timeout=10_000)  # fmt: skip
+            assert f"<name>{served}</name>" in annotation.read_text()  # the served class, confirmed
             server.stop()
             page.wait_for_function("['reconnecting', 'failed'].includes(window.grid.states['rtsp-entrance'])",
                                    timeout=20_000)  # fmt: skip

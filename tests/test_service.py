@@ -15,6 +15,7 @@ import re
 import shutil
 import subprocess
 import time
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import cv2
@@ -235,11 +236,13 @@ def test_live_stream_over_websocket(server, shared, bento_env):
     assert shares and 0.5 < float(shares[-1]) < 1.0, [ln for ln in metrics.splitlines() if "masked_share" in ln]
 
 
-def test_review_api_lists_alerts_and_serves_their_snapshot_and_clip(server, shared):
+def test_review_api_lists_alerts_and_serves_their_snapshot_and_clip(server, shared, bento_env):
     """The entrance video (then 2.5 s more of its opening, past the post-roll) over a WebSocket: the
     visitor's alert is listed by `GET /events/` (behind the key; filtered by camera, class and time;
     paged), its snapshot is a JPEG, its clip an H.264 MP4 from 5 s before to 5 s after the alert;
-    bad queries and unknown events get clear 4xx answers."""
+    bad queries and unknown events get clear 4xx answers. With feedback on (FACEMASK_FEEDBACK), a
+    reviewer's verdict (`POST /events/<id>/review`) is stored as a VOC scene; bad verdicts get a 4xx
+    and store nothing."""
     import av
     from websockets.sync.client import connect
 
@@ -263,7 +266,8 @@ def test_review_api_lists_alerts_and_serves_their_snapshot_and_clip(server, shar
         return resp.json()
 
     deadline = time.time() + 60
-    while (page := listed())["total"] != 1 or page["events"][0]["media"] != {"snapshot": "ready", "clip": "ready"}:
+    ready = {"snapshot": "ready", "clip": "ready", "region": "ready"}
+    while (page := listed())["total"] != 1 or page["events"][0]["media"] != ready:
         assert time.time() < deadline, page
         time.sleep(0.5)
     event = page["events"][0]
@@ -294,6 +298,40 @@ def test_review_api_lists_alerts_and_serves_their_snapshot_and_clip(server, shar
         assert resp.status_code == 404 and fragment in resp.text, (path, resp.text)
     for query in ({"since": "yesterday"}, {"limit": 0}, {"offset": -1}):
         assert requests.get(f"{server}/events/", params=query, headers=KEY, timeout=10).status_code in (400, 422)
+
+    # review and correct: the face's region (sharp) is served behind the key, a verdict is stored
+    region = requests.get(f"{server}{event['region_url']}", headers=KEY, timeout=10)
+    assert region.status_code == 200 and region.headers["content-type"] == "image/jpeg"
+    h, w = cv2.imdecode(np.frombuffer(region.content, np.uint8), cv2.IMREAD_COLOR).shape[:2]
+    feedback = Path(bento_env["FACEMASK_EVENTS"]).parent / "feedback"
+
+    def review(body, event_id=event["id"], headers=KEY) -> requests.Response:
+        return requests.post(f"{server}/events/{event_id}/review", json=body, headers=headers, timeout=10)
+
+    assert review({"verdict": "right"}, headers={}).status_code == 401
+    other = "mask" if event["class"] != "mask" else "no_mask"
+    for body, event_id, code, fragment in (
+        ({"verdict": "maybe"}, event["id"], 422, "verdict"),
+        ({"verdict": "wrong_class", "label": "scarf"}, event["id"], 422, "not a class"),
+        ({"verdict": "right", "box": [0, 0, w + 10, h]}, event["id"], 422, "inside the region"),
+        ({"verdict": "right", "box": "everywhere"}, event["id"], 422, "box"),
+        ({"verdict": "right"}, "0" * 32, 404, "no alert"),
+        ({"verdict": "right"}, "not-an-id", 404, "not an event id"),
+    ):  # fmt: skip
+        resp = review(body, event_id)
+        assert resp.status_code == code and fragment in resp.text, (body, resp.status_code, resp.text)
+    resp = requests.post(f"{server}/events/{event['id']}/review", data=b"{not json", headers=KEY, timeout=10)
+    assert resp.status_code == 422
+    assert not feedback.exists() or not any(feedback.rglob("*.*"))  # nothing stored by a refused verdict
+    resp = review({"verdict": "wrong_class", "label": other, "reviewer": "Ana"})
+    assert resp.status_code == 200, resp.text
+    stored = resp.json()
+    assert stored["label"] == other and stored["reviewer"] == "Ana" and not stored["replaced"]
+    annotation = ET.parse(feedback / "annotations" / f"{event['id']}.xml").getroot()
+    assert annotation.findtext("object/name") == other and annotation.findtext("reviewed/by") == "Ana"
+    assert len(annotation.findtext("reviewed/key")) == 12 and API_KEY not in ET.tostring(annotation, "unicode")
+    assert (feedback / "images" / f"{event['id']}.jpg").read_bytes() == region.content
+    assert listed()["events"][0]["review"]["label"] == other
 
 
 def test_the_camera_client_streams_a_video_file_to_the_served_bento(server, shared, bento_env, tmp_path):

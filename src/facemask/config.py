@@ -521,6 +521,15 @@ class Media(_Strict):
     max_pending: int = Field(ge=1)  # recordings waiting to be written; more are dropped, with a warning
 
 
+class Feedback(_Strict):
+    """Reviewers turn alerts into training data: the alerted face's region is kept unblurred (under
+    media retention) so that a verdict on it can be stored as a PASCAL VOC scene."""
+
+    enabled: bool  # off: no unblurred pixels are kept for review and corrections are refused
+    dir: Path | None  # <dir>/images/<event id>.jpg + annotations/<event id>.xml; null: `feedback` beside the event file
+    context: float = Field(ge=0, le=10)  # the region kept: the face box grown by this x its size on each side
+
+
 class Stream(_Strict):
     min_score: float = Field(ge=0, lt=1)
     iou_match: float = Field(gt=0, lt=1)
@@ -532,11 +541,17 @@ class Stream(_Strict):
     stats_interval_s: float = Field(gt=0)
     sinks: Sinks
     media: Media
+    feedback: Feedback = Feedback(enabled=False, dir=None, context=1.0)  # absent in models packaged before it
 
     @property
     def media_dir(self) -> Path:
         """Where event media are written: `media.dir`, or the folder `media` beside the event file."""
         return self.media.dir or Path(self.sinks.jsonl).parent / "media"
+
+    @property
+    def feedback_dir(self) -> Path:
+        """Where reviewed alerts become scenes: `feedback.dir`, or the folder `feedback` beside the event file."""
+        return self.feedback.dir or Path(self.sinks.jsonl).parent / "feedback"
 
     def switched(self, **enabled: bool | None) -> Stream:
         """These settings with sections switched on or off (`frame_diff=True`, `regions=False`;

@@ -1,4 +1,5 @@
-"""Reading a PASCAL VOC scene folder: `images/*` with `annotations/<stem>.xml`, one box per face."""
+"""PASCAL VOC scene folders: `images/*` with `annotations/<stem>.xml`, one box per face; read for
+training and evaluation, written for the scenes reviewers make of served alerts."""
 
 from __future__ import annotations
 
@@ -76,6 +77,34 @@ def read_annotation(path: Path, image: Path, label_map: dict[str, str]) -> Scene
         boxes.append((x1, y1, x2, y2))
         labels.append(label_map[name])
     return Scene(image, np.asarray(boxes, dtype=np.float32).reshape(-1, 4), labels, ignored, size)
+
+
+def annotation_xml(
+    filename: str, width: int, height: int, objects: list[tuple[str, tuple[float, ...]]],
+    source: dict[str, str] | None = None, extra: dict[str, dict[str, str]] | None = None,
+) -> bytes:  # fmt: skip
+    """One VOC annotation: the image's name and size, an `object` per (name, x1 y1 x2 y2 box), a
+    `source` block and any further blocks of text fields (e.g. `reviewed`: who and when)."""
+    root = ET.Element("annotation")
+    ET.SubElement(root, "folder").text = "images"
+    ET.SubElement(root, "filename").text = filename
+    for tag, fields in (("source", source or {}), *(extra or {}).items()):
+        block = ET.SubElement(root, tag)
+        for key, value in fields.items():
+            ET.SubElement(block, key).text = str(value)
+    size = ET.SubElement(root, "size")
+    for key, value in (("width", width), ("height", height), ("depth", 3)):
+        ET.SubElement(size, key).text = str(value)
+    for name, box in objects:
+        obj = ET.SubElement(root, "object")
+        ET.SubElement(obj, "name").text = name
+        for key, value in (("pose", "Unspecified"), ("truncated", 0), ("difficult", 0)):
+            ET.SubElement(obj, key).text = str(value)
+        bndbox = ET.SubElement(obj, "bndbox")
+        for key, value in zip(("xmin", "ymin", "xmax", "ymax"), box, strict=True):
+            ET.SubElement(bndbox, key).text = f"{value:g}"
+    ET.indent(root)
+    return ET.tostring(root, encoding="utf-8", xml_declaration=True) + b"\n"
 
 
 def load_scenes(folder: Path, label_map: dict[str, str]) -> list[Scene]:

@@ -1,23 +1,24 @@
-"""The review API's side of the event log: alerts filtered and paged (newest first), and the media
-files an alert names, with why one is missing (still being recorded, deleted by retention, never
-recorded)."""
+"""The review API's side of the event log: alerts filtered and paged (newest first), the media files
+an alert names, with why one is missing (still being recorded, deleted by retention, never recorded),
+and reviewers' verdicts on them (`facemask.serving.feedback`)."""
 
 from __future__ import annotations
 
 import json
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 from facemask.config import Stream
+from facemask.serving.feedback import FeedbackOff, Review, store, stored_verdict
 from facemask.stream.sinks import event_files
 
 EVENT_ID = re.compile(r"^[0-9a-f]{32}$")
 ALERT_MARK = '"type":"alert"'  # as the event log writes it (compact JSON): other lines are not parsed
 WRITE_GRACE_S = 60  # after the post-roll, the writer's time to encode a clip before it counts as gone
-MEDIA_TYPES = {"snapshot": "image/jpeg", "clip": "video/mp4"}
+MEDIA_TYPES = {"snapshot": "image/jpeg", "clip": "video/mp4", "region": "image/jpeg"}  # region: feedback on
 
 
 class EventNotFound(LookupError):
@@ -61,7 +62,8 @@ def _alerts(log: Path, contains: str = ""):
 
 @dataclass
 class EventReview:
-    cfg: Stream  # its event log (sinks.jsonl), media folder and post-roll
+    cfg: Stream  # its event log (sinks.jsonl), media folder, post-roll and feedback folder
+    labels: list[str] = field(default_factory=list)  # the classes a verdict may name
 
     def _state(self, event: dict, kind: str, now: float) -> str | None:
         name = (event.get("media") or {}).get(kind)
@@ -78,6 +80,8 @@ class EventReview:
         out["media"] = {kind: state for kind, state in states.items() if state is not None}
         for kind, state in states.items():
             out[f"{kind}_url"] = f"/events/{event['id']}/{kind}" if state == "ready" else None
+        if self.cfg.feedback.enabled:
+            out["review"] = stored_verdict(self.cfg.feedback_dir, event["id"])
         return out
 
     def list(self, camera: str | None = None, label: str | None = None, since: float | None = None,
@@ -93,7 +97,7 @@ class EventReview:
         page = [self._public(e, now) for e in found[offset : offset + limit]]
         more = offset + limit < len(found)
         return {"total": len(found), "offset": offset, "limit": limit, "next_offset": offset + limit if more else None,
-                "events": page}  # fmt: skip
+                "feedback": self.cfg.feedback.enabled, "labels": self.labels, "events": page}  # fmt: skip
 
     def event(self, event_id: str) -> dict:
         if not EVENT_ID.match(event_id):
@@ -117,3 +121,14 @@ class EventReview:
         if state == "deleted":
             raise EventNotFound(f"the {kind} of alert {event_id} was deleted (retention) or never written")
         return Path(self.cfg.media_dir, event["media"][kind])
+
+    def review(self, event_id: str, review: Review) -> dict:
+        """Store a reviewer's verdict on an alert as a training scene (`feedback.store`). FeedbackOff
+        when this deployment keeps nothing for review; EventNotFound / MediaNotReady as `media`;
+        BadReview for a verdict, label, box or name that cannot be stored. Nothing is written unless
+        the verdict is stored whole."""
+        if not self.cfg.feedback.enabled:
+            raise FeedbackOff("this deployment keeps no pixels for review: stream.feedback.enabled is false")
+        event = self.event(event_id)
+        region = self.media(event_id, "region")
+        return store(self.cfg.feedback_dir, event, region, review, self.labels)

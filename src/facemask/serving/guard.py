@@ -53,6 +53,11 @@ def _digest(key: str) -> bytes:
     return hashlib.sha256(key.encode("utf-8")).digest()
 
 
+def key_id(key: str | None) -> str | None:
+    """Which key sent a request, as records may name it: the start of its digest, never the key."""
+    return _digest(key).hex()[:12] if key else None
+
+
 class Guard:
     """The front door's settings and its count of API calls in flight; configured by the service
     once its models are loaded (until then every guarded call is answered 503)."""

@@ -179,8 +179,8 @@ def _load_detector(folder: Path, config_file: str) -> tuple[FaceDetector, Detect
 
 def load_stream_config(detector_dir: Path | str) -> Stream:
     """The live post-processing settings packaged beside the detector; the event file and the
-    webhook and MQTT broker URLs can be set per deployment (FACEMASK_EVENTS, FACEMASK_WEBHOOK_URL,
-    FACEMASK_MQTT_URL)."""
+    webhook and MQTT broker URLs and the review feedback can be set per deployment (FACEMASK_EVENTS,
+    FACEMASK_WEBHOOK_URL, FACEMASK_MQTT_URL, FACEMASK_FEEDBACK=on|off)."""
     raw = json.loads(Path(detector_dir, "stream.json").read_text())
     if os.environ.get("FACEMASK_EVENTS"):
         raw["sinks"]["jsonl"] = os.environ["FACEMASK_EVENTS"]
@@ -188,6 +188,9 @@ def load_stream_config(detector_dir: Path | str) -> Stream:
         raw["sinks"]["webhook"]["url"] = os.environ["FACEMASK_WEBHOOK_URL"]
     if os.environ.get("FACEMASK_MQTT_URL"):
         raw["sinks"]["mqtt"]["url"] = os.environ["FACEMASK_MQTT_URL"]
+    if os.environ.get("FACEMASK_FEEDBACK"):  # on | off: this deployment keeps faces for review, or not
+        feedback = raw.setdefault("feedback", Stream.model_fields["feedback"].default.model_dump(mode="json"))
+        feedback["enabled"] = os.environ["FACEMASK_FEEDBACK"].strip().lower() in ("1", "on", "true", "yes")
     return Stream.model_validate(raw)
 
 

@@ -5,7 +5,9 @@ operator stores them (`stream.alerts.snapshots`, `stream.media.reveal_subject`).
 A camera's `MediaRecorder` keeps its last `pre_roll_s` of analysed frames (references, thinned to
 `max_fps` and shrunk to `max_side`: the frame loop copies nothing else); an alert opens a recording
 that collects frames until `post_roll_s` after it, then hands it to the `MediaWriter`, whose thread
-blurs, encodes and writes the files (atomically: a file that exists is complete).
+blurs, encodes and writes the files (atomically: a file that exists is complete). With
+`stream.feedback` on it also keeps, for a reviewer, the region around the alerted face unblurred (the
+other faces blurred) and where the face is in it (`<event id>.region.jpg` and `.region.json`).
 """
 
 from __future__ import annotations
@@ -25,8 +27,8 @@ import cv2
 import numpy as np
 
 from facemask.atomic_files import PART_SUFFIX, write_atomic
-from facemask.boxes import Box
-from facemask.config import Media, Stream
+from facemask.boxes import Box, iou_matrix
+from facemask.config import Feedback, Media, Stream
 from facemask.imageio import encode_jpeg
 from facemask.stream.retention import MediaRetention
 
@@ -58,11 +60,22 @@ class Recording:
     snapshot: Path
     clip: Path | None
     shots: list[Shot] = field(default_factory=list)
+    region: Path | None = None  # with feedback on: the face's region kept unblurred for review
 
 
-def media_names(camera: str, event_id: str) -> dict[str, str]:
-    """The media files of an event, relative to `media.dir` (the event record carries these)."""
-    return {"snapshot": f"{camera}/{event_id}.jpg", "clip": f"{camera}/{event_id}.mp4"}
+def media_names(camera: str, event_id: str, region: bool = False) -> dict[str, str]:
+    """The media files of an event, relative to `media.dir` (the event record carries these);
+    `region`: with the face's region kept for review (its box in the `.json` beside it)."""
+    names = {"snapshot": f"{camera}/{event_id}.jpg", "clip": f"{camera}/{event_id}.mp4"}
+    return {**names, "region": f"{camera}/{event_id}.region.jpg"} if region else names
+
+
+def grown_box(box: Box, share: float, width: int, height: int) -> tuple[int, int, int, int]:
+    """The whole pixels around a face: its box grown by `share` x its size on each side, in the frame."""
+    x1, y1, x2, y2 = box
+    gx, gy = (x2 - x1) * share, (y2 - y1) * share
+    x1, y1 = max(0, int(x1 - gx)), max(0, int(y1 - gy))
+    return x1, y1, min(width, int(np.ceil(x2 + gx))), min(height, int(np.ceil(y2 + gy)))
 
 
 def _scaled(box, scale: float) -> Box:
@@ -87,10 +100,7 @@ def blur_faces(frame: np.ndarray, faces: tuple[Box, ...], keep: Box | None = Non
     for box in faces:
         if keep is not None and box == keep:
             continue
-        x1, y1, x2, y2 = box
-        gx, gy = (x2 - x1) * 0.2, (y2 - y1) * 0.2
-        x1, y1 = max(0, int(x1 - gx)), max(0, int(y1 - gy))
-        x2, y2 = min(w, int(np.ceil(x2 + gx))), min(h, int(np.ceil(y2 + gy)))
+        x1, y1, x2, y2 = grown_box(box, 0.2, w, h)
         if x2 - x1 < 2 or y2 - y1 < 2:
             continue
         small = cv2.resize(out[y1:y2, x1:x2], (BLOCKS, BLOCKS), interpolation=cv2.INTER_AREA)
@@ -103,8 +113,9 @@ class MediaWriter:
     alerted face scored best, its box drawn) and the clip. At most `max_pending` wait; beyond that a
     recording keeps its snapshot only (logged), so a burst of alerts never holds the frame loop."""
 
-    def __init__(self, cfg: Media, mode: str):
+    def __init__(self, cfg: Media, mode: str, feedback: Feedback | None = None):
         self.cfg, self.mode = cfg, mode  # mode: stream.alerts.snapshots (store | blur | off)
+        self.feedback = feedback if feedback is not None and feedback.enabled else None
         self._queue: queue.Queue[Recording | None] = queue.Queue()
         self._pending = 0
         self._lock = threading.Lock()
@@ -144,8 +155,26 @@ class MediaWriter:
             x1, y1, x2, y2 = (round(v) for v in best.tracks[recording.track][0])
             cv2.rectangle(image, (x1, y1), (x2, y2), SUBJECT_COLOUR, 2)
         write_atomic(recording.snapshot, encode_jpeg(image, 90))
+        if recording.region is not None and self.feedback is not None and recording.track in best.tracks:
+            self._write_region(recording, best)
         if recording.clip is not None:
             self._write_clip(recording)
+
+    def _write_region(self, recording: Recording, shot: Shot) -> None:
+        """The alerted face's region of its best view, that face sharp and every other one blurred, and
+        where the face is in it: what a reviewer judges and a verdict turns into a training scene."""
+        subject = shot.tracks[recording.track][0]
+        h, w = shot.frame.shape[:2]
+        x1, y1, x2, y2 = grown_box(subject, self.feedback.context, w, h)
+        overlap = iou_matrix([subject], list(shot.faces))[0] if shot.faces else np.zeros(0)
+        others = tuple(f for f, o in zip(shot.faces, overlap, strict=True) if o < 0.5)
+        region = blur_faces(shot.frame, others)[y1:y2, x1:x2]
+        box = [round(float(v), 1) for v in (subject[0] - x1, subject[1] - y1, subject[2] - x1, subject[3] - y1)]
+        about = {"event": recording.event_id, "camera": recording.camera, "time": shot.time, "box": box,
+                 "width": x2 - x1, "height": y2 - y1, "origin": [x1, y1],
+                 "frame_box": [round(float(v), 1) for v in subject]}  # fmt: skip
+        write_atomic(recording.region, encode_jpeg(region, 95))
+        write_atomic(recording.region.with_suffix(".json"), json.dumps(about).encode("utf-8"))
 
     def _write_clip(self, recording: Recording) -> None:
         import av  # only a process that records clips pays for it
@@ -221,7 +250,7 @@ class MediaRecorder:
     def record(self, event_id: str, track: int, now: float) -> dict[str, str]:
         """Start the media of an alert raised at `now` (call after `add` of its frame); returns the
         media names for the event record."""
-        names = media_names(self.camera, event_id)
+        names = media_names(self.camera, event_id, region=self.writer.feedback is not None)
         recording = Recording(
             event_id,
             self.camera,
@@ -231,6 +260,7 @@ class MediaRecorder:
             self.root / names["snapshot"],
             self.root / names["clip"] if self.cfg.clips else None,
             shots=[s for s in self.buffer if now - s.time <= self.cfg.pre_roll_s],
+            region=self.root / names["region"] if "region" in names else None,
         )
         if not self.cfg.clips:
             names.pop("clip")
@@ -261,13 +291,18 @@ class EventMedia:
         """`cfg.alerts.snapshots` off: no media at all; `protected()`: the ids of events whose media
         retention must keep (undelivered)."""
         self.cfg, self.root = cfg.media, cfg.media_dir
-        self.writer = MediaWriter(cfg.media, cfg.alerts.snapshots) if cfg.alerts.snapshots != "off" else None
+        on = cfg.alerts.snapshots != "off"
+        self.writer = MediaWriter(cfg.media, cfg.alerts.snapshots, cfg.feedback) if on else None
         self.retention = MediaRetention(cfg.media, self.root, protected).start()
+        # reviewed scenes wait under the same retention for `make retrain` to pull them
+        self.feedback_retention = MediaRetention(cfg.media, cfg.feedback_dir).start() if cfg.feedback.enabled else None
 
     def recorder(self, camera: str) -> MediaRecorder | None:
         return MediaRecorder(camera, self.cfg, self.root, self.writer) if self.writer is not None else None
 
     def close(self) -> None:
         self.retention.close()
+        if self.feedback_retention is not None:
+            self.feedback_retention.close()
         if self.writer is not None:
             self.writer.close()

@@ -1,5 +1,6 @@
 """Retention of event media: files older than `retention_days` are deleted, then the oldest while all
-of them take more than `max_media_mb`; an event's snapshot and clip go together, and never while
+of them take more than `max_media_mb`; an event's files (snapshot, clip, the region kept for review;
+a reviewed scene's image and annotation) go together, and never while
 an event still waiting for its webhook or MQTT delivery points at them. Enforced at start and every
 `sweep_s` on a thread of its own.
 """
@@ -16,7 +17,7 @@ from facemask.atomic_files import PART_SUFFIX
 from facemask.config import Media
 
 log = logging.getLogger(__name__)
-MEDIA_SUFFIXES = (".jpg", ".mp4")
+MEDIA_SUFFIXES = (".jpg", ".mp4", ".json", ".xml")  # <event id>[.region].<suffix>: grouped by the id
 STALE_PART_S = 3600  # a half-written file this old was left by a process that died
 
 
@@ -42,7 +43,7 @@ class MediaRetention:
     def sweep(self, now: float | None = None) -> list[str]:
         """Delete what the limits say, oldest first; returns the ids of the events whose media went."""
         now = time.time() if now is None else now
-        events: dict[tuple[str, str], list[tuple[Path, float, int]]] = {}
+        events: dict[str, list[tuple[Path, float, int]]] = {}
         for path in self.root.glob("*/*"):
             try:
                 stat = path.stat()
@@ -51,13 +52,13 @@ class MediaRetention:
             if path.suffix == PART_SUFFIX and now - stat.st_mtime > STALE_PART_S:
                 path.unlink(missing_ok=True)
             elif path.suffix in MEDIA_SUFFIXES:
-                events.setdefault((path.parent.name, path.stem), []).append((path, stat.st_mtime, stat.st_size))
+                events.setdefault(path.name.split(".")[0], []).append((path, stat.st_mtime, stat.st_size))
         keep = self.protected()
         oldest_first = sorted(events.items(), key=lambda item: max(m for _, m, _ in item[1]))
         total = sum(size for files in events.values() for _, _, size in files)
         cutoff, cap = now - self.cfg.retention_days * 86400, self.cfg.max_media_mb * 1e6
         gone = []
-        for (_, event_id), files in oldest_first:
+        for event_id, files in oldest_first:
             if event_id in keep:
                 continue
             if max(m for _, m, _ in files) >= cutoff and total <= cap:
