@@ -108,7 +108,8 @@ def run_seed(repo: Path, work: Path, seed: int, overrides: list[str] = ()) -> Pa
     write_params(raw, dest / "params.yaml")
     print(f"== train_seed {seed}{' with ' + ' '.join(overrides) if overrides else ''}: dvc repro in {dest}", flush=True)
     # the stages' `python` is this environment's, however this was started (make's `uv run` or not)
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    # and its code the clone's own (the environment's editable install points at this checkout's src/)
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", "PYTHONPATH": str(dest / "src")}
     subprocess.run([str(bin_dir / "dvc"), "repro"], cwd=dest, check=True, env=env)
     return dest
 
