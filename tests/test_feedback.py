@@ -21,6 +21,7 @@ from facemask.serving.events import EventNotFound, EventReview
 from facemask.serving.feedback import BadReview, FeedbackOff, Review, scene_files
 from facemask.stream.retention import MediaRetention
 
+from .conftest import REPO
 from .test_event_media import faces_found, media_cfg, record
 from .test_stream import frames
 
@@ -100,6 +101,11 @@ def test_a_verdict_on_a_real_alert_is_a_voc_scene_and_a_bad_one_changes_nothing(
     assert listed["feedback"] and listed["labels"] == LABELS
     assert listed["events"][0]["review"]["verdict"] == "not_a_face"
     assert listed["events"][0]["region_url"] == f"/events/{alert['id']}/region"
+    region_file.with_suffix(".json").unlink()  # where the face is, gone (a half-swept region): refused
+    with pytest.raises(EventNotFound, match="deleted"):
+        reviews.review(alert["id"], Review("right"))
+    [scene] = load_scenes(cfg.feedback_dir, IDENTITY)
+    assert scene.labels == []  # the stored verdict is untouched
 
 
 def test_with_feedback_off_nothing_is_kept_for_review_and_verdicts_are_refused(pipeline, video, tmp_path):
@@ -109,6 +115,8 @@ def test_with_feedback_off_nothing_is_kept_for_review_and_verdicts_are_refused(p
     assert not list(cfg.media_dir.rglob("*.region.*"))
     with pytest.raises(FeedbackOff, match=r"stream\.feedback\.enabled is false"):
         EventReview(cfg, LABELS).review(alert["id"], Review("right"))
+    with pytest.raises(EventNotFound, match="feedback was off"):
+        EventReview(cfg, LABELS).media(alert["id"], "region")
     assert "review" not in EventReview(cfg, LABELS).list()["events"][0] and nothing_stored(cfg)
 
 
@@ -127,3 +135,23 @@ def test_retention_sweeps_an_events_region_with_its_snapshot_and_reviewed_scenes
     assert MediaRetention(cfg, feedback).sweep(now) == ["a" * 32]
     left = sorted(p.name for p in tmp_path.rglob("*.*"))
     assert left == sorted(["b" * 32 + s for s in (".jpg", ".region.jpg", ".region.json", ".jpg", ".xml")])
+
+
+def test_a_deployment_asking_for_review_without_alert_media_is_refused_at_start(tmp_path, monkeypatch):
+    """`FACEMASK_FEEDBACK=on` where `stream.alerts.snapshots` is off would keep nothing to review: the
+    service's stream settings refuse to load, saying what to change; off, or with media, they load."""
+    from facemask.config import ConfigError, load_params
+    from facemask.serving.packaging import load_stream_config
+
+    raw = load_params(REPO / "params.yaml").stream.model_dump(mode="json")
+    raw["alerts"]["snapshots"] = "off"
+    (tmp_path / "stream.json").write_text(json.dumps(raw))
+    monkeypatch.setenv("FACEMASK_FEEDBACK", "on")
+    with pytest.raises(ConfigError, match="snapshots is off"):
+        load_stream_config(tmp_path)
+    monkeypatch.setenv("FACEMASK_FEEDBACK", "off")
+    assert not load_stream_config(tmp_path).feedback.enabled
+    raw["alerts"]["snapshots"] = "blur"
+    (tmp_path / "stream.json").write_text(json.dumps(raw))
+    monkeypatch.setenv("FACEMASK_FEEDBACK", "on")
+    assert load_stream_config(tmp_path).feedback.enabled

@@ -112,7 +112,8 @@ class EventReview:
         event = self.event(event_id)
         state = self._state(event, kind, time.time())
         if state is None:
-            raise EventNotFound(f"alert {event_id} has no {kind} (snapshots off, or clips not recorded)")
+            why = "feedback was off when recorded" if kind == "region" else "snapshots off, or clips not recorded"
+            raise EventNotFound(f"alert {event_id} has no {kind} ({why})")
         if state == "recording":
             due = event["time"] + self.cfg.media.post_roll_s
             raise MediaNotReady(
@@ -131,4 +132,6 @@ class EventReview:
             raise FeedbackOff("this deployment keeps no pixels for review: stream.feedback.enabled is false")
         event = self.event(event_id)
         region = self.media(event_id, "region")
+        if not region.with_suffix(".json").is_file():  # where the face is: written with the region, swept with it
+            raise EventNotFound(f"the region of alert {event_id} was deleted (retention) or never written whole")
         return store(self.cfg.feedback_dir, event, region, review, self.labels)

@@ -191,7 +191,13 @@ def load_stream_config(detector_dir: Path | str) -> Stream:
     if os.environ.get("FACEMASK_FEEDBACK"):  # on | off: this deployment keeps faces for review, or not
         feedback = raw.setdefault("feedback", Stream.model_fields["feedback"].default.model_dump(mode="json"))
         feedback["enabled"] = os.environ["FACEMASK_FEEDBACK"].strip().lower() in ("1", "on", "true", "yes")
-    return Stream.model_validate(raw)
+    cfg = Stream.model_validate(raw)
+    if cfg.feedback.enabled and cfg.alerts.snapshots == "off":
+        raise ConfigError(
+            "stream.feedback is on but stream.alerts.snapshots is off: no alert keeps media, so none keeps its "
+            "face for review; set snapshots to blur or store, or FACEMASK_FEEDBACK=off"
+        )
+    return cfg
 
 
 def load_cameras_config(detector_dir: Path | str, environ=os.environ) -> Cameras:
