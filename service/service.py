@@ -294,14 +294,8 @@ class FaceMask:
                         verdict.reviewer, key_id(request_key(request.scope)))  # fmt: skip
         try:
             return self.review.review(event_id, review)
-        except FeedbackOff as err:
-            return JSONResponse({"error": str(err)}, status_code=403)
-        except BadReview as err:
-            return JSONResponse({"error": str(err)}, status_code=422)
-        except MediaNotReady as err:
-            return JSONResponse({"error": str(err)}, status_code=503, headers={"retry-after": str(err.retry_after_s)})
-        except EventNotFound as err:
-            return JSONResponse({"error": str(err)}, status_code=404)
+        except (FeedbackOff, BadReview, MediaNotReady, EventNotFound) as err:
+            return _refusal(err)
 
     @events_app.get("/{event_id}/{kind}")
     def event_media(self, event_id: str, kind: str):
@@ -313,10 +307,8 @@ class FaceMask:
             return JSONResponse({"error": f"no such media {kind!r}: snapshot or clip"}, status_code=404)
         try:
             path = self.review.media(event_id, kind)
-        except MediaNotReady as err:
-            return JSONResponse({"error": str(err)}, status_code=503, headers={"retry-after": str(err.retry_after_s)})
-        except EventNotFound as err:
-            return JSONResponse({"error": str(err)}, status_code=404)
+        except (MediaNotReady, EventNotFound) as err:
+            return _refusal(err)
         return FileResponse(path, media_type=MEDIA_TYPES[kind], filename=path.name)
 
     @live_app.get("/", response_class=HTMLResponse)
@@ -358,6 +350,17 @@ class FaceMask:
             pass
         finally:
             self.live.release(camera)
+
+
+REFUSALS = ((FeedbackOff, 403), (BadReview, 422), (MediaNotReady, 503), (EventNotFound, 404))
+
+
+def _refusal(err: Exception) -> JSONResponse:
+    """The review API's answer to what it cannot do: the reason, its status, and when to retry a
+    medium still being recorded."""
+    status = next(code for kind, code in REFUSALS if isinstance(err, kind))
+    headers = {"retry-after": str(err.retry_after_s)} if isinstance(err, MediaNotReady) else None
+    return JSONResponse({"error": str(err)}, status_code=status, headers=headers)
 
 
 def _profiles(pipeline) -> dict:
