@@ -15,7 +15,7 @@ FACEMASK_MIRROR ?= $(if $(wildcard ../shared/datasets),$(abspath ../shared),)
 export FACEMASK_MIRROR
 OVERRIDES ?=
 
-.PHONY: help setup curl params check-params pipeline run test test-fast lint format mlflow-ui mlflow-server postgres proxy mqtt-broker rtsp-server container clean bento-models serve bento bench-latency scenes bench bench-classifiers bench-quantization bench-runtimes bench-cameras soak browser stream compliance bench-stream loadtest api-key audit bench-seeds bench-peers bench-front bench-profiles docs docs-build screenshots
+.PHONY: help setup curl params check-params pipeline run retrain test test-fast lint format mlflow-ui mlflow-server postgres proxy mqtt-broker rtsp-server container clean bento-models serve bento bench-latency scenes bench bench-classifiers bench-quantization bench-runtimes bench-cameras soak browser stream compliance bench-stream loadtest api-key audit bench-seeds bench-peers bench-front bench-profiles docs docs-build screenshots
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -40,6 +40,13 @@ pipeline: ## dvc repro: ingest, crop, augment, train, evaluate, promote, scenes,
 	$(RUN) python -m facemask.classification_metrics reports/metrics.json
 
 run: setup pipeline serve ## set up, run the pipeline on the offline data, then serve the champion
+
+retrain: ## FROM=<service URL or its feedback folder>: pull its reviewed alerts, re-run the pipeline (docs/operations.md)
+	@if [ -z "$(FROM)" ]; then echo "make retrain FROM=<the service's URL (key in FACEMASK_API_KEY), or its feedback" \
+	  "folder (stream.feedback.dir, or feedback/ beside its event file)>" >&2; exit 2; fi
+	FACEMASK_FEEDBACK_FROM="$(if $(findstring ://,$(FROM)),$(FROM),$(abspath $(FROM)))" \
+	  $(RUN) dvc repro --force --single-item feedback
+	$(MAKE) pipeline
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 

@@ -11,6 +11,7 @@ with its packaged post-processing settings and limits).
 import asyncio
 import logging
 import os
+import tempfile
 from importlib.resources import files
 from pathlib import Path
 from typing import Annotated
@@ -21,6 +22,7 @@ from bentoml.validators import ContentType
 from fastapi import FastAPI, Query, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from pydantic import BaseModel, Field
+from starlette.background import BackgroundTask
 
 with bentoml.importing():
     import cv2
@@ -296,6 +298,24 @@ class FaceMask:
             return self.review.review(event_id, review)
         except (FeedbackOff, BadReview, MediaNotReady, EventNotFound) as err:
             return _refusal(err)
+
+    @events_app.get("/reviewed")
+    def reviewed_archive(self):
+        """Every reviewed alert this deployment stored (`images/` and `annotations/`, the feedback
+        folder's layout) as one gzipped tar, its count in `X-Reviewed-Scenes`: what `make retrain
+        FROM=<this service's URL>` pulls. 403 when this deployment keeps nothing for review. Needs the
+        API key."""
+        handle, name = tempfile.mkstemp(prefix="facemask-reviewed-", suffix=".tar.gz")
+        os.close(handle)
+        out = Path(name)
+        try:
+            count = self.review.archive(out)
+        except FeedbackOff as err:
+            out.unlink(missing_ok=True)
+            return _refusal(err)
+        return FileResponse(out, media_type="application/gzip", filename="reviewed.tar.gz",
+                            headers={"X-Reviewed-Scenes": str(count)},
+                            background=BackgroundTask(out.unlink, missing_ok=True))  # fmt: skip
 
     @events_app.get("/{event_id}/{kind}")
     def event_media(self, event_id: str, kind: str):

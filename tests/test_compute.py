@@ -97,12 +97,18 @@ def test_manifest_streaming_groups_an_image_and_refuses_rows_apart(tmp_path):
     ]
     path = tmp_path / "manifest.csv"
     pd.DataFrame(rows).to_csv(path, index=False)
-    got = list(images(path, tmp_path / "raw"))
-    assert [(Path(p).name, [r["id"] for r in rs]) for p, rs in got] == [("x.jpg", ["a-1", "a-2"]), ("y.jpg", ["b"])]
-    assert count_images(path) == 2
+    reviewed = tmp_path / "feedback.csv"  # the reviewed alerts' manifest follows the sources'
+    pd.DataFrame([{"id": "feedback-1-f00", "source": "feedback", "relpath": "images/e.jpg", "kind": "region"}]).to_csv(
+        reviewed, index=False
+    )
+    got = list(images([path, reviewed], tmp_path / "raw"))
+    assert [(Path(p).name, [r["id"] for r in rs]) for p, rs in got] == [
+        ("x.jpg", ["a-1", "a-2"]), ("y.jpg", ["b"]), ("e.jpg", ["feedback-1-f00"])
+    ]  # fmt: skip
+    assert count_images([path, reviewed]) == 3
     pd.DataFrame([*rows, {"id": "c", "source": "s", "relpath": "x.jpg", "kind": "scene"}]).to_csv(path, index=False)
     with pytest.raises(FacemaskError, match=r"s/x\.jpg are apart"):
-        list(images(path, tmp_path / "raw"))
+        list(images([path], tmp_path / "raw"))
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +118,7 @@ def ingested(tmp_path_factory, shared):
     mirror = make_mirror(shared, root / "mirror", per_folder=8, scene_count=4, train_scenes=12)
     env = {**os.environ, "FACEMASK_MIRROR": str(mirror), "FACEMASK_CACHE": str(root / "cache")}
     # the stock YuNet from the mirror: the engines are under test, not a model this project trains
-    paths = [f"paths.{k}={root / k}" for k in ("raw", "interim", "models", "reports")] + ["detector=yunet"]
+    paths = [f"paths.{k}={root / k}" for k in ("raw", "interim", "models", "reports", "feedback")] + ["detector=yunet"]
     write_params(compose(paths), root / "params.yaml")
     stage(root / "params.yaml", "ingest", env)
     return root, env, paths

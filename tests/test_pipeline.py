@@ -2,7 +2,8 @@
 tracking server (MLflow on PostgreSQL, artifacts proxied).
 
 One module-scoped project: `dvc repro` from nothing, a no-op second repro, then a changed
-augmentation parameter that must re-run exactly what depends on it.
+augmentation parameter that must re-run exactly what depends on it; last, a served alert corrected
+through the review API is pulled in and retrained on (`make retrain`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 import pandas as pd
 import psutil
 import pytest
+import requests
 import yaml
 from mlflow.tracking import MlflowClient
 
@@ -29,12 +31,12 @@ from facemask.classifier import MaskClassifier
 from facemask.config import compose, write_params
 from facemask.imageio import read_image
 
-from .conftest import BIN, REPO, chromium_binary, screenshot, start_mlflow, stop
+from .conftest import API_KEY, BIN, FPS, REPO, chromium_binary, entrance_frames, screenshot, start_mlflow, stop
 
 pytestmark = pytest.mark.slow
 STAGES = [
-    "ingest", "train_detector", "promote_detector", "crop", "augment", "train", "evaluate", "promote", "scenes",
-    "detectors",
+    "feedback", "ingest", "train_detector", "promote_detector", "crop", "augment", "train", "evaluate", "promote",
+    "scenes", "detectors",
 ]  # fmt: skip
 OVERRIDES = [
     "model=lcnet", "model.input_size=64", "crop.size=64", "trainer=fast", "augment.preview_count=8",
@@ -323,7 +325,7 @@ def test_touching_plots_py_invalidates_exactly_its_users_and_a_moved_path_needs_
         plots.write_text(code)
         write_params(compose([*OVERRIDES, "paths.reports=reports_elsewhere"]), params)
         stages = dvc(root, "stage", "list", env=env)
-        assert "reports_elsewhere/ingest.json" in stages and "reports/ingest.json" not in stages
+        assert "Reports reports_elsewhere/feedback.json" in stages and " reports/" not in stages
         assert (root / "dvc.yaml").read_text() == dvc_yaml
     finally:
         plots.write_text(code)
@@ -526,3 +528,74 @@ def test_mlflow_ui_opens_on_the_training_runs(project):
         browser.close()
     assert f"/experiments/{experiment.experiment_id}/runs" in landed and "workflowType=machine_learning" in landed
     assert "Run Name" in text and "Traces\n0" not in text
+
+
+def test_a_served_alert_corrected_through_the_api_is_pulled_and_retrained_on(project, server, bento_env, shared):
+    """The loop closed: the served Bento's alert on the entrance video is corrected through the review
+    API; `make retrain`'s two steps pull the service's verdicts over HTTP (behind its key) into this
+    project and re-run the pipeline. The corrected face becomes a `region` row and a crop with its corrected label, the
+    classifier retrains and its new version is registered with the reviewed faces counted in its run,
+    and the promotion report sets the candidate beside the champion on both parts of the test split.
+    The detector, whose scenes did not change, is not retrained."""
+    from websockets.sync.client import connect
+
+    from facemask.imageio import encode_jpeg
+
+    root, env, _ = project
+    key, camera = {"X-API-Key": API_KEY}, f"retrain-{int(time.time())}"
+    with connect(
+        f"{server.replace('http://', 'ws://')}/live/ws/{camera}", max_size=2**22, additional_headers=key
+    ) as ws:
+        for frame in list(entrance_frames(shared)) + list(entrance_frames(shared))[:25]:  # past the post-roll
+            tick = time.perf_counter()
+            ws.send(encode_jpeg(frame))
+            assert "error" not in json.loads(ws.recv(timeout=30))
+            time.sleep(max(0.0, 1 / FPS - (time.perf_counter() - tick)))
+    deadline = time.time() + 60
+    while True:
+        events = requests.get(f"{server}/events/", params={"camera": camera}, headers=key, timeout=10).json()["events"]
+        if events and events[0]["media"].get("region") == "ready":
+            break
+        assert time.time() < deadline, events
+        time.sleep(0.5)
+    event = events[0]
+    label = "mask" if event["class"] != "mask" else "no_mask"  # the reviewer's correction
+    body = {"verdict": "wrong_class", "label": label, "reviewer": "retrain test"}
+    resp = requests.post(f"{server}/events/{event['id']}/review", json=body, headers=key, timeout=10)
+    assert resp.status_code == 200, resp.text
+    service = Path(bento_env["FACEMASK_EVENTS"]).parent / "feedback"  # where the served Bento keeps reviews
+    reviewed = len(list((service / "annotations").glob("*.xml")))  # other tests of this process may review too
+
+    # `make retrain FROM=<the service's URL>`: without its key the pull is refused and changes nothing
+    pull_env = {**env, "FACEMASK_FEEDBACK_FROM": server}
+    stage = [str(BIN / "python"), "-m", "facemask.stages.feedback"]
+    refused = subprocess.run(stage, cwd=root, env=pull_env, capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2 and "answered 401" in refused.stderr and "FACEMASK_API_KEY" in refused.stderr
+    assert not any((root / "data/feedback").rglob("*.*"))
+    pulled = dvc(root, "repro", "--force", "--single-item", "feedback", env={**pull_env, "FACEMASK_API_KEY": API_KEY})
+    assert ran(pulled) == ["feedback"]
+    report = json.loads((root / "reports/feedback.json").read_text())
+    assert report["source"] == server and report["refused"] == [], report
+    assert report["added"] == report["total"] == reviewed >= 1, report
+    retrained = ran(dvc(root, "repro", env=env))
+    assert retrained == ["ingest", "crop", "augment", "train", "evaluate", "promote", "scenes", "detectors"], retrained
+
+    rows = pd.read_csv(root / "data/interim/feedback.csv")
+    assert len(rows) == reviewed and rows["kind"].eq("region").all()
+    mine = rows[rows["relpath"] == f"images/{event['id']}.jpg"].iloc[0]
+    assert mine["label"] == label and mine["source"] == "feedback"
+    crops = pd.read_csv(root / "data/interim/crops.csv", keep_default_na=False).set_index("id")
+    assert crops.loc[mine["id"], "label"] == label and (root / "data/crops" / crops.loc[mine["id"], "crop"]).is_file()
+    assert (pd.read_csv(root / "data/interim/manifest.csv")["source"] != "feedback").all()  # the sources' rows alone
+
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    run_id = json.loads((root / "models/mlflow_run.json").read_text())["run_id"]
+    metrics = client.get_run(run_id).data.metrics
+    counted = {split: metrics[f"feedback.{split}_faces"] for split in ("train", "val", "test")}
+    assert sum(counted.values()) == reviewed and counted[mine["split"]] >= 1, counted
+    promotion = json.loads((root / "reports/promotion.json").read_text())
+    assert client.get_model_version(promotion["model"], promotion["candidate_version"]).run_id == run_id
+    parts = promotion["test_parts"]
+    assert parts["candidate"]["feedback"]["crops"] == counted["test"]
+    assert parts["champion"] is not None and parts["champion"]["feedback"]["crops"] == counted["test"]
+    assert parts["candidate"]["sources"]["crops"] == parts["champion"]["sources"]["crops"] > 0

@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import subprocess
+import tarfile
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -242,7 +243,7 @@ def test_review_api_lists_alerts_and_serves_their_snapshot_and_clip(server, shar
     paged), its snapshot is a JPEG, its clip an H.264 MP4 from 5 s before to 5 s after the alert;
     bad queries and unknown events get clear 4xx answers. With feedback on (FACEMASK_FEEDBACK), a
     reviewer's verdict (`POST /events/<id>/review`) is stored as a VOC scene; bad verdicts get a 4xx
-    and store nothing."""
+    and store nothing; `GET /events/reviewed` hands every stored verdict over as one archive."""
     import av
     from websockets.sync.client import connect
 
@@ -332,6 +333,14 @@ def test_review_api_lists_alerts_and_serves_their_snapshot_and_clip(server, shar
     assert len(annotation.findtext("reviewed/key")) == 12 and API_KEY not in ET.tostring(annotation, "unicode")
     assert (feedback / "images" / f"{event['id']}.jpg").read_bytes() == region.content
     assert listed()["events"][0]["review"]["label"] == other
+    # every stored verdict in one archive, what `make retrain FROM=<URL>` pulls (test_pipeline runs it)
+    archive = requests.get(f"{server}/events/reviewed", headers=KEY, timeout=30)
+    assert archive.status_code == 200 and archive.headers["content-type"] == "application/gzip"
+    with tarfile.open(fileobj=io.BytesIO(archive.content)) as tar:
+        names = tar.getnames()
+    assert {f"images/{event['id']}.jpg", f"annotations/{event['id']}.xml"} <= set(names)
+    assert int(archive.headers["x-reviewed-scenes"]) * 2 == len(names)
+    assert requests.get(f"{server}/events/reviewed", timeout=10).status_code == 401
 
 
 def test_the_camera_client_streams_a_video_file_to_the_served_bento(server, shared, bento_env, tmp_path):

@@ -48,6 +48,8 @@ class Paths(_Strict):
     models: Path
     reports: Path
     manifest: Path
+    feedback: Path
+    feedback_manifest: Path
     crop_table: Path
     augmentation: Path
     augment_preview: Path

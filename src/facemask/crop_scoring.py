@@ -1,4 +1,6 @@
-"""Scoring a classifier on the crop stage's splits: shared by the evaluate and promote stages."""
+"""Scoring a classifier on the crop stage's splits: shared by the evaluate and promote stages. The
+test split holds the sources' crops and, once reviewers corrected served alerts, theirs
+(`facemask.data.feedback`): one promotion figure over both, and each part reported beside it."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from tqdm import tqdm
 from facemask.classification_metrics import face_macro_f1, split_digest
 from facemask.classifier import MaskClassifier
 from facemask.config import Params
+from facemask.data.feedback import SOURCE
 from facemask.imageio import read_image
 
 
@@ -30,10 +33,36 @@ def predict_crops(classifier: MaskClassifier, params: Params, table: pd.DataFram
     return np.concatenate(proba)
 
 
-def face_score(classifier: MaskClassifier, params: Params) -> tuple[float, str]:
-    """(face macro-F1 on the test split, the split's digest): the promotion figure, for any model."""
+def scored_parts(table: pd.DataFrame, predicted: list[str], face_labels: list[str]) -> dict[str, dict]:
+    """The test split's two parts side by side: the sources' crops and the reviewed alerts' (each:
+    crops, accuracy over every crop, face macro-F1 over the face crops; None where there are none)."""
+    reviewed = table["source"].eq(SOURCE).to_numpy()
+    parts = {}
+    for part, chosen in (("sources", ~reviewed), ("feedback", reviewed)):
+        actual = table["label"][chosen].tolist()
+        guess = [p for p, keep in zip(predicted, chosen, strict=True) if keep]
+        faces = any(a in face_labels for a in actual)
+        parts[part] = {
+            "crops": len(actual),
+            "accuracy": round(float(np.mean([a == g for a, g in zip(actual, guess, strict=True)])), 4)
+            if actual
+            else None,
+            "face_macro_f1": face_macro_f1(actual, guess, face_labels) if faces else None,
+        }
+    return parts
+
+
+def score_test_split(classifier: MaskClassifier, params: Params) -> tuple[float, str, dict[str, dict]]:
+    """(face macro-F1 on the test split, the split's digest, its `scored_parts`) of any model."""
     table = split_crops(params, "test")
     proba = predict_crops(classifier, params, table)
     predicted = [classifier.labels[k] for k in proba.argmax(axis=1)]
     digest = split_digest(table["id"].tolist(), table["label"].tolist())
-    return face_macro_f1(table["label"].tolist(), predicted, params.data.labels), digest
+    figure = face_macro_f1(table["label"].tolist(), predicted, params.data.labels)
+    return figure, digest, scored_parts(table, predicted, params.data.labels)
+
+
+def face_score(classifier: MaskClassifier, params: Params) -> tuple[float, str]:
+    """(face macro-F1 on the test split, the split's digest): the promotion figure, for any model."""
+    figure, digest, _ = score_test_split(classifier, params)
+    return figure, digest

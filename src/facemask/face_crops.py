@@ -4,7 +4,8 @@ Faces are found and cut by `FaceFinder` (the same detection call and crop functi
 serves with). Close-up photos keep their main face. In an annotated scene each annotated face takes
 the detection that matches it (`boxes.match` on the detector's box mapped by `detector.box_fit`);
 a face the detector misses is cut from its annotated box mapped back into the detector's convention,
-and detections that overlap no annotated face become `background` crops. The crop stage runs
+and detections that overlap no annotated face become `background` crops. A reviewed alert's region
+(kind `region`, `facemask.data.feedback`) is cut the same way, without background crops. The crop stage runs
 `process` over every image; the benchmarks time it.
 """
 
@@ -17,6 +18,7 @@ import numpy as np
 
 from facemask.boxes import iou_matrix, match
 from facemask.config import Params
+from facemask.data.feedback import KIND as REGION
 from facemask.detection import Face
 from facemask.imageio import ImageError, read_image
 from facemask.pipeline import FaceFinder, fit_box, unfit_box
@@ -48,10 +50,10 @@ def photo_faces(finder: FaceFinder, image: np.ndarray, params: Params) -> list[t
 
 
 def scene_faces(
-    finder: FaceFinder, image: np.ndarray, boxes: np.ndarray, params: Params
+    finder: FaceFinder, image: np.ndarray, boxes: np.ndarray, params: Params, with_background: bool = True
 ) -> tuple[list[tuple[dict, Face]], list[tuple[dict, Face]], int]:
     """An annotated scene: (one (row, face) per annotated box, in order; the background detections
-    kept; the count of detections that matched no annotated face)."""
+    kept, none unless `with_background`; the count of detections that matched no annotated face)."""
     fit, cfg = params.detector.box_fit, params.crop
     faces = finder.detect(image)
     fitted = np.array([fit_box(f.box, fit) for f in faces], dtype=np.float32).reshape(-1, 4)
@@ -66,7 +68,7 @@ def scene_faces(
     unmatched = [i for i in range(len(faces)) if i not in set(pairs.values())]
     background: list[tuple[dict, Face]] = []
     bg = cfg.background
-    if bg.enabled and unmatched:
+    if with_background and bg.enabled and unmatched:
         overlap = iou_matrix(fitted[unmatched], boxes).max(axis=1) if len(boxes) else np.zeros(len(unmatched))
         # a scene with a confident unmatched detection is not fully boxed: its rest may be real faces too
         complete = all(faces[i].score < bg.max_score for i in unmatched)
@@ -83,9 +85,10 @@ def process(finder: FaceFinder, path: Path, samples: list[dict], out_dir: Path, 
         image = read_image(path, params.data.max_image_pixels)
     except (ImageError, OSError) as err:
         return [{"id": s["id"], "status": "unreadable", "error": str(err)} for s in samples]
-    if samples[0]["kind"] == "scene":
+    if samples[0]["kind"] in ("scene", REGION):
         boxes = np.array([[s["x1"], s["y1"], s["x2"], s["y2"]] for s in samples], dtype=np.float32)
-        annotated, background, false_faces = scene_faces(finder, image, boxes, params)
+        # a reviewed alert's region knows one face (the rest blurred): no background from the rest
+        annotated, background, false_faces = scene_faces(finder, image, boxes, params, samples[0]["kind"] == "scene")
         found = [(s["id"], row, face) for s, (row, face) in zip(samples, annotated, strict=True)]
         base = samples[0]["id"].rsplit("-f", 1)[0]
         found += [(f"{base}-b{k:02d}", row, face) for k, (row, face) in enumerate(background)]

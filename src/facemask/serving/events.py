@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from facemask.config import Stream
-from facemask.serving.feedback import FeedbackOff, Review, store, stored_verdict
+from facemask.serving.feedback import FeedbackOff, Review, archive, store, stored_verdict
 from facemask.stream.sinks import event_files
 
 EVENT_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -123,13 +123,22 @@ class EventReview:
             raise EventNotFound(f"the {kind} of alert {event_id} was deleted (retention) or never written")
         return Path(self.cfg.media_dir, event["media"][kind])
 
+    def _feedback_on(self) -> None:
+        if not self.cfg.feedback.enabled:
+            raise FeedbackOff("this deployment keeps no pixels for review: stream.feedback.enabled is false")
+
+    def archive(self, out: Path) -> int:
+        """Every stored verdict as one gzipped tar at `out` (`feedback.archive`); FeedbackOff when
+        this deployment keeps nothing for review. How many scenes it holds."""
+        self._feedback_on()
+        return archive(self.cfg.feedback_dir, out)
+
     def review(self, event_id: str, review: Review) -> dict:
         """Store a reviewer's verdict on an alert as a training scene (`feedback.store`). FeedbackOff
         when this deployment keeps nothing for review; EventNotFound / MediaNotReady as `media`;
         BadReview for a verdict, label, box or name that cannot be stored. Nothing is written unless
         the verdict is stored whole."""
-        if not self.cfg.feedback.enabled:
-            raise FeedbackOff("this deployment keeps no pixels for review: stream.feedback.enabled is false")
+        self._feedback_on()
         event = self.event(event_id)
         region = self.media(event_id, "region")
         if not region.with_suffix(".json").is_file():  # where the face is: written with the region, swept with it

@@ -2,25 +2,27 @@
 
 A verdict on an alert's face (right, wrong class and which one, or not a face) turns the region kept
 for review (`stream.feedback`: the face sharp, every other face blurred) into a PASCAL VOC scene in
-the feedback folder: ``images/<event id>.jpg`` and ``annotations/<event id>.xml``, the corrected box
-and label in it, and who judged it and when in its ``reviewed`` block. `make retrain` pulls the
-folder into the pipeline as one more scene source. A later verdict on the same event replaces it.
+the feedback folder: ``images/<event id>.jpg`` and ``annotations/<event id>.xml``, the face's box
+named with its right class (or `not_a_face`), and who judged it and when in its ``reviewed`` block.
+`make retrain` pulls the folder into the pipeline as one more scene source (`facemask.data.feedback`).
+A later verdict on the same event replaces it.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import tarfile
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from facemask.atomic_files import write_atomic
+from facemask.data.feedback import NOT_A_FACE, VERDICTS, scene_image
 from facemask.data.voc import annotation_xml
 from facemask.errors import FacemaskError
 
-VERDICTS = ("right", "wrong_class", "not_a_face")
 SOURCE = "facemask feedback"  # the annotations' source/database: a reviewed alert
 MAX_REVIEWER = 64
 
@@ -88,12 +90,12 @@ def store(folder: Path, event: dict, region: Path, review: Review, labels: list[
     about = json.loads(region.with_suffix(".json").read_text(encoding="utf-8"))
     width, height = int(about["width"]), int(about["height"])
     box = review.face_box(about["box"], width, height)
-    label = {"right": served, "wrong_class": review.label, "not_a_face": None}[review.verdict]
+    label = {"right": served, "wrong_class": review.label, NOT_A_FACE: None}[review.verdict]
     at = datetime.now(UTC).isoformat(timespec="seconds")
     source = {"database": SOURCE, "camera": event["camera"], "event": event["id"], "served": served,
               "alert_time": event["time"], "frame_box": " ".join(f"{v:g}" for v in about["frame_box"])}  # fmt: skip
     reviewed = {"verdict": review.verdict, "by": review.reviewer or "", "key": review.key_id or "", "at": at}
-    xml = annotation_xml(f"{event['id']}.jpg", width, height, [(label, box)] if label else [], source,
+    xml = annotation_xml(f"{event['id']}.jpg", width, height, [(label or NOT_A_FACE, box)], source,
                          {"reviewed": reviewed})  # fmt: skip
     image, annotation = scene_files(folder, event["id"])
     replaced = annotation.is_file()
@@ -111,5 +113,21 @@ def stored_verdict(folder: Path, event_id: str) -> dict | None:
         root = ET.parse(annotation).getroot()
     except (OSError, ET.ParseError):
         return None
-    return {"verdict": root.findtext("reviewed/verdict"), "label": root.findtext("object/name"),
+    verdict, name = root.findtext("reviewed/verdict"), root.findtext("object/name")
+    return {"verdict": verdict, "label": None if verdict == NOT_A_FACE else name,
             "by": root.findtext("reviewed/by") or None, "at": root.findtext("reviewed/at")}  # fmt: skip
+
+
+def archive(folder: Path, out: Path) -> int:
+    """The reviewed scenes of `folder` (each annotation with its image, the folder's layout) as a
+    gzipped tar written to `out`: what `make retrain FROM=<the service's URL>` downloads. How many."""
+    count = 0
+    with tarfile.open(out, "w:gz") as tar:
+        for annotation in sorted(Path(folder, "annotations").glob("*.xml")):
+            image = scene_image(Path(folder), annotation.stem)
+            if image is None:  # an annotation is written after its image: none yet, or swept
+                continue
+            tar.add(image, arcname=f"images/{image.name}")
+            tar.add(annotation, arcname=f"annotations/{annotation.name}")
+            count += 1
+    return count

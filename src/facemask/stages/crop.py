@@ -29,6 +29,7 @@ from tqdm import tqdm
 from facemask.cli import run_stage, write_json
 from facemask.compute import ordered_map
 from facemask.config import Params
+from facemask.data.feedback import KIND as REGION
 from facemask.detection import detector_backend
 from facemask.errors import FacemaskError
 from facemask.face_crops import process
@@ -42,12 +43,23 @@ COLUMNS = [*META, "status", "score", "x1", "y1", "x2", "y2", "n_faces", "crop", 
 CHUNK_ROWS = 4096  # manifest rows read at a time
 
 
-def images(manifest: Path, raw: Path) -> Iterator[tuple[str, list[dict]]]:
-    """(image path, its manifest rows) for each image, streamed from the manifest in chunks. The
+def manifests(params: Params) -> list[Path]:
+    """The ingest stage's manifests: the sources', then the reviewed alerts' (when it wrote one)."""
+    reviewed = params.paths.feedback_manifest
+    return [params.paths.manifest, *([reviewed] if reviewed.is_file() else [])]
+
+
+def _chunks(paths: list[Path], **kwargs) -> Iterator[pd.DataFrame]:
+    for path in paths:
+        yield from (chunk for chunk in pd.read_csv(path, **kwargs) if len(chunk))
+
+
+def images(paths: list[Path], raw: Path) -> Iterator[tuple[str, list[dict]]]:
+    """(image path, its manifest rows) for each image, streamed from the manifests in chunks. A
     manifest is sorted by id and a scene's faces share its id's stem, so an image's rows are
     adjacent; rows of one image that come apart are an error."""
     key, rows, done = None, [], set()
-    for chunk in pd.read_csv(manifest, chunksize=CHUNK_ROWS):
+    for chunk in _chunks(paths, chunksize=CHUNK_ROWS):
         if "kind" not in chunk:
             chunk["kind"] = "photo"
         for row in chunk.to_dict("records"):
@@ -56,7 +68,7 @@ def images(manifest: Path, raw: Path) -> Iterator[tuple[str, list[dict]]]:
                 if rows:
                     yield str(raw / key[0] / key[1]), rows
                 if hash(k) in done:
-                    raise FacemaskError(f"{manifest}: the rows of {k[0]}/{k[1]} are apart; re-run the ingest stage")
+                    raise FacemaskError(f"{paths}: the rows of {k[0]}/{k[1]} are apart; re-run the ingest stage")
                 if key is not None:
                     done.add(hash(key))
                 key, rows = k, []
@@ -65,9 +77,9 @@ def images(manifest: Path, raw: Path) -> Iterator[tuple[str, list[dict]]]:
         yield str(raw / key[0] / key[1]), rows
 
 
-def count_images(manifest: Path) -> int:
+def count_images(paths: list[Path]) -> int:
     n, last = 0, None
-    for chunk in pd.read_csv(manifest, usecols=["source", "relpath"], chunksize=CHUNK_ROWS * 4):
+    for chunk in _chunks(paths, usecols=["source", "relpath"], chunksize=CHUNK_ROWS * 4):
         keys = chunk["source"] + "/" + chunk["relpath"]
         n += int((keys != keys.shift(fill_value=last)).sum())
         last = keys.iloc[-1]
@@ -97,10 +109,10 @@ def crop_image(context: tuple[FaceFinder, Params, Path], item: tuple[str, list[d
     return rows
 
 
-def run_all(params: Params, manifest: Path, out_dir: Path) -> Iterator[list[dict]]:
+def run_all(params: Params, paths: list[Path], out_dir: Path) -> Iterator[list[dict]]:
     """Every image's rows, in manifest order, over `crop.workers` processes of the engine (`engine`)."""
     weights = detector_backend(params.detector).weights_file(params.detector)
-    total = count_images(manifest)
+    total = count_images(paths)
     workers = min(params.crop.workers, max(1, total))
     where = (
         "in-process"
@@ -109,7 +121,7 @@ def run_all(params: Params, manifest: Path, out_dir: Path) -> Iterator[list[dict
     )
     bar = dict(total=total, desc=f"crop faces ({params.detector.name}; {where})", unit="img")
     yield from tqdm(
-        ordered_map(crop_image, images(manifest, params.paths.raw), build_finder, (params, weights, out_dir),
+        ordered_map(crop_image, images(paths, params.paths.raw), build_finder, (params, weights, out_dir),
                     workers, params.engine),
         **bar,
     )  # fmt: skip
@@ -147,6 +159,9 @@ def detection_report(rows: pd.DataFrame) -> dict:
             "false_faces": int(rows["false_faces"].fillna(0).sum()) if "false_faces" in rows else 0,
             "background_crops": int((rows["status"] == "background").sum()),
         }
+    regions = faces[faces["kind"] == REGION]
+    if len(regions):  # reviewed alerts: the face a reviewer judged, found again (or cut from its box)
+        report["reviewed_faces"] = {"faces": len(regions), "matched": int((regions["status"] == "matched").sum())}
     return report
 
 
@@ -159,7 +174,7 @@ def crop(params: Params) -> None:
         with tmp_table.open("w", newline="") as fh:
             writer = csv.DictWriter(fh, COLUMNS, restval="", extrasaction="raise")
             writer.writeheader()
-            for rows in run_all(params, params.paths.manifest, tmp_dir):
+            for rows in run_all(params, manifests(params), tmp_dir):
                 writer.writerows(rows)
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)

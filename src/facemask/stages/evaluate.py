@@ -24,7 +24,7 @@ from facemask.classification_metrics import (
 from facemask.classifier import MaskClassifier
 from facemask.cli import run_stage, write_json
 from facemask.config import Params
-from facemask.crop_scoring import predict_crops, split_crops
+from facemask.crop_scoring import predict_crops, scored_parts, split_crops
 
 log = logging.getLogger("facemask.evaluate")
 
@@ -54,6 +54,7 @@ def evaluate(params: Params) -> None:
     predicted = [labels[k] for k in proba.argmax(axis=1)]
     result["face_macro_f1"] = face_macro_f1(table["label"].tolist(), predicted, params.data.labels)
     result["test_split"] = split_digest(table["id"].tolist(), table["label"].tolist())
+    result["parts"] = scored_parts(table, predicted, params.data.labels)  # sources' and reviewed alerts' crops
     result["per_source"] = per_group(table, y_true, proba, labels, "source")
     if "kind" in table:
         result["per_kind"] = per_group(table, y_true, proba, labels, "kind")
@@ -80,6 +81,8 @@ def evaluate(params: Params) -> None:
         }
         for source, stats in result["per_source"].items():
             flat.update({f"test.source.{source}.{k}": v for k, v in stats.items()})
+        for part, stats in result["parts"].items():
+            flat.update({f"test.{part}.{k}": v for k, v in stats.items() if v is not None})
         mlflow.set_tag("test_split", result["test_split"])
         for label, stats in result["per_class"].items():
             flat.update({f"test.{label}.{k}": v for k, v in stats.items() if k != "support"})

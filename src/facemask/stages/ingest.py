@@ -1,4 +1,6 @@
-"""Stage 1, ingest: sources -> de-duplicated, split image manifest (data/interim/manifest.csv)."""
+"""Stage 1, ingest: sources -> de-duplicated, split image manifest (data/interim/manifest.csv), and
+the reviewed alerts pulled into the project (`paths.feedback`) -> their own manifest
+(data/interim/feedback.csv), so that corrections leave the other sources' rows and splits as they were."""
 
 from __future__ import annotations
 
@@ -12,11 +14,14 @@ import pandas as pd
 
 from facemask.cli import run_stage, write_json
 from facemask.config import ConfigError, Params
+from facemask.data import feedback as fb
 from facemask.data import manifest as mf
 from facemask.data.fetch import resolve_source
 from facemask.data.voc import evaluation_folder, load_scenes
 
 log = logging.getLogger("facemask.ingest")
+MANIFEST_COLUMNS = ["id", "source", "relpath", "label", "source_label", "width", "height", "bytes", "sha256",
+                    "phash", "group", "kind", "x1", "y1", "x2", "y2", "split"]  # fmt: skip
 
 
 def link_source(raw: Path, name: str, folder: Path) -> Path:
@@ -62,6 +67,35 @@ def drop_evaluation_copies(params: Params, df: pd.DataFrame, roots: dict[str, Pa
     return df[~copies].reset_index(drop=True)
 
 
+def feedback_manifest(params: Params) -> tuple[pd.DataFrame, mf.IngestReport]:
+    """The reviewed alerts of `paths.feedback` (none yet: an empty table): one row per reviewed face,
+    kind `region`, split by a digest of its image; exact copies and copies of evaluation scenes dropped."""
+    report, folder = mf.IngestReport(), params.paths.feedback
+    if not any((folder / "annotations").glob("*.xml")):
+        log.info("no reviewed alerts in %s (`make retrain FROM=<a service>` pulls them)", folder)
+        return pd.DataFrame(columns=MANIFEST_COLUMNS), report
+    names = fb.label_map(params.data.labels, params.crop.background.label)
+    roots = {fb.SOURCE: link_source(params.paths.raw, fb.SOURCE, folder)}
+    rows = mf.scan_scenes(fb.SOURCE, roots[fb.SOURCE], names, report)
+    report.scanned = len(rows)
+    infos = mf.describe_all(rows, roots, params.data.max_image_pixels, workers=os.cpu_count() or 2)
+    table = [{**row, **info} for row, info in zip(rows, infos, strict=True) if info and info["phash"]]
+    report.unreadable = len(rows) - len(table)
+    df = pd.DataFrame(table)
+    if df.empty:
+        return pd.DataFrame(columns=MANIFEST_COLUMNS), report
+    exact = df.duplicated("sha256")  # the same region reviewed twice (two cameras, one frame): once
+    report.exact_duplicates = int(exact.sum())
+    df = drop_evaluation_copies(params, df[~exact].reset_index(drop=True), roots, report)
+    df["group"] = -1  # splits are per scene, from its digest (fb.split_of)
+    df = mf.expand_scenes(df, report)
+    df["kind"] = fb.KIND
+    df["split"] = [fb.split_of(h, params.data.split.val, params.data.split.test) for h in df["sha256"]]
+    df.insert(0, "id", [f"{fb.SOURCE}-{h[:12]}-f{int(k):02d}" for h, k in zip(df["sha256"], df["face"], strict=True)])
+    mf.summarise(df, report)
+    return df[MANIFEST_COLUMNS].sort_values("id"), report
+
+
 def ingest(params: Params) -> None:
     data = params.data
     report = mf.IngestReport()
@@ -95,7 +129,10 @@ def ingest(params: Params) -> None:
     out = params.paths.manifest
     out.parent.mkdir(parents=True, exist_ok=True)
     df.sort_values("id").to_csv(out, index=False)
-    write_json(params.paths.reports / "ingest.json", dataclasses.asdict(report))
+    reviewed, reviewed_report = feedback_manifest(params)
+    reviewed.to_csv(params.paths.feedback_manifest, index=False)
+    summary = dataclasses.asdict(report) | {"feedback": dataclasses.asdict(reviewed_report)}
+    write_json(params.paths.reports / "ingest.json", summary)
     log.info("manifest: %d samples (%d faces in %d scenes) of %d images scanned -> %s",
              report.kept, report.scene_faces, report.scene_images, report.scanned, out)  # fmt: skip
     log.info(
@@ -111,6 +148,9 @@ def ingest(params: Params) -> None:
     )
     for split, counts in report.per_split.items():
         log.info("  %-5s %s", split, counts)
+    if len(reviewed):
+        log.info("reviewed alerts: %d faces of %d scenes -> %s %s", len(reviewed), reviewed_report.scene_images,
+                 params.paths.feedback_manifest, reviewed_report.per_split)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

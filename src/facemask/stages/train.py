@@ -21,6 +21,7 @@ from facemask.classifier import MaskClassifier, checked_onnx_graph, save_classif
 from facemask.cli import run_stage, write_json
 from facemask.config import Params
 from facemask.crop_scoring import predict_crops, split_crops
+from facemask.data.feedback import SOURCE as FEEDBACK
 from facemask.detection import detector_backend
 from facemask.imageio import read_image
 from facemask.numerics import reproducible_inference
@@ -113,6 +114,9 @@ def log_inputs(params: Params, dm: CropDataModule) -> None:
     mlflow.log_params({"data.train_counts": dict(zip(labels, dm.class_counts().tolist(), strict=True))})
     drawn = dm.drawn_class_counts().round().astype(int).tolist()
     mlflow.log_params({"data.drawn_per_epoch": dict(zip(labels, drawn, strict=True))})
+    # the reviewed alerts this model learns from and is tested on (`make retrain`), counted per split
+    mlflow.log_metrics({f"feedback.{split}_faces": int(frame["source"].eq(FEEDBACK).sum())
+                        for split, frame in dm.frames.items()})  # fmt: skip
     mlflow.set_tags({"stage": "train", "backbone": params.model.backbone, "detector": params.detector.name})
 
 

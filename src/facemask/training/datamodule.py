@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from facemask.augment import reseed
+from facemask.data.feedback import KIND as REGION
 from facemask.imageio import read_image
 from facemask.preprocess import Preprocessor
 
@@ -113,13 +114,13 @@ class CropDataModule(pl.LightningDataModule):
         return np.bincount(idx, minlength=len(self.labels))
 
     def sample_weights(self) -> np.ndarray:
-        """Each train crop's chance to be drawn: scene crops share `scene_share` of the draw, and
-        with `balance: sampler` every class gets the same share."""
+        """Each train crop's chance to be drawn: scene crops (reviewed alerts' among them) share
+        `scene_share` of the draw, and with `balance: sampler` every class gets the same share."""
         self.setup()
         frame = self.frames["train"]
         weights = np.ones(len(frame))
         if self.scene_share is not None and "kind" in frame:
-            scene = (frame["kind"] == "scene").to_numpy()
+            scene = frame["kind"].isin(["scene", REGION]).to_numpy()  # camera faces: scenes and reviewed alerts
             if scene.any() and (~scene).any():
                 weights = np.where(scene, self.scene_share / scene.sum(), (1 - self.scene_share) / (~scene).sum())
         if self.balance == "sampler":
