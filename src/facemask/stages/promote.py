@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Callable
 
 import mlflow
 from mlflow.tracking import MlflowClient
@@ -16,7 +17,7 @@ from facemask.classifier import MaskClassifier
 from facemask.cli import run_stage, write_json
 from facemask.config import Params
 from facemask.crop_scoring import score_test_split
-from facemask.registry import promote
+from facemask.registry import Decision, promote
 
 log = logging.getLogger("facemask.promote")
 
@@ -39,13 +40,7 @@ def promote_stage(params: Params) -> None:
         client, cfg.registered_model, ref["model_uri"], ref["run_id"], metrics["face_macro_f1"],
         cfg.champion_alias, cfg.promotion_margin, metrics["test_split"], rescore,
     )  # fmt: skip
-    champion = decision.champion_version
-    if champion and champion not in champion_parts and metrics["parts"]["feedback"]["crops"]:
-        rescore(champion)  # reviewed alerts in the test split: the champion's answer on them, beside the candidate's
-    elif champion and champion not in champion_parts:  # no reviewed alerts: the split is the sources' alone
-        sources = {**metrics["parts"]["sources"], "accuracy": None, "face_macro_f1": decision.champion_macro_f1}
-        champion_parts[champion] = {"sources": sources, "feedback": metrics["parts"]["feedback"]}
-    side_by_side = {"candidate": metrics["parts"], "champion": champion_parts.get(champion) if champion else None}
+    parts = side_by_side(metrics.get("parts"), decision, champion_parts, rescore)
     with mlflow.start_run(run_id=ref["run_id"]):
         mlflow.set_tags(
             {
@@ -53,9 +48,27 @@ def promote_stage(params: Params) -> None:
                 "registered_version": decision.candidate_version,
             }
         )
-    write_json(paths.reports / "promotion.json", decision.to_dict() | {"test_parts": side_by_side})
-    for line in side_by_side_lines(side_by_side, champion):
+    write_json(paths.reports / "promotion.json", decision.to_dict() | {"test_parts": parts})
+    for line in side_by_side_lines(parts, decision.champion_version) if parts else []:
         log.info(line)
+
+
+def side_by_side(
+    parts: dict | None, decision: Decision, champion_parts: dict[str, dict], rescore: Callable[[str], float]
+) -> dict | None:
+    """Candidate and champion on each part of the test split (`crop_scoring.scored_parts`); None for
+    metrics written before the split had parts. The champion is scored on reviewed alerts when the
+    split holds some; without them its figure on the sources is the one the gate compared."""
+    if parts is None:
+        return None
+    champion = decision.champion_version
+    if champion and champion not in champion_parts:
+        if parts["feedback"]["crops"]:
+            rescore(champion)
+        else:
+            sources = {**parts["sources"], "accuracy": None, "face_macro_f1": decision.champion_macro_f1}
+            champion_parts[champion] = {"sources": sources, "feedback": parts["feedback"]}
+    return {"candidate": parts, "champion": champion_parts.get(champion) if champion else None}
 
 
 def side_by_side_lines(side_by_side: dict, champion: str | None) -> list[str]:
