@@ -41,12 +41,11 @@ def scored_parts(table: pd.DataFrame, predicted: list[str], face_labels: list[st
     for part, chosen in (("sources", ~reviewed), ("feedback", reviewed)):
         actual = table["label"][chosen].tolist()
         guess = [p for p, keep in zip(predicted, chosen, strict=True) if keep]
+        right = [a == g for a, g in zip(actual, guess, strict=True)]
         faces = any(a in face_labels for a in actual)
         parts[part] = {
             "crops": len(actual),
-            "accuracy": round(float(np.mean([a == g for a, g in zip(actual, guess, strict=True)])), 4)
-            if actual
-            else None,
+            "accuracy": round(float(np.mean(right)), 4) if right else None,
             "face_macro_f1": face_macro_f1(actual, guess, face_labels) if faces else None,
         }
     return parts

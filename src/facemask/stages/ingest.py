@@ -80,7 +80,8 @@ def feedback_manifest(params: Params) -> tuple[pd.DataFrame, mf.IngestReport]:
     report.scanned = len(rows)
     infos = mf.describe_all(rows, roots, params.data.max_image_pixels, workers=os.cpu_count() or 2)
     table = [{**row, **info} for row, info in zip(rows, infos, strict=True) if info and info["phash"]]
-    report.unreadable = len(rows) - len(table)
+    report.unreadable = sum(info is None for info in infos)
+    report.too_large = len(rows) - len(table) - report.unreadable
     df = pd.DataFrame(table)
     if df.empty:
         return pd.DataFrame(columns=MANIFEST_COLUMNS), report
