@@ -49,6 +49,29 @@ def test_box_coding_round_trips():
     assert torch.allclose(back, boxes, atol=1e-5)
 
 
+@pytest.mark.parametrize("height, width", [(320, 320), (264, 352), (37, 53)])
+def test_anchors_follow_the_network_outputs_cell_by_cell(height, width):
+    """One anchor per network output, in its order: per level (strides 8, 16, 32), row by row,
+    column by column, each cell's two sizes; built for any frame size (a stream's regions, photos)."""
+    priors = prior_boxes(height, width)
+    with torch.no_grad():
+        loc, _, _ = RetinaFaceMobileNet().eval()(torch.zeros(1, 3, height, width))
+    assert priors.shape == (loc.shape[1], 4) and priors.dtype == torch.float32
+    cols = -(-width // 8)
+    expected = [
+        (0.5 * 8 / width, 0.5 * 8 / height, 16 / width, 16 / height),  # first cell, both sizes
+        (0.5 * 8 / width, 0.5 * 8 / height, 32 / width, 32 / height),
+        (1.5 * 8 / width, 0.5 * 8 / height, 16 / width, 16 / height),  # the next column
+    ]
+    if cols > 1:
+        assert torch.equal(priors[:3], torch.tensor(expected, dtype=torch.float32))
+    second_row = 2 * cols  # stride 8, first column of the second row
+    assert priors[second_row, 1].item() == pytest.approx(1.5 * 8 / height)
+    fh, fw = -(-height // 32), -(-width // 32)
+    last = ((fw - 0.5) * 32 / width, (fh - 0.5) * 32 / height, 512 / width, 512 / height)
+    assert torch.equal(priors[-1], torch.tensor(last, dtype=torch.float32))
+
+
 def test_every_face_gets_an_anchor_even_a_tiny_one():
     priors = prior_boxes(320, 320)
     boxes = torch.tensor([[0.10, 0.10, 0.40, 0.45], [0.70, 0.70, 0.715, 0.72], [0.5, 0.1, 0.6, 0.22]])

@@ -7,7 +7,6 @@ context modules and class/box/landmark heads with 2 anchors per cell.
 
 from __future__ import annotations
 
-from itertools import product
 from pathlib import Path
 
 import numpy as np
@@ -139,14 +138,17 @@ class RetinaFaceMobileNet(nn.Module):
 
 
 def prior_boxes(height: int, width: int) -> torch.Tensor:
-    """Anchors (cx, cy, w, h), normalised to the image, in the network's output order."""
-    rows = []
+    """Anchors (cx, cy, w, h), normalised to the image, in the network's output order: per level,
+    row by row, column by column, each cell's sizes in turn (built in float64, as Python floats)."""
+    levels = []
     for step, sizes in zip(STEPS, MIN_SIZES, strict=True):
         fh, fw = -(-height // step), -(-width // step)
-        for i, j in product(range(fh), range(fw)):
-            cx, cy = (j + 0.5) * step / width, (i + 0.5) * step / height
-            rows.extend([cx, cy, s / width, s / height] for s in sizes)
-    return torch.tensor(rows, dtype=torch.float32)
+        rows, cols = np.meshgrid(np.arange(fh), np.arange(fw), indexing="ij")
+        cx = np.repeat((cols.ravel() + 0.5) * step / width, len(sizes))
+        cy = np.repeat((rows.ravel() + 0.5) * step / height, len(sizes))
+        s = np.tile(np.asarray(sizes, dtype=np.float64), fh * fw)
+        levels.append(np.stack([cx, cy, s / width, s / height], axis=1))
+    return torch.from_numpy(np.concatenate(levels).astype(np.float32))
 
 
 def decode(loc: torch.Tensor, landmarks: torch.Tensor, priors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
