@@ -15,7 +15,7 @@ FACEMASK_MIRROR ?= $(if $(wildcard ../shared/datasets),$(abspath ../shared),)
 export FACEMASK_MIRROR
 OVERRIDES ?=
 
-.PHONY: help setup curl params check-params pipeline run retrain test test-fast lint format mlflow-ui mlflow-server postgres proxy mqtt-broker rtsp-server container clean bento-models serve bento bench-latency scenes bench bench-classifiers bench-quantization bench-runtimes bench-cameras soak browser stream compliance bench-stream loadtest api-key audit bench-seeds bench-peers bench-front bench-profiles docs docs-build screenshots
+.PHONY: help setup curl params check-params pipeline run retrain test test-fast lint format mlflow-ui mlflow-server postgres proxy mqtt-broker rtsp-server container clean bento-models serve bento bench-latency scenes bench bench-classifiers bench-quantization bench-runtimes bench-cameras soak browser stream compliance bench-stream loadtest api-key audit bench-seeds bench-peers bench-camera-like bench-front bench-profiles docs docs-build screenshots
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -148,6 +148,9 @@ bench-peers: ## the AIZOO peer and our pipeline on the same 200 dev scenes in on
 
 bench-cameras: ## 8 then 16 pulled file cameras at 5 fps on one worker: fps per camera, drops, latency, RSS -> reports/bench/cameras.json
 	$(RUN) python -m facemask.bench.cameras
+
+bench-camera-like: ## every detection profile on the val scenes as they are and shrunk to 8-64 px faces (camera-like), the dev scenes beside -> reports/bench/camera_like.{csv,json}
+	$(RUN) python -m facemask.bench.camera_like
 
 bench-front: ## detectors x full-pass sizes (256-800) x fp32/int8 and the AIZOO peer: dev and val mAP, recall by size, close-up F1, ms median/p95 -> reports/bench/front.{csv,json,png}, MLflow
 	$(RUN) python -m facemask.bench.front

@@ -45,8 +45,9 @@ LONGEST_FIRST = [
     "test_pipeline.py", "test_ddp.py", "test_faults.py", "test_scene_metrics.py", "test_service.py",
     "test_compute.py", "test_cameras.py", "test_quickstart.py", "test_deploy.py", "test_downloads.py",
     "test_stream.py", "test_reload.py", "test_numerics.py", "test_pretrained.py", "test_feedback.py",
-    "test_detector_training.py", "test_front.py", "test_scene_training.py", "test_peers.py", "test_drift.py",
-    "test_config.py", "test_centerface.py", "test_event_media.py", "test_detection.py", "test_batching.py",
+    "test_detector_training.py", "test_camera_like.py", "test_front.py", "test_scene_training.py",
+    "test_peers.py", "test_drift.py", "test_config.py", "test_centerface.py", "test_event_media.py",
+    "test_detection.py", "test_batching.py",
 ]  # fmt: skip
 
 
