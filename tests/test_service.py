@@ -309,10 +309,10 @@ def test_review_api_lists_alerts_and_serves_their_snapshot_and_clip(server, shar
     def review(body, event_id=event["id"], headers=KEY) -> requests.Response:
         return requests.post(f"{server}/events/{event_id}/review", json=body, headers=headers, timeout=10)
 
-    def stored() -> dict[str, bytes]:  # other tests of this process may have stored verdicts too
+    def stored_files() -> dict[str, bytes]:  # other tests of this process may have stored verdicts too
         return {str(f): f.read_bytes() for f in feedback.rglob("*.*")} if feedback.exists() else {}
 
-    before = stored()
+    before = stored_files()
     assert review({"verdict": "right"}, headers={}).status_code == 401
     other = "mask" if event["class"] != "mask" else "no_mask"
     for body, event_id, code, fragment in (
@@ -327,7 +327,7 @@ def test_review_api_lists_alerts_and_serves_their_snapshot_and_clip(server, shar
         assert resp.status_code == code and fragment in resp.text, (body, resp.status_code, resp.text)
     resp = requests.post(f"{server}/events/{event['id']}/review", data=b"{not json", headers=KEY, timeout=10)
     assert resp.status_code == 422
-    assert stored() == before  # nothing stored by a refused verdict
+    assert stored_files() == before  # nothing stored by a refused verdict
     resp = review({"verdict": "wrong_class", "label": other, "reviewer": "Ana"})
     assert resp.status_code == 200, resp.text
     stored = resp.json()

@@ -21,7 +21,6 @@ import argparse
 import hashlib
 import math
 import sys
-import time
 from pathlib import Path
 
 import cv2
@@ -30,6 +29,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from facemask import machine
+from facemask.bench.front import measure
 from facemask.bench.peers import write_table
 from facemask.config import Params, compose, validate
 from facemask.data.manifest import split_scenes
@@ -37,7 +37,6 @@ from facemask.data.voc import Scene, evaluation_folder, load_scenes
 from facemask.errors import FacemaskError
 from facemask.imageio import read_image
 from facemask.pipeline import MaskPipeline
-from facemask.scenes.average_precision import scene_metrics
 from facemask.scenes.evaluate import to_prediction
 
 FACES = (8.0, 64.0)  # px; the dev scenes: 5th percentile 9 px, median 26, 75th 44 (867 faces, by height)
@@ -68,16 +67,10 @@ def shrunk(scene: Scene, image: np.ndarray, faces: tuple[float, float] = FACES) 
 
 
 def score(pipeline: MaskPipeline, scenes: list[Scene], frames: list[np.ndarray], params: Params) -> dict:
-    """The pipeline over `frames`: mAP, recall on faces under the first size bin, frame median ms."""
-    pipeline(frames[0])  # warm-up
-    preds, ms = [], []
-    for frame in frames:
-        t0 = time.perf_counter()
-        preds.append(to_prediction(pipeline(frame), pipeline.labels))
-        ms.append((time.perf_counter() - t0) * 1000)
-    cfg = params.scenes
-    gts = [(s.boxes, s.labels) for s in scenes]
-    result = scene_metrics(gts, preds, pipeline.labels, cfg.iou_threshold, cfg.size_bins, cfg.operating_precision)
+    """The pipeline over `frames` as `bench.front` measures it: mAP, recall on faces under the first
+    size bin, frame median ms."""
+    answer = lambda frame: to_prediction(pipeline(frame), pipeline.labels)  # noqa: E731
+    result, ms = measure(answer, frames, scenes, params, pipeline.labels)
     return {"map": result["map"], "recall_small": result["recall_by_size"]["all"]["small"]["recall"],
             "ms": float(np.median(ms))}  # fmt: skip
 
@@ -87,11 +80,12 @@ def camera_like(params: Params, profiles: list[str], limit: int | None, faces: t
     val = split_scenes(params.paths.manifest, params.paths.raw, "val")[:limit]
     val_frames = [read_image(s.image, max_pixels) for s in tqdm(val, desc="val scenes", unit="scene")]
     small = [shrunk(s, f, faces) for s, f in zip(val, val_frames, strict=True)]
+    small_scenes, small_frames = [s for s, _ in small], [f for _, f in small]
     dev = load_scenes(evaluation_folder(params.scenes), params.scenes.source.label_map)[:limit]
     dev_frames = [read_image(s.image, max_pixels) for s in dev]
     heights = {
         name: np.concatenate([s.boxes[:, 3] - s.boxes[:, 1] for s in scenes])
-        for name, scenes in (("val", val), ("camera_like", [s for s, _ in small]), ("dev", dev))
+        for name, scenes in (("val", val), ("camera_like", small_scenes), ("dev", dev))
     }
     served = MaskPipeline.from_params(params, params.paths.classifier, profiles=True)
     rows = []
@@ -99,7 +93,7 @@ def camera_like(params: Params, profiles: list[str], limit: int | None, faces: t
         pipeline = served.profile(name)
         views = {
             "val": score(pipeline, val, val_frames, params),
-            "camera_like": score(pipeline, [s for s, _ in small], [f for _, f in small], params),
+            "camera_like": score(pipeline, small_scenes, small_frames, params),
             "dev": score(pipeline, dev, dev_frames, params),
         }
         row = {"profile": name, "detector": pipeline.detector.name,
